@@ -1,0 +1,1 @@
+"""Audio input and output: WAV and other container decoding, resampling, VAD and segmentation."""

@@ -1,0 +1,321 @@
+"""The live configuration: a base YAML file plus a remote overlay, re-read only when a file changes.
+
+The base file belongs to whoever provisions the device (Ansible, a fleet tool, a human); the overlay
+(`<state_dir>/config-overlay.yaml`) belongs to `config/set` over MQTT. Keeping them apart means a
+fleet tool rewriting the base file does not wipe remote changes, and `config/reset` is just
+deleting the overlay. `check()` runs every second on a Pi Zero, so it only stats the two files and
+re-parses when their signature (mtime_ns, size, inode) moves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from agent.config import (
+    ConfigError,
+    Problem,
+    deep_merge,
+    interpolate,
+    load_yaml_text,
+    parse_settings,
+    resolve_path,
+    revision,
+    settings_to_dict,
+)
+from agent.settings import Settings
+
+OVERLAY_NAME = "config-overlay.yaml"
+_DEFAULT_STATE_DIR = str(Settings.__dataclass_fields__["state_dir"].default)
+_OVERLAY_HEADER = (
+    "# Remote configuration written by voice-agent (config/set over MQTT).\n"
+    "# It overrides the base config file; config/reset (or deleting this file) drops it.\n"
+)
+
+# (st_mtime_ns, st_size, st_ino), None for a missing file, or ("error", errno) for an unreadable one.
+_Stat = Optional[tuple[Any, ...]]
+_Signature = tuple[_Stat, _Stat]
+
+
+class ConfigStore:
+    """Base YAML file + overlay file in state_dir, cached by modification time."""
+
+    def __init__(
+        self,
+        path: Path | str | None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        overrides: dict | None = None,
+    ) -> None:
+        self._path = Path(os.path.abspath(os.path.expanduser(path))) if path is not None else None
+        self._base_dir = self._path.parent if self._path is not None else Path.cwd()
+        self._environ = environ
+        self._overrides = deep_merge({}, overrides or {})
+        self._lock = threading.RLock()
+        self._settings: Settings | None = None
+        self._base: dict = {}
+        self._base_lines: dict[str, int] = {}
+        self._overlay: dict = {}
+        self._overlay_path: Path | None = None
+        self._signature: _Signature | None = None
+        self._bad_signature: _Signature | None = None
+        self.hits = 0
+        self.misses = 0
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def load(self) -> Settings:
+        """Read and validate everything; raise ConfigError with all problems."""
+        with self._lock:
+            return self._reload()
+
+    def check(self) -> Settings | None:
+        """New Settings when a file changed and is valid; None when nothing changed.
+
+        A broken edit raises ConfigError once per file signature and the previous settings stay
+        current, so the agent keeps running and the log is not flooded every second.
+        """
+        with self._lock:
+            if self._settings is None:
+                self.misses += 1
+                return self._reload()
+            signature = self._current_signature()
+            if signature in (self._signature, self._bad_signature):
+                self.hits += 1
+                return None
+            self.misses += 1
+            return self._refresh(signature)
+
+    # --- writing the overlay ------------------------------------------------------------------
+
+    def set_overlay(self, partial: dict) -> Settings:
+        """Merge `partial` into the overlay; persist it only if base + overlay is valid."""
+        with self._lock:
+            self._ensure_loaded()
+            if not isinstance(partial, Mapping):
+                raise ConfigError([Problem("", "the config change must be a mapping of keys")])
+            overlay = deep_merge(self._overlay, partial)
+            settings = self._validate(self._base, self._base_lines, overlay)
+            overlay_path = self._overlay_path  # state_dir cannot change through the overlay
+            assert overlay_path is not None
+            _write_atomically(overlay_path, _OVERLAY_HEADER + _dump(overlay))
+            self._store(settings, overlay, overlay_path, (self._signature_base(), _stat(overlay_path)))
+            return settings
+
+    def reset_overlay(self) -> Settings:
+        """Drop every remote change: delete the overlay file and reload from disk."""
+        with self._lock:
+            self._ensure_loaded()
+            assert self._overlay_path is not None
+            with contextlib.suppress(FileNotFoundError):
+                self._overlay_path.unlink()
+                _fsync_dir(self._overlay_path.parent)
+            self._overlay = {}
+            return self._refresh(self._current_signature())
+
+    # --- views --------------------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def settings(self) -> Settings:
+        with self._lock:
+            return self._ensure_loaded()
+
+    @property
+    def revision(self) -> str:
+        return revision(self.settings)
+
+    @property
+    def overlay(self) -> dict:
+        with self._lock:
+            return deep_merge({}, self._overlay)
+
+    @property
+    def overlay_path(self) -> Path:
+        with self._lock:
+            self._ensure_loaded()
+            assert self._overlay_path is not None
+            return self._overlay_path
+
+    def effective(self, *, redact: bool = True) -> dict:
+        return settings_to_dict(self.settings, redact=redact)
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _ensure_loaded(self) -> Settings:
+        return self._settings if self._settings is not None else self._reload()
+
+    def _refresh(self, signature: _Signature) -> Settings:
+        """Reload; remember a failing signature so the same broken files are reported only once."""
+        try:
+            settings = self._reload()
+        except ConfigError:
+            self._bad_signature = signature
+            raise
+        self._bad_signature = None
+        return settings
+
+    def _reload(self) -> Settings:
+        base, base_lines, base_stat = self._read_base()
+        overlay_path = Path(self._state_dir(deep_merge(base, self._overrides))) / OVERLAY_NAME
+        overlay, overlay_stat = _read_overlay(overlay_path)
+        settings = self._validate(base, base_lines, overlay)
+        self._base, self._base_lines = base, base_lines
+        self._store(settings, overlay, overlay_path, (base_stat, overlay_stat))
+        return settings
+
+    def _store(self, settings: Settings, overlay: dict, overlay_path: Path, signature: _Signature) -> None:
+        self._settings = settings
+        self._overlay = overlay
+        self._overlay_path = overlay_path
+        self._signature = signature
+        self._bad_signature = None
+
+    def _validate(self, base: dict, base_lines: dict[str, int], overlay: dict) -> Settings:
+        """base + CLI overrides + overlay; lines only for keys whose value still comes from the base file."""
+        problems: list[Problem] = []
+        if "state_dir" in overlay:
+            problems.append(Problem("state_dir", "state_dir cannot be changed remotely", overlay["state_dir"]))
+            overlay = {k: v for k, v in overlay.items() if k != "state_dir"}
+        merged = deep_merge(deep_merge(base, self._overrides), overlay)
+        lines = _lines_not_overridden(base_lines, [self._overrides, overlay])
+        try:
+            settings = parse_settings(merged, lines=lines, base_dir=self._base_dir, environ=self._environ)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        if problems:
+            raise ConfigError(problems)
+        return settings
+
+    def _state_dir(self, data: dict) -> str:
+        """Where the overlay lives, worked out before validation because the overlay is part of it.
+
+        A value that is not a usable string falls back to the default; validation reports it.
+        """
+        raw = data.get("state_dir")
+        if isinstance(raw, str):
+            text, missing = interpolate(raw, os.environ if self._environ is None else self._environ)
+            if not missing and text.strip():
+                return resolve_path(text, self._base_dir)
+        return resolve_path(_DEFAULT_STATE_DIR, self._base_dir)
+
+    def _read_base(self) -> tuple[dict, dict[str, int], _Stat]:
+        if self._path is None:
+            return {}, {}, None
+        text, stat = _read_text(self._path)
+        if text is None:
+            raise ConfigError([Problem("", f"cannot read {self._path}: {stat[1] if stat else 'no such file'}")])
+        data, lines = load_yaml_text(text, str(self._path))
+        return data, lines, stat
+
+    def _signature_base(self) -> _Stat:
+        return self._signature[0] if self._signature is not None else None
+
+    def _current_signature(self) -> _Signature:
+        base = _stat(self._path) if self._path is not None else None
+        overlay = _stat(self._overlay_path) if self._overlay_path is not None else None
+        return base, overlay
+
+
+def _read_overlay(path: Path) -> tuple[dict, _Stat]:
+    """The overlay as a dict; a missing file is an empty overlay, not an error."""
+    text, stat = _read_text(path)
+    if text is None:
+        if stat is None:
+            return {}, None
+        raise ConfigError([Problem("", f"cannot read {path}: {stat[1]}")])
+    data, _lines = load_yaml_text(text, str(path))
+    return data, stat
+
+
+def _read_text(path: Path) -> tuple[str | None, _Stat]:
+    """Content and the signature of the very file read (fstat on the open file, so they match)."""
+    try:
+        with open(path, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            raw = fh.read()
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, ("error", exc.strerror or str(exc))
+    try:
+        return raw.decode("utf-8"), (info.st_mtime_ns, info.st_size, info.st_ino)
+    except UnicodeDecodeError as exc:
+        return None, ("error", f"not UTF-8 text ({exc.reason} at byte {exc.start})")
+
+
+def _stat(path: Path) -> _Stat:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return ("error", exc.strerror or str(exc))
+    return info.st_mtime_ns, info.st_size, info.st_ino
+
+
+def _lines_not_overridden(lines: dict[str, int], layers: list[dict]) -> dict[str, int]:
+    """Drop base-file lines for keys another layer replaced, so a problem never points at the wrong value."""
+    replaced: list[str] = []
+    for layer in layers:
+        replaced.extend(_leaf_paths(layer, ""))
+    if not replaced:
+        return lines
+    return {
+        path: line for path, line in lines.items()
+        if not any(path == r or path.startswith(r + ".") or path.startswith(r + "[") for r in replaced)
+    }
+
+
+def _leaf_paths(data: Mapping, prefix: str) -> list[str]:
+    paths: list[str] = []
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        paths.extend(_leaf_paths(value, path) if isinstance(value, Mapping) else [path])
+    return paths
+
+
+def _dump(data: dict) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Temp file in the same folder, fsync, rename, fsync the folder: a power cut leaves old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename or unlink durable; some filesystems refuse fsync on a folder, which is fine."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

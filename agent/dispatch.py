@@ -1,0 +1,168 @@
+"""Request -> validation -> handler -> answer. No request can crash the agent.
+
+Cheap commands run one after another on a control thread (never on paho's network thread, which
+must keep reading); heavy ones take a job slot and a thread of their own, or are answered
+`busy` / `memory_pressure` at once. Any unexpected exception becomes an `internal` answer plus a
+log line with the traceback: users never see a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
+
+from agent.errors import AgentError, RequestError
+from agent.jobs import JobSlot, new_job_id
+from agent.messages import envelope, error_answer, ok_answer
+from agent.mqtt import MqttLink
+from agent.settings import Settings
+from handlers.base import AgentContext, Command, Request
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DispatchStats:
+    requests: int = 0
+    errors: int = 0
+    busy: int = 0
+
+
+class Dispatcher:
+    def __init__(self, registry: dict[str, Command], ctx: AgentContext, slot: JobSlot, *,
+                 settings: Callable[[], Settings], link: Callable[[], MqttLink | None],
+                 memory_critical: Callable[[], bool], job_event: Callable[..., None]) -> None:
+        self.registry = registry
+        self.ctx = ctx
+        self.slot = slot
+        self._settings = settings
+        self._link = link
+        self._memory_critical = memory_critical
+        self._job_event = job_event
+        self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="control")
+        self.stats = DispatchStats()
+        self._lock = threading.Lock()
+
+    def on_message(self, msg: mqtt.MQTTMessage) -> None:
+        """Called on paho's network thread: hand off at once."""
+        self._control.submit(self._handle, msg)
+
+    def close(self) -> None:
+        self._control.shutdown(wait=False, cancel_futures=True)
+
+    # --- the one entry point -------------------------------------------------------------
+
+    def _handle(self, msg: mqtt.MQTTMessage) -> None:
+        link = self._link()
+        if link is None:
+            return
+        command = link.topics.command_of(msg.topic) or ""
+        transaction = None
+        with self._lock:
+            self.stats.requests += 1
+        try:
+            body = self._parse(msg.payload)
+            transaction = body.get("transaction")
+            if transaction is not None and not isinstance(transaction, str):
+                transaction = None
+                raise RequestError("field 'transaction' must be a string", code="bad_request", field="transaction")
+            spec = self._lookup(command)
+            spec.validate(body)
+            request = Request(command, body, transaction, self.ctx)
+            if spec.heavy:
+                self._start_heavy(spec, request, msg)
+                return
+            self._answer(msg, command, ok_answer(spec.run(request), transaction))
+        except AgentError as exc:
+            self._answer_error(msg, command, exc, transaction)
+        except Exception:
+            log.exception("request %s failed", command)
+            self._answer_error(msg, command, AgentError("internal error; see the agent's log"), transaction)
+
+    def _parse(self, payload: bytes) -> dict[str, Any]:
+        limit = self._settings().mqtt.max_payload_bytes
+        if len(payload) > limit:
+            raise RequestError(f"payload of {len(payload)} bytes exceeds mqtt.max_payload_bytes ({limit})",
+                               code="payload_too_large")
+        if not payload.strip():
+            return {}
+        try:
+            body = json.loads(payload.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise RequestError("payload is not valid UTF-8", code="bad_request") from None
+        except (ValueError, RecursionError) as exc:
+            raise RequestError(f"payload is not valid JSON: {str(exc)[:120]}", code="bad_request") from None
+        if not isinstance(body, dict):
+            raise RequestError("payload must be a JSON object", code="bad_request")
+        return body
+
+    def _lookup(self, command: str) -> Command:
+        spec = self.registry.get(command)
+        if spec is None:
+            raise RequestError(f"unknown command '{command[:80]}'", code="unknown_command")
+        allowed = self._settings().mqtt.allowed_commands
+        if allowed is not None and command not in allowed:
+            raise RequestError(f"command '{command}' is not allowed on this device", code="forbidden")
+        return spec
+
+    # --- heavy commands under the job slot -----------------------------------------------
+
+    def _start_heavy(self, spec: Command, request: Request, msg: mqtt.MQTTMessage) -> None:
+        source = {"kind": "request", "name": spec.name}
+        job_id = new_job_id()
+        if self._memory_critical():
+            self._job_event(job_id, "rejected", source, error={"code": "memory_pressure"})
+            raise RequestError("memory is critical; try again later", code="memory_pressure",
+                               retry_after_s=self._settings().jobs.retry_after_s)
+        if not self.slot.try_acquire():
+            with self._lock:
+                self.stats.busy += 1
+            self._job_event(job_id, "rejected", source, error={"code": "busy"})
+            raise RequestError(f"all {self.slot.limit} job slot(s) are taken", code="busy",
+                               retry_after_s=self._settings().jobs.retry_after_s)
+        job = Request(request.command, request.body, request.transaction, request.ctx, job_id)
+        threading.Thread(target=self._run_heavy, args=(spec, job, msg, source), name=f"job-{job_id}",
+                         daemon=True).start()
+
+    def _run_heavy(self, spec: Command, request: Request, msg: mqtt.MQTTMessage, source: dict) -> None:
+        try:
+            data = spec.run(request)
+            self._answer(msg, spec.name, ok_answer(data, request.transaction))
+        except AgentError as exc:
+            self._answer_error(msg, spec.name, exc, request.transaction)
+        except Exception:
+            log.exception("job %s (%s) failed", request.job_id, spec.name)
+            self._answer_error(msg, spec.name, AgentError("internal error; see the agent's log"),
+                               request.transaction)
+        finally:
+            self.slot.release()
+
+    # --- answers -------------------------------------------------------------------------
+
+    def _answer_error(self, msg: mqtt.MQTTMessage, command: str, exc: AgentError,
+                      transaction: str | None) -> None:
+        with self._lock:
+            self.stats.errors += 1
+        self._answer(msg, command, error_answer(exc.as_dict(), transaction))
+
+    def _answer(self, msg: mqtt.MQTTMessage, command: str, answer: dict[str, Any]) -> None:
+        link = self._link()
+        if link is None:
+            return
+        topic, props = link.reply_properties(msg)
+        if topic is None:
+            topic = link.topics.response(_safe_command(command))
+        link.publish(topic, envelope(link.topics.device_id, answer), qos=1, properties=props)
+
+
+def _safe_command(command: str) -> str:
+    """An unknown command is echoed in the response topic only if it is a sane topic fragment."""
+    if command and len(command) <= 64 and all(c.isalnum() or c in "/_-" for c in command):
+        return command
+    return "unknown"

@@ -1,0 +1,41 @@
+"""Engine registry: a name in the config maps to a class that is imported only when chosen.
+
+Lazy imports keep `voice-agent` start-up cheap: faster-whisper alone costs hundreds of MB.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from agent.engines.base import Summarizer, Transcriber
+from agent.settings import SummarizerSettings, TranscriberSettings
+
+TRANSCRIBERS: dict[str, str] = {
+    "whisper_cpp": "agent.engines.whisper_cpp:WhisperCppTranscriber",
+    "whisper_server": "agent.engines.whisper_server:WhisperServerTranscriber",
+    "faster_whisper": "agent.engines.faster_whisper:FasterWhisperTranscriber",
+    "openai": "agent.engines.openai_stt:OpenAITranscriber",
+    "pocketsphinx": "agent.engines.pocketsphinx:PocketsphinxTranscriber",
+    "bench_metadata": "agent.engines.bench_metadata:BenchMetadataTranscriber",
+}
+
+SUMMARIZERS: dict[str, str] = {
+    "extractive": "agent.engines.extractive:ExtractiveSummarizer",
+    "none": "agent.engines.extractive:NoSummarizer",
+    "llama_server": "agent.engines.llama_server:LlamaServerSummarizer",
+    "openai": "agent.engines.openai_chat:OpenAISummarizer",
+    "anthropic": "agent.engines.anthropic_chat:AnthropicSummarizer",
+}
+
+
+def _load_class(spec: str) -> type:
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def make_transcriber(settings: TranscriberSettings) -> Transcriber:
+    return _load_class(TRANSCRIBERS[settings.engine])(settings)
+
+
+def make_summarizer(settings: SummarizerSettings) -> Summarizer:
+    return _load_class(SUMMARIZERS[settings.engine])(settings)

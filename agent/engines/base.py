@@ -1,0 +1,71 @@
+"""The two small interfaces every engine implements, and the values they exchange.
+
+The pipeline only knows these; which engine runs is a config choice. Engines are built
+lazily (heavy imports inside `load`) so that importing the agent stays cheap on a Pi Zero 2W.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+
+
+@dataclass(frozen=True)
+class Audio:
+    """Decoded speech: 16 kHz mono int16 samples.
+
+    `path` is set when a file on disk already holds exactly these samples as a 16 kHz mono
+    16-bit WAV, so a command-line engine can read it directly instead of being handed a copy.
+    """
+
+    samples: np.ndarray
+    path: Path | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    engine: str
+    language: str | None = None
+
+
+@dataclass(frozen=True)
+class Summary:
+    text: str
+    engine: str
+
+
+class Transcriber(Protocol):
+    name: str
+
+    def load(self) -> None:
+        """Load the model and run one tiny inference (warm-up); may take seconds."""
+
+    def transcribe(self, audio: Audio) -> Transcript:
+        """Raise `agent.errors.EngineError` (engine_error / engine_timeout / engine_unavailable)."""
+
+    def transcribe_batch(self, audios: list[Audio]) -> list[Transcript | Exception]:
+        """Several at once where the engine gains from it; one result or error per input, in order."""
+
+    def close(self) -> None:
+        """Release models and stop child processes."""
+
+
+class Summarizer(Protocol):
+    name: str
+
+    def load(self) -> None: ...
+
+    def summarize(self, text: str) -> Summary:
+        """Raise `agent.errors.EngineError` on failure."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,132 @@
+"""The engines in use: built from settings, warmed up in the background, swapped on config change.
+
+Warm-up runs off the start-up path so `online` is not delayed by model loading; a job that
+arrives while an engine is still loading waits for it instead of failing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from agent.engines import make_summarizer, make_transcriber
+from agent.engines.base import Audio, Summarizer, Summary, Transcriber, Transcript
+from agent.errors import EngineError
+from agent.settings import SummarizerSettings, TranscriberSettings
+
+log = logging.getLogger(__name__)
+
+
+class EngineSlot:
+    """One engine and its readiness, loaded on a background thread."""
+
+    def __init__(self, kind: str, build: Callable[[], Any], name: str, on_change: Callable[[], None]) -> None:
+        self.kind = kind
+        self.name = name
+        self._build = build
+        self._on_change = on_change
+        self.engine: Any = None
+        self.error: str | None = None
+        self.load_ms: float | None = None
+        self._loaded = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._load, name=f"load-{self.kind}", daemon=True).start()
+
+    def _load(self) -> None:
+        t0 = time.monotonic()
+        try:
+            engine = self._build()
+            engine.load()
+            self.engine = engine
+            log.info("%s %s ready in %.0f ms", self.kind, self.name, (time.monotonic() - t0) * 1000)
+        except Exception as exc:  # an engine that cannot load must not take the agent down
+            self.error = str(exc) or type(exc).__name__
+            log.error("%s %s unavailable: %s", self.kind, self.name, self.error)
+        self.load_ms = round((time.monotonic() - t0) * 1000, 1)
+        self._loaded.set()
+        self._on_change()
+
+    def get(self, timeout: float) -> Any:
+        if not self._loaded.wait(timeout):
+            raise EngineError(f"{self.kind} {self.name} is still loading", code="engine_unavailable")
+        if self.engine is None:
+            raise EngineError(f"{self.kind} {self.name} is unavailable: {self.error}", code="engine_unavailable")
+        return self.engine
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "ready": self.ready, "error": self.error, "load_ms": self.load_ms}
+
+    def close(self) -> None:
+        self._loaded.wait(30)
+        if self.engine is not None:
+            try:
+                self.engine.close()
+            except Exception:
+                log.exception("closing %s %s failed", self.kind, self.name)
+
+
+class Engines:
+    def __init__(self, transcriber: TranscriberSettings, summarizer: SummarizerSettings,
+                 on_change: Callable[[], None]) -> None:
+        self._on_change = on_change
+        self._t_settings = transcriber
+        self._s_settings = summarizer
+        self.transcriber = self._transcriber_slot(transcriber)
+        self.summarizer = self._summarizer_slot(summarizer)
+
+    def _transcriber_slot(self, s: TranscriberSettings) -> EngineSlot:
+        return EngineSlot("transcriber", lambda: make_transcriber(s), s.engine, self._on_change)
+
+    def _summarizer_slot(self, s: SummarizerSettings) -> EngineSlot:
+        return EngineSlot("summarizer", lambda: make_summarizer(s), s.engine, self._on_change)
+
+    def start(self) -> None:
+        self.transcriber.start()
+        self.summarizer.start()
+
+    def reconfigure(self, transcriber: TranscriberSettings, summarizer: SummarizerSettings) -> list[str]:
+        """Rebuild only the engines whose settings changed; returns the restarted components."""
+        restarted = []
+        if transcriber != self._t_settings:
+            old, self._t_settings = self.transcriber, transcriber
+            self.transcriber = self._transcriber_slot(transcriber)
+            self.transcriber.start()
+            threading.Thread(target=old.close, daemon=True).start()
+            restarted.append("transcriber")
+        if summarizer != self._s_settings:
+            old, self._s_settings = self.summarizer, summarizer
+            self.summarizer = self._summarizer_slot(summarizer)
+            self.summarizer.start()
+            threading.Thread(target=old.close, daemon=True).start()
+            restarted.append("summarizer")
+        return restarted
+
+    def transcribe(self, audio: Audio) -> Transcript:
+        engine: Transcriber = self.transcriber.get(self._t_settings.timeout_s)
+        return engine.transcribe(audio)
+
+    def transcribe_batch(self, audios: list[Audio]) -> list[Transcript | Exception]:
+        engine: Transcriber = self.transcriber.get(self._t_settings.timeout_s)
+        return engine.transcribe_batch(audios)
+
+    def summarize(self, text: str) -> Summary:
+        engine: Summarizer = self.summarizer.get(self._s_settings.timeout_s)
+        return engine.summarize(text)
+
+    @property
+    def summarizes(self) -> bool:
+        return self._s_settings.engine != "none"
+
+    def describe(self) -> dict[str, Any]:
+        return {"transcriber": self.transcriber.describe(), "summarizer": self.summarizer.describe()}
+
+    def close(self) -> None:
+        self.transcriber.close()
+        self.summarizer.close()

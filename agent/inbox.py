@@ -1,0 +1,248 @@
+"""The inbox folder as a durable queue: watch, claim, finish, recover.
+
+A file is taken only when complete: after close-after-write, after a move into the folder, or
+once its size and mtime have been stable for `settle_ms` (writers that never signal). It is
+claimed by an atomic rename into `.processing/`, so a crash can never process it twice, and
+finished by a two-step move whose intent is written first, so a crash mid-finish is completed
+on restart instead of re-running the job. Nothing is ever deleted.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import os
+import stat
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from agent.settings import InboxSettings
+
+log = logging.getLogger(__name__)
+
+PROCESSING = ".processing"
+INTENT = ".finish.json"
+CLOSE_GRACE_S = 0.1
+
+
+def is_candidate_name(name: str) -> bool:
+    """Hidden files and files still being written by well-behaved tools are not taken."""
+    return not (name.startswith(".") or name.endswith((".part", ".tmp", "~")))
+
+
+@dataclass(frozen=True)
+class Claimed:
+    path: Path          # inside .processing/
+    original: str       # the name it had in the inbox
+
+
+class Inbox:
+    def __init__(self, settings: InboxSettings, on_ready: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.path = Path(settings.path)
+        self.processed = Path(settings.processed_dir or self.path / "processed")
+        self.failed = Path(settings.failed_dir or self.path / "failed")
+        self.processing = self.path / PROCESSING
+        self._on_ready = on_ready
+        self._cond = threading.Condition()
+        self._due: list[tuple[float, str]] = []          # heap of (due time, name) to re-check
+        self._seen: dict[str, tuple[int, int, float]] = {}   # name -> (size, mtime_ns, due) of the latest event
+        self._ready: list[str] = []                      # complete files, in order
+        self._stop = False
+        self._observer: Any = None
+        self._thread = threading.Thread(target=self._settle_loop, name="inbox-settle", daemon=True)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> list[Claimed]:
+        """Create folders, complete interrupted finishes, and return claims left by a crash."""
+        for d in (self.path, self.processed, self.failed, self.processing):
+            d.mkdir(parents=True, exist_ok=True)
+        self._recover_finishes()
+        leftovers = [Claimed(p, p.name) for p in sorted(self.processing.iterdir(), key=_mtime)
+                     if p.is_file() and not p.name.endswith(INTENT)]
+        for p in sorted(self.path.iterdir(), key=_mtime):
+            self._consider(p.name, settle=True)
+        self._observer = Observer()
+        self._observer.schedule(_Events(self), str(self.path), recursive=False)
+        self._observer.start()
+        self._thread.start()
+        return leftovers
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+
+    # --- readiness -----------------------------------------------------------------------
+
+    def _consider(self, name: str, *, settle: bool) -> None:
+        """Schedule a completeness check: soon after a close or move, after settle_ms otherwise."""
+        if not is_candidate_name(name):
+            return
+        try:
+            st = os.lstat(self.path / name)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            return
+        delay = self.settings.settle_ms / 1000 if settle else CLOSE_GRACE_S
+        if settle and time.time() - st.st_mtime > delay:
+            delay = CLOSE_GRACE_S   # found at start-up, untouched for long enough
+        due = time.monotonic() + delay
+        with self._cond:
+            if name in self._ready:
+                return
+            self._seen[name] = (st.st_size, st.st_mtime_ns, due)   # the latest event decides
+            heapq.heappush(self._due, (due, name))
+            self._cond.notify_all()
+
+    def _settle_loop(self) -> None:
+        with self._cond:
+            while not self._stop:
+                now = time.monotonic()
+                if not self._due:
+                    self._cond.wait()
+                    continue
+                due, name = self._due[0]
+                if due > now:
+                    self._cond.wait(due - now)
+                    continue
+                heapq.heappop(self._due)
+                seen = self._seen.get(name)
+                if seen is not None and seen[2] == due:
+                    self._check(name, seen)
+
+    def _check(self, name: str, seen: tuple[int, int, float]) -> None:
+        try:
+            st = os.lstat(self.path / name)
+        except FileNotFoundError:
+            self._seen.pop(name, None)
+            return
+        if seen[:2] != (st.st_size, st.st_mtime_ns):
+            # Still changing: wait for it to be stable for settle_ms.
+            due = time.monotonic() + self.settings.settle_ms / 1000
+            self._seen[name] = (st.st_size, st.st_mtime_ns, due)
+            heapq.heappush(self._due, (due, name))
+            return
+        self._seen.pop(name, None)
+        if name not in self._ready:
+            self._ready.append(name)
+            self._on_ready(name)
+
+    def take_ready(self) -> str | None:
+        with self._cond:
+            return self._ready.pop(0) if self._ready else None
+
+    @property
+    def ready_count(self) -> int:
+        return len(self._ready)
+
+    def waiting_count(self) -> int:
+        try:
+            return sum(1 for e in os.scandir(self.path) if is_candidate_name(e.name) and not e.is_dir())
+        except OSError:
+            return 0
+
+    # --- claim and finish ----------------------------------------------------------------
+
+    def claim(self, name: str) -> Claimed | None:
+        """Atomic rename into .processing/; None if the file is gone (taken or removed)."""
+        src = self.path / name
+        dst = _unique(self.processing, name)
+        try:
+            os.rename(src, dst)
+        except FileNotFoundError:
+            return None
+        return Claimed(dst, name)
+
+    def finish(self, claimed: Claimed, record: dict[str, Any], ok: bool) -> Path:
+        """Move the audio to processed/ or failed/ with its record beside it."""
+        dest_dir = self.processed if ok else self.failed
+        final = _unique(dest_dir, claimed.original, also=(".json", ".error.json")).name
+        record_name = final + (".json" if ok else ".error.json")
+        intent = claimed.path.with_name(claimed.path.name + INTENT)
+        _write_json(intent, {"dest": str(dest_dir), "final": final, "record_name": record_name, "record": record})
+        self._complete(claimed.path, intent)
+        return dest_dir / final
+
+    def _complete(self, audio: Path, intent: Path) -> None:
+        plan = json.loads(intent.read_text())
+        dest = Path(plan["dest"])
+        if os.path.lexists(audio):
+            os.rename(audio, dest / plan["final"])
+        _write_json(dest / plan["record_name"], plan["record"])
+        os.unlink(intent)   # the intent file is our own bookkeeping, not user data
+
+    def _recover_finishes(self) -> None:
+        for intent in self.processing.glob("*" + INTENT):
+            audio = intent.with_name(intent.name[: -len(INTENT)])
+            try:
+                self._complete(audio, intent)
+                log.info("inbox: completed the interrupted finish of %s", audio.name)
+            except (OSError, ValueError, KeyError) as exc:
+                log.error("inbox: cannot complete the finish of %s: %s", audio.name, exc)
+
+
+class _Events(FileSystemEventHandler):
+    def __init__(self, inbox: Inbox) -> None:
+        self.inbox = inbox
+
+    def _name(self, path: str | bytes) -> str | None:
+        p = Path(os.fsdecode(path))
+        return p.name if p.parent == self.inbox.path else None
+
+    def on_closed(self, event: FileSystemEvent) -> None:
+        if (name := self._name(event.src_path)) is not None:
+            self.inbox._consider(name, settle=False)
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        if (name := self._name(event.dest_path)) is not None:
+            self.inbox._consider(name, settle=False)
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        # A same-filesystem `mv` into the folder produces only this event.
+        if (name := self._name(event.src_path)) is not None:
+            self.inbox._consider(name, settle=True)
+
+    def on_modified(self, event: FileSystemEvent) -> None:
+        if not event.is_directory and (name := self._name(event.src_path)) is not None:
+            self.inbox._consider(name, settle=True)
+
+
+def _mtime(p: Path) -> float:
+    try:
+        return p.lstat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _unique(folder: Path, name: str, also: tuple[str, ...] = ()) -> Path:
+    """`name`, or `stem-1.ext`, `stem-2.ext`... so that nothing is overwritten."""
+    stem, dot, ext = name.rpartition(".")
+    if not stem:
+        stem, dot, ext = name, "", ""
+    candidate, n = name, 0
+    while os.path.lexists(folder / candidate) or any(os.path.lexists(folder / (candidate + s)) for s in also):
+        n += 1
+        candidate = f"{stem}-{n}{dot}{ext}"
+    return folder / candidate
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

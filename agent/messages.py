@@ -1,0 +1,25 @@
+"""Envelope shared by every event and response: `ts` (ISO 8601 UTC) and `device_id`."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def envelope(device_id: str, body: dict[str, Any]) -> bytes:
+    """Serialize a message body with the fields every consumer may rely on."""
+    return json.dumps({**body, "ts": utc_now_iso(), "device_id": device_id},
+                      separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def ok_answer(data: Any, transaction: str | None) -> dict[str, Any]:
+    return {"status": "ok", "data": data, "transaction": transaction}
+
+
+def error_answer(error: dict[str, Any], transaction: str | None) -> dict[str, Any]:
+    return {"status": "error", "error": error, "transaction": transaction}

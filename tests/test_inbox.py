@@ -1,0 +1,256 @@
+"""Inbox and engines: drop a file, get its transcript and summary; nothing lost or done twice."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.models import faster_whisper_model_dir, speech_wav, whisper_cpp_binary, whisper_cpp_model
+from tests.support.wavs import tone_wav
+
+REPO = Path(__file__).resolve().parents[1]
+SENTENCES = {
+    "fox.wav": "the quick brown fox jumps over the lazy dog",
+    "weather.wav": "tomorrow the weather will be sunny and warm in the afternoon",
+}
+
+
+def drop(inbox: Path, name: str, data: bytes) -> None:
+    """How a careful writer delivers: write a hidden temp file, then rename into place."""
+    inbox.mkdir(parents=True, exist_ok=True)
+    tmp = inbox / f".{name}.part"
+    tmp.write_bytes(data)
+    os.rename(tmp, inbox / name)
+
+
+def records(folder: Path, suffix: str = ".json") -> dict[str, dict]:
+    return {p.name: json.loads(p.read_text()) for p in folder.glob(f"*{suffix}")} if folder.exists() else {}
+
+
+def wait_files(folder: Path, pattern: str, count: int, timeout: float = 60) -> list[Path]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = sorted(folder.glob(pattern)) if folder.exists() else []
+        if len(found) >= count:
+            return found
+        assert time.monotonic() < deadline, f"{len(found)}/{count} {pattern} in {folder} after {timeout}s"
+        time.sleep(0.1)
+
+
+def words_found(text: str, sentence: str) -> float:
+    words = sentence.split()
+    got = text.lower()
+    return sum(w in got for w in words) / len(words)
+
+
+ENGINES = {
+    "whisper_cpp": lambda tmp: {"engine": "whisper_cpp",
+                                "whisper_cpp": {"binary": str(whisper_cpp_binary()),
+                                                "model": str(whisper_cpp_model()), "threads": 2}},
+    "faster_whisper": lambda tmp: {"engine": "faster_whisper",
+                                   "faster_whisper": {"model": str(faster_whisper_model_dir(
+                                       REPO / ".cache/models/faster-whisper-base"))}},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_speech_in_inbox_becomes_transcript_and_summary(make_agent, probe, tmp_path, engine):
+    agent = make_agent({"transcriber": ENGINES[engine](tmp_path), "summarizer": {"min_words": 3}}).start(probe)
+    for name, sentence in SENTENCES.items():
+        speech_wav(sentence, tmp_path / name)
+        drop(agent.inbox, name, (tmp_path / name).read_bytes())
+    transcripts = probe.wait_for(f"{agent.root}/event/transcript", count=len(SENTENCES), timeout=180,
+                                 what="transcripts")
+    for t in transcripts:
+        body = t.json
+        sentence = SENTENCES[body["source"]["name"]]
+        assert words_found(body["text"], sentence) >= 0.7, body["text"]
+        assert body["source"]["kind"] == "inbox" and body["engine"] == engine
+        assert body["audio_s"] > 1 and body["timings_ms"]["transcribe"] > 0
+    summaries = probe.wait_for(f"{agent.root}/event/summary", count=len(SENTENCES), what="summaries")
+    assert {s.json["job_id"] for s in summaries} == {t.json["job_id"] for t in transcripts}
+    assert all(s.json["text"] and s.json["engine"] == "extractive" for s in summaries)
+    wait_files(agent.inbox / "processed", "*.wav.json", len(SENTENCES))
+    for name in SENTENCES:
+        rec = json.loads((agent.inbox / "processed" / f"{name}.json").read_text())
+        assert (agent.inbox / "processed" / name).exists()
+        for key in ("job_id", "content_hash", "source", "audio_s", "transcript", "summary", "engines",
+                    "timings_ms"):
+            assert key in rec, key
+    states = [m.json["state"] for m in probe.on(f"{agent.root}/event/job")]
+    assert states.count("done") == len(SENTENCES) and "running" in states and "queued" in states
+
+
+BAD_FILES = {
+    "empty.wav": (b"", "empty"),
+    "garbage.wav": (bytes(random.Random(1).randrange(256) for _ in range(3000)), "corrupt"),
+    "truncated.wav": (tone_wav(1.0)[:30], "corrupt"),
+    "lying.wav": (tone_wav(0.5)[:44] + b"\x00" * 10, "corrupt"),   # header claims more data than there is
+    "mulaw.wav": (b"RIFF" + (36 + 100).to_bytes(4, "little") + b"WAVEfmt " + (16).to_bytes(4, "little")
+                  + bytes.fromhex("0700 0100 401f0000 401f0000 0100 0800") + b"data" + (100).to_bytes(4, "little")
+                  + b"\x7f" * 100, "unsupported_format"),
+    "long.wav": (tone_wav(3.0), "too_long"),
+}
+
+
+def test_bad_files_fail_with_codes_and_agent_carries_on(make_agent, probe):
+    agent = make_agent({"inbox": {"max_duration_s": 2}}).start(probe)
+    for name, (data, _) in BAD_FILES.items():
+        drop(agent.inbox, name, data)
+    drop(agent.inbox, "good.wav", tone_wav(0.5))
+    os.symlink("/etc/passwd", agent.inbox / "link.wav")
+    os.mkfifo(agent.inbox / "fifo.wav")
+    failed = agent.inbox / "failed"
+    wait_files(failed, "*.error.json", len(BAD_FILES) + 2)
+    errors = records(failed, ".error.json")
+    for name, (_, code) in BAD_FILES.items():
+        rec = errors[f"{name}.error.json"]
+        assert rec["code"] == code, (name, rec)
+        assert rec["message"] and "Traceback" not in rec["message"]
+        assert (failed / name).exists()   # the audio is kept beside its reason
+    assert errors["link.wav.error.json"]["code"] == "forbidden"
+    assert (failed / "link.wav").is_symlink()   # the link moved, /etc/passwd untouched
+    assert errors["fifo.wav.error.json"]["code"] == "unsupported_format"
+    wait_files(agent.inbox / "processed", "good.wav.json", 1)
+    failures = [m.json for m in probe.on(f"{agent.root}/event/job") if m.json["state"] == "failed"]
+    assert {f["error"]["code"] for f in failures} >= {"empty", "corrupt", "unsupported_format", "too_long"}
+    assert probe.request(agent.root, "ping")["status"] == "ok"
+
+
+def test_too_large_and_ignored_names(make_agent, probe):
+    agent = make_agent({"inbox": {"max_bytes": 4096}}).start(probe)
+    drop(agent.inbox, "big.wav", tone_wav(1.0))
+    for ignored in (".hidden.wav", "upload.wav.part", "x.tmp", "backup.wav~"):
+        (agent.inbox / ignored).write_bytes(tone_wav(0.1))
+    (agent.inbox / "folder.wav").mkdir()
+    wait_files(agent.inbox / "failed", "big.wav.error.json", 1)
+    assert records(agent.inbox / "failed", ".error.json")["big.wav.error.json"]["code"] == "too_large"
+    time.sleep(1.0)
+    for ignored in (".hidden.wav", "upload.wav.part", "x.tmp", "backup.wav~", "folder.wav"):
+        assert (agent.inbox / ignored).exists(), ignored
+
+
+def test_slow_writer_is_taken_once_complete(make_agent, probe):
+    agent = make_agent({"inbox": {"settle_ms": 800}}).start(probe)
+    data = tone_wav(2.0)
+    with open(agent.inbox / "slow.wav", "wb") as f:   # one open handle, flushed chunk by chunk
+        for i in range(0, len(data), 8000):
+            f.write(data[i:i + 8000])
+            f.flush()
+            time.sleep(0.25)
+    wait_files(agent.inbox / "processed", "*.json", 1)
+    time.sleep(1)
+    rec = records(agent.inbox / "processed")
+    assert list(rec) == ["slow.wav.json"]
+    assert rec["slow.wav.json"]["audio_s"] == pytest.approx(2.0, abs=0.01)
+
+
+def test_writer_that_never_closes_is_taken_after_settle(make_agent, probe):
+    agent = make_agent({"inbox": {"settle_ms": 500}}).start(probe)
+    f = open(agent.inbox / "open.wav", "wb")
+    try:
+        f.write(tone_wav(1.0))
+        f.flush()
+        wait_files(agent.inbox / "processed", "open.wav.json", 1, timeout=10)
+    finally:
+        f.close()
+
+
+def test_fifty_files_at_once_each_processed_exactly_once(make_agent, probe, tmp_path):
+    agent = make_agent().start(probe)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    names = [f"clip{i:02d}.wav" for i in range(50)]
+    for i, name in enumerate(names):
+        (staging / name).write_bytes(tone_wav(0.1 + i / 1000))
+    for name in names:   # a same-filesystem mv: only a created event
+        os.rename(staging / name, agent.inbox / name)
+    wait_files(agent.inbox / "processed", "*.wav.json", 50)
+    transcripts = probe.wait_for(f"{agent.root}/event/transcript", count=50, what="50 transcripts")
+    time.sleep(1)
+    assert sorted(m.json["source"]["name"] for m in probe.on(f"{agent.root}/event/transcript")) == names
+    assert len({t.json["job_id"] for t in transcripts}) == 50
+    assert sorted(p.name for p in (agent.inbox / "processed").glob("*.wav")) == names
+    assert not list(agent.inbox.glob("*.wav"))
+
+
+def test_kill9_during_jobs_then_restart_loses_nothing(make_agent, probe, tmp_path):
+    whisper = ENGINES["whisper_cpp"](tmp_path)
+    agent = make_agent({"transcriber": whisper}).start(probe)
+    names = [f"s{i}.wav" for i in range(4)]
+    speech_wav("one two three", tmp_path / "s.wav")
+    for name in names:
+        drop(agent.inbox, name, (tmp_path / "s.wav").read_bytes())
+    probe.wait_for(f"{agent.root}/event/job", lambda m: m.json["state"] == "running", what="a running job")
+    agent.kill9()
+    assert list((agent.inbox / ".processing").iterdir()), "the running job's file should be claimed"
+    agent.start(probe)
+    wait_files(agent.inbox / "processed", "*.wav.json", len(names), timeout=120)
+    done = records(agent.inbox / "processed")
+    assert sorted(done) == sorted(f"{n}.json" for n in names)   # exactly one record each
+    assert not records(agent.inbox / "failed", ".error.json")
+    assert not [p for p in (agent.inbox / ".processing").iterdir()]
+
+
+def test_pause_holds_files_and_resume_takes_them(agent, probe):
+    assert probe.request(agent.root, "pause")["data"]["paused"] is True
+    drop(agent.inbox, "held.wav", tone_wav(0.3))
+    time.sleep(1.5)
+    assert (agent.inbox / "held.wav").exists()
+    assert probe.request(agent.root, "state")["data"]["paused"] is True
+    probe.request(agent.root, "resume")
+    wait_files(agent.inbox / "processed", "held.wav.json", 1)
+
+
+def test_transcribe_and_summarize_requests(agent, probe):
+    wav = tone_wav(0.4)
+    answer = probe.request(agent.root, "transcribe", {"audio_b64": base64.b64encode(wav).decode()})
+    assert answer["status"] == "ok", answer
+    assert answer["data"]["audio_s"] == pytest.approx(0.4, abs=0.01) and answer["data"]["text"]
+    text = ("The council met on Monday to discuss the new bridge. The bridge will cost four million euros. "
+            "Construction of the bridge starts in spring. Several residents asked about noise.")
+    summary = probe.request(agent.root, "summarize", {"text": text})
+    assert summary["status"] == "ok" and "bridge" in summary["data"]["text"].lower()
+    again = probe.request(agent.root, "summarize", {"text": text})
+    assert again["data"]["text"] == summary["data"]["text"]
+    stats = probe.request(agent.root, "stats")["data"]
+    assert stats["caches"]["summaries"]["hits"] >= 1
+    bad = probe.request(agent.root, "transcribe", {"audio_b64": "***not base64***"})
+    assert bad["error"]["code"] == "bad_request"
+    both = probe.request(agent.root, "transcribe", {"audio_b64": "", "file": "x.wav"})
+    assert both["error"]["code"] == "bad_request"
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "sub/x.wav", "link.wav", "..", ".hidden.wav"])
+def test_transcribe_file_outside_inbox_is_forbidden(make_agent, probe, name):
+    agent = make_agent({"inbox": {"enabled": True}}).start(probe)
+    probe.request(agent.root, "pause")   # keep the watcher from taking the link itself
+    os.symlink("/etc/passwd", agent.inbox / "link.wav")
+    answer = probe.request(agent.root, "transcribe", {"file": name})
+    assert answer["error"]["code"] == "forbidden", answer
+
+
+def test_transcribe_file_request_and_busy(make_agent, probe, tmp_path):
+    agent = make_agent({"transcriber": ENGINES["whisper_cpp"](tmp_path)}).start(probe)
+    probe.request(agent.root, "pause")
+    speech_wav("please call me back tomorrow", agent.inbox / "call.wav")
+    wav = (agent.inbox / "call.wav").read_bytes()
+    first = {"audio_b64": base64.b64encode(wav).decode()}
+    probe.publish(f"{agent.root}/request/transcribe", {**first, "transaction": "t1"})
+    probe.wait_for(f"{agent.root}/event/job", lambda m: m.json["state"] == "running", what="job running")
+    busy = probe.request(agent.root, "transcribe", first)
+    assert busy["error"]["code"] == "busy" and busy["error"]["retry_after_s"] > 0
+    probe.wait_for(f"{agent.root}/response/transcribe", lambda m: m.json["transaction"] == "t1", timeout=60)
+    answer = probe.request(agent.root, "transcribe", {"file": "call.wav"}, timeout=60)
+    assert answer["status"] == "ok", answer
+    assert words_found(answer["data"]["text"], "please call me back tomorrow") >= 0.6
+    assert (agent.inbox / "processed" / "call.wav.json").exists()
+    rejected = [m.json for m in probe.on(f"{agent.root}/event/job") if m.json["state"] == "rejected"]
+    assert rejected and rejected[0]["error"]["code"] == "busy"

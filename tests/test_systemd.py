@@ -1,0 +1,311 @@
+"""sd_notify over a real datagram socket, the watchdog gate, and the unit file through systemd-analyze."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.systemd import Notifier, WatchdogGate, WatchdogPinger, watchdog_interval
+
+UNIT = Path(__file__).resolve().parent.parent / "systemd" / "voice-agent.service"
+
+
+@pytest.fixture
+def notify_socket(monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    """A bound AF_UNIX datagram socket standing in for systemd, named in $NOTIFY_SOCKET.
+
+    A short folder under /tmp: socket paths are limited to 108 bytes, pytest's tmp_path may not be.
+    """
+    with tempfile.TemporaryDirectory(prefix="va-") as folder:
+        path = os.path.join(folder, "notify")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.settimeout(2.0)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        try:
+            yield sock
+        finally:
+            sock.close()
+
+
+def receive(sock: socket.socket) -> str:
+    """One datagram, waiting at most the socket timeout (2 s) for it."""
+    return sock.recv(4096).decode()
+
+
+def drain(sock: socket.socket) -> list[str]:
+    """Every datagram already waiting, without blocking."""
+    got = []
+    sock.setblocking(False)
+    try:
+        while True:
+            got.append(sock.recv(4096).decode())
+    except BlockingIOError:
+        pass
+    finally:
+        sock.settimeout(2.0)
+    return got
+
+
+def collect_for(sock: socket.socket, seconds: float) -> list[str]:
+    """Datagrams arriving within `seconds`."""
+    got = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            got.append(sock.recv(4096).decode())
+        except socket.timeout:
+            break
+    sock.settimeout(2.0)
+    return got
+
+
+# --- Notifier ---------------------------------------------------------------------------------
+
+
+def test_messages_are_exactly_formatted(notify_socket: socket.socket) -> None:
+    notifier = Notifier()
+    assert notifier.enabled
+    assert notifier.ready("connected to broker")
+    assert receive(notify_socket) == "READY=1\nSTATUS=connected to broker"
+    notifier.ready()
+    assert receive(notify_socket) == "READY=1"
+    notifier.status("idle, 3 jobs done")
+    assert receive(notify_socket) == "STATUS=idle, 3 jobs done"
+    notifier.watchdog()
+    assert receive(notify_socket) == "WATCHDOG=1"
+    notifier.stopping()
+    assert receive(notify_socket) == "STOPPING=1"
+    notifier.close()
+
+
+def test_reloading_carries_the_monotonic_clock_in_microseconds(notify_socket: socket.socket) -> None:
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    Notifier().reloading()
+    after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    match = re.fullmatch(r"RELOADING=1\nMONOTONIC_USEC=(\d+)", receive(notify_socket))
+    assert match, "RELOADING=1 followed by MONOTONIC_USEC=<digits>"
+    assert before <= int(match.group(1)) <= after
+
+
+def test_generic_notify_keeps_order_uppercases_keys_and_flattens_newlines(notify_socket: socket.socket) -> None:
+    Notifier().notify(status="two\nlines", ERRNO=5, ready=True)
+    assert receive(notify_socket) == "STATUS=two lines\nERRNO=5\nREADY=1"
+
+
+def test_socket_is_read_once_at_construction(notify_socket: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
+    notifier = Notifier()
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    notifier.watchdog()
+    assert receive(notify_socket) == "WATCHDOG=1"
+
+
+def test_abstract_socket_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"voice-agent-test-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(2.0)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        assert Notifier().ready("abstract")
+        assert receive(sock) == "READY=1\nSTATUS=abstract"
+
+
+def test_unset_socket_is_a_silent_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    notifier = Notifier()
+    assert not notifier.enabled
+    assert notifier.ready("x") is False
+    assert notifier.reloading() is False
+    assert notifier.watchdog() is False
+    notifier.close()
+
+
+def test_unreachable_socket_never_raises(tmp_path: Path) -> None:
+    notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")})
+    assert notifier.enabled
+    assert notifier.ready() is False
+    assert notifier.stopping() is False
+
+
+# --- watchdog_interval ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, None),
+        ({"WATCHDOG_USEC": "30000000"}, 15.0),
+        ({"WATCHDOG_USEC": "200000", "WATCHDOG_PID": str(os.getpid())}, 0.1),
+        ({"WATCHDOG_USEC": "200000", "WATCHDOG_PID": str(os.getpid() + 1)}, None),
+        ({"WATCHDOG_USEC": "soon"}, None),
+        ({"WATCHDOG_USEC": "0"}, None),
+    ],
+)
+def test_watchdog_interval(env: dict[str, str], expected: float | None) -> None:
+    assert watchdog_interval(env) == expected
+
+
+# --- WatchdogGate -----------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_gate_heartbeats_idle_and_busy() -> None:
+    clock = FakeClock()
+    gate = WatchdogGate(clock)
+    gate.register("main", max_silence_s=10)
+    gate.register("worker-0", max_silence_s=10)
+    assert gate.healthy() == (True, [])
+
+    clock.now += 11
+    assert gate.healthy() == (False, ["main", "worker-0"])
+    gate.beat("main")
+    gate.idle("worker-0")
+    clock.now += 1000  # an idle worker may wait for work forever
+    gate.beat("main")
+    assert gate.healthy() == (True, [])
+
+    gate.busy("worker-0", max_s=300)  # a job may run longer than max_silence_s ...
+    clock.now += 299
+    gate.beat("main")
+    assert gate.healthy() == (True, [])
+    clock.now += 2  # ... but not past its allowance
+    gate.beat("main")
+    assert gate.healthy() == (False, ["worker-0"])
+
+    gate.beat("worker-0")  # progress restarts the allowance
+    assert gate.healthy() == (True, [])
+    clock.now += 299
+    gate.beat("main")
+    assert gate.healthy() == (True, [])
+
+    gate.unregister("worker-0")
+    clock.now += 5
+    assert gate.healthy() == (True, [])
+
+
+def test_gate_rejects_unknown_names() -> None:
+    gate = WatchdogGate()
+    with pytest.raises(KeyError):
+        gate.beat("never-registered")
+
+
+# --- WatchdogPinger ---------------------------------------------------------------------------
+
+
+def test_pinger_pings_only_while_healthy(
+    notify_socket: socket.socket, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    gate = WatchdogGate()
+    gate.register("worker", max_silence_s=60)
+    pinger = WatchdogPinger(gate, Notifier())
+    assert pinger.interval == pytest.approx(0.1)
+    caplog.set_level(logging.INFO, logger="agent.systemd")
+    pinger.start()
+    try:
+        healthy = collect_for(notify_socket, 0.55)
+        assert set(healthy) == {"WATCHDOG=1"}
+        assert 3 <= len(healthy) <= 8, f"about one ping per 0.1 s, got {len(healthy)} in 0.55 s"
+
+        gate.busy("worker", max_s=0.05)
+        time.sleep(0.3)  # allowance passed and the pinger has seen it
+        drain(notify_socket)
+        assert collect_for(notify_socket, 0.5) == [], "no pings while a worker is stuck"
+        stuck_logs = [r for r in caplog.records if "stuck: worker" in r.getMessage()]
+        assert len(stuck_logs) == 1, "the stuck part is named once, not at every tick"
+
+        stop_beating = threading.Event()
+
+        def worker_progress() -> None:
+            while not stop_beating.wait(0.01):
+                gate.beat("worker")
+
+        beater = threading.Thread(target=worker_progress, daemon=True)
+        beater.start()
+        try:
+            resumed = collect_for(notify_socket, 0.55)
+        finally:
+            stop_beating.set()
+            beater.join(2)
+        assert len(resumed) >= 3 and set(resumed) == {"WATCHDOG=1"}, f"pings resume, got {resumed}"
+        assert any("recovered" in r.getMessage() for r in caplog.records)
+    finally:
+        pinger.stop()
+    assert not pinger.active
+
+
+def test_pinger_does_nothing_without_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    pinger = WatchdogPinger(WatchdogGate(), Notifier({}))
+    pinger.start()
+    assert not pinger.active
+    pinger.stop()
+
+
+def test_pinger_stops_promptly(monkeypatch: pytest.MonkeyPatch) -> None:
+    pinger = WatchdogPinger(WatchdogGate(), Notifier({}), interval=3600)
+    pinger.start()
+    assert pinger.active
+    started = time.monotonic()
+    pinger.stop()
+    assert time.monotonic() - started < 1.0
+    assert not pinger.active
+
+
+# --- the unit file ----------------------------------------------------------------------------
+
+
+def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze not installed (apt-get install systemd)")
+    text = UNIT.read_text()
+    exec_start = re.compile(r"^ExecStart=\S+", re.MULTILINE)
+    assert len(exec_start.findall(text)) == 1
+    # The real binary only exists on an installed device; everything else stays as shipped.
+    unit = tmp_path / UNIT.name
+    unit.write_text(exec_start.sub("ExecStart=/bin/true", text))
+    result = subprocess.run(
+        [analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    output = (result.stdout + result.stderr).splitlines()
+    ours = [line for line in output if UNIT.name in line]
+    assert result.returncode == 0 and not ours, "\n".join(output)
+
+
+def test_unit_file_has_the_required_settings() -> None:
+    """The settings other parts rely on (sd_notify, the watchdog, exit 78, the inbox path)."""
+    lines = {line.strip() for line in UNIT.read_text().splitlines()}
+    for required in (
+        "Type=notify",
+        "NotifyAccess=main",
+        "WatchdogSec=30",
+        "RestartPreventExitStatus=78",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "MemoryMax=400M",
+        "DeviceAllow=char-alsa rw",
+        "EnvironmentFile=-/etc/voice-agent/env",
+    ):
+        assert required in lines, required
+    assert not any(line.startswith(("MemoryDenyWriteExecute=", "PrivateDevices=")) for line in lines)
