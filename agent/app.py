@@ -70,7 +70,7 @@ class App:
         self.link: MqttLink | None = None
         self.dispatcher = Dispatcher(build_registry(), self.control, self.slot, settings=lambda: self.settings,
                                      link=lambda: self.link, memory_critical=self.memory_critical,
-                                     job_event=self.pipeline.job_event)
+                                     job_event=self.pipeline.job_event, watch=self.watch_job)
         self.inbox = self._make_inbox() if s.inbox.enabled else None
         self.monitor = Monitor(s.memory, self._watched_paths, self._on_alert)
         self.telemetry = TelemetryCollector(self._watched_paths)
@@ -84,7 +84,7 @@ class App:
 
     def _make_inbox(self) -> InboxWorker:
         return InboxWorker(self.settings.inbox, self.slot, self.pipeline, may_take=self.may_take_work,
-                           job_event=self.pipeline.job_event)
+                           job_event=self.pipeline.job_event, watch=self.watch_job)
 
     def _make_link(self) -> MqttLink:
         s = self.settings
@@ -125,6 +125,7 @@ class App:
             self.inbox.start()
         self.monitor.start()
         self.gate.register("main", max_silence_s=10 * TICK_S)
+        self.gate.register("mqtt", max_silence_s=10 * TICK_S)
         interval = watchdog_interval()
         self.pinger = WatchdogPinger(self.gate, self.notifier, interval) if interval else None
         if self.pinger:
@@ -134,6 +135,8 @@ class App:
         ready_sent = False
         while not self._stop.wait(TICK_S):
             self.gate.beat("main")
+            if self.link is not None and self.link.loop_alive():
+                self.gate.beat("mqtt")
             if not ready_sent and self.link is not None and self.link.connected.is_set():
                 self.notifier.ready(self._status_line())
                 ready_sent = True
@@ -283,6 +286,10 @@ class App:
         if self.inbox is not None:
             self.inbox.poke()
         self.publish_state()
+
+    def watch_job(self, job_id: str) -> Any:
+        """A job must end within jobs.timeout_s (+ grace), or the systemd watchdog stops being fed."""
+        return self.gate.watching(f"job-{job_id}", self.settings.jobs.timeout_s + 30)
 
     def memory_critical(self) -> bool:
         return self.monitor.critical

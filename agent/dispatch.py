@@ -13,7 +13,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import paho.mqtt.client as mqtt
 
@@ -37,7 +37,9 @@ class DispatchStats:
 class Dispatcher:
     def __init__(self, registry: dict[str, Command], ctx: AgentContext, slot: JobSlot, *,
                  settings: Callable[[], Settings], link: Callable[[], MqttLink | None],
-                 memory_critical: Callable[[], bool], job_event: Callable[..., None]) -> None:
+                 memory_critical: Callable[[], bool], job_event: Callable[..., None],
+                 watch: Callable[[str], ContextManager[None]]) -> None:
+        self._watch = watch
         self.registry = registry
         self.ctx = ctx
         self.slot = slot
@@ -132,7 +134,8 @@ class Dispatcher:
 
     def _run_heavy(self, spec: Command, request: Request, msg: mqtt.MQTTMessage, source: dict) -> None:
         try:
-            data = spec.run(request)
+            with self._watch(request.job_id or spec.name):
+                data = spec.run(request)
             self._answer(msg, spec.name, ok_answer(data, request.transaction))
         except AgentError as exc:
             self._answer_error(msg, spec.name, exc, request.transaction)

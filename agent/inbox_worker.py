@@ -12,7 +12,7 @@ import os
 import stat
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 from agent.audio.wav import decode_file
 from agent.errors import AgentError, AudioError
@@ -45,8 +45,10 @@ def file_hash(path: Path) -> str:
 
 class InboxWorker:
     def __init__(self, settings: InboxSettings, slot: JobSlot, pipeline: Pipeline, *, kind: str = "inbox",
-                 may_take: Callable[[], bool], job_event: Callable[..., None]) -> None:
+                 may_take: Callable[[], bool], job_event: Callable[..., None],
+                 watch: Callable[[str], ContextManager[None]]) -> None:
         self.inbox = Inbox(settings, self.on_ready)
+        self._watch = watch
         self.slot = slot
         self.pipeline = pipeline
         self.kind = kind
@@ -69,7 +71,7 @@ class InboxWorker:
         """A complete file is waiting: announce its job as queued and wake the feeder."""
         job_id = new_job_id()
         self._queued[name] = job_id
-        self._job_event(job_id, "queued", Source(self.kind, name).as_dict())
+        self._job_event(job_id, "queued", self._source(name).as_dict())
         self.poke()
 
     def poke(self) -> None:
@@ -118,10 +120,18 @@ class InboxWorker:
         name = self.inbox.take_ready()
         return self.inbox.claim(name) if name else None
 
+    def _source(self, name: str) -> Source:
+        """A microphone segment's spool file is named after its segment id."""
+        if self.kind == "mic":
+            return Source("mic", name, segment_id=name.rsplit(".", 1)[0])
+        return Source(self.kind, name)
+
     def _job(self, claimed: Claimed, job_id: str) -> None:
-        source = Source(self.kind, claimed.original)
+        source = self._source(claimed.original)
         try:
-            record = self.pipeline.run(job_id, source, lambda: load_audio_file(claimed.path, self.inbox.settings))
+            with self._watch(job_id):
+                record = self.pipeline.run(job_id, source,
+                                           lambda: load_audio_file(claimed.path, self.inbox.settings))
             self.inbox.finish(claimed, record, ok=True)
         except AgentError as exc:
             self.inbox.finish(claimed, {"job_id": job_id, "source": source.as_dict(), **exc.as_dict()}, ok=False)

@@ -84,6 +84,11 @@ class MqttLink:
         self.client.disconnect()
         self.client.loop_stop()
 
+    def loop_alive(self) -> bool:
+        """paho's network thread is running (it exposes no public accessor for this)."""
+        thread = getattr(self.client, "_thread", None)
+        return thread is not None and thread.is_alive()
+
     # --- subscriptions -------------------------------------------------------------------
 
     def route(self, topic_filter: str, handler: MessageHandler) -> None:

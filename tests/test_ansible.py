@@ -71,8 +71,15 @@ def ansible_env(tmp: Path) -> dict[str, str]:
 
 
 def target_python() -> str:
-    """The interpreter Ansible runs modules with on this machine (the system one, as on a Pi)."""
-    return "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+    """The interpreter Ansible runs modules with on this machine: the system one, as on a Pi,
+    when it has what the pip module needs (packaging or setuptools); else Ansible's own."""
+    probe = "import importlib.util as u, sys; sys.exit(not (u.find_spec('packaging') or u.find_spec('pkg_resources')))"
+    if Path("/usr/bin/python3").exists() and subprocess.run(
+        ["/usr/bin/python3", "-c", probe], capture_output=True, timeout=30
+    ).returncode == 0:
+        return "/usr/bin/python3"
+    ansible_python = Path(ansible_tool("ansible-playbook")).with_name("python")
+    return str(ansible_python) if ansible_python.exists() else sys.executable
 
 
 def venv_python() -> str:
@@ -304,6 +311,15 @@ def test_rebuilt_wheel_with_the_same_version_is_reinstalled(install: Install) ->
                             cwd=install.tmp, capture_output=True, text=True, timeout=60)
     assert marker.returncode == 0, f"the rebuilt wheel was not installed:\n{marker.stderr}"
     assert recap(install.apply())["changed"] == 0
+
+
+def test_a_config_the_agent_refuses_never_lands(install: Install) -> None:
+    before = install.config.read_text()
+    result = install.apply("--tags", "voice_agent_configure",
+                           voice_agent_config_extra={"jobs": {"max_concurent": 2}})
+    assert result.returncode != 0, "a misspelt key was accepted"
+    assert "max_concurrent" in result.stdout, "the agent's own checker did not explain the refusal"
+    assert install.config.read_text() == before
 
 
 @pytest.mark.parametrize(

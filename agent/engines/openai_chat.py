@@ -14,6 +14,7 @@ from agent.engines.http_retry import make_session, post_with_retries, response_j
 from agent.errors import EngineError
 from agent.settings import SummarizerSettings
 
+
 def render_prompt(template: str, text: str) -> str:
     """The prompt with `{text}` replaced literally.
 
