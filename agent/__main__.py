@@ -64,7 +64,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
         print(f"cannot list audio devices: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE
     for d in devices:
-        print(f"{d['index']:>3}  {d['name']}  ({d['max_input_channels']} ch, {d['default_sample_rate']:.0f} Hz)")
+        mark = "  [default input]" if d.get("default") else ""
+        print(f"{d['index']:>3}  {d['name']}  ({d['max_input_channels']} ch, {d['default_sample_rate']:.0f} Hz){mark}")
     return EX_OK
 
 

@@ -23,10 +23,12 @@ from agent.dispatch import Dispatcher
 from agent.engines.runtime import Engines
 from agent.inbox_worker import InboxWorker
 from agent.jobs import JobSlot
+from agent.audio.vad import VadCache
 from agent.messages import utc_now_iso
 from agent.monitor import Alert, Monitor
 from agent.mqtt import MqttLink
 from agent.outbox import Outbox
+from agent import operations
 from agent.pipeline import Pipeline
 from agent.publisher import Publisher
 from agent.settings import Settings
@@ -48,7 +50,10 @@ class App:
         self.started_at = utc_now_iso()
         self._t0 = time.monotonic()
         self.paused = False
-        self.alerts: dict[str, dict[str, Any]] = {}   # kind -> current retained alert body
+        # kind -> current retained alert body; the board keeps it, its events and retained copies consistent
+        self.board = operations.AlertBoard(self.emit, lambda: self.link, lambda: self.topics,
+                                           lambda: self.settings.device_id)
+        self.alerts: dict[str, dict[str, Any]] = self.board.current
         self.rejected = 0
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -64,7 +69,9 @@ class App:
         self.publisher = Publisher(self.outbox, s.device_id, on_store_error=self._store_error)
         self.slot = JobSlot(s.jobs.max_concurrent)
         self.engines = Engines(s.transcriber, s.summarizer, on_change=self.publish_state)
-        self.pipeline = Pipeline(lambda: self.engines, self.emit, cache_size=s.jobs.cache_size)
+        self.pipeline = Pipeline(lambda: self.engines, self.emit, cache_size=s.jobs.cache_size,
+                                 transcribe_concurrency=s.transcriber.concurrency,
+                                 summarize_concurrency=s.summarizer.concurrency)
         from agent.control import Control   # the handlers' view of this app
         self.control = Control(self)
         self.link: MqttLink | None = None
@@ -74,7 +81,12 @@ class App:
         self.inbox = self._make_inbox() if s.inbox.enabled else None
         self.monitor = Monitor(s.memory, self._watched_paths, self._on_alert)
         self.telemetry = TelemetryCollector(self._watched_paths)
+        self._init_operations()
         self.listener: Any = None
+        self.mic_inbox: InboxWorker | None = None
+        self.vad_cache = VadCache(s.vad.cache_size)
+        self._build_listening()
+        self._build_fleet_and_ha()
 
     # --- building blocks -----------------------------------------------------------------
 
@@ -84,7 +96,8 @@ class App:
 
     def _make_inbox(self) -> InboxWorker:
         return InboxWorker(self.settings.inbox, self.slot, self.pipeline, may_take=self.may_take_work,
-                           job_event=self.pipeline.job_event, watch=self.watch_job)
+                           job_event=self.pipeline.job_event, watch=self.watch_job,
+                           batch_size=lambda: self.engines.batch_size())
 
     def _make_link(self) -> MqttLink:
         s = self.settings
@@ -123,6 +136,8 @@ class App:
         self.link.start()
         if self.inbox is not None:
             self.inbox.start()
+        self._start_listening()
+        self.fleet.start()
         self.monitor.start()
         self.gate.register("main", max_silence_s=10 * TICK_S)
         self.gate.register("mqtt", max_silence_s=10 * TICK_S)
@@ -132,14 +147,11 @@ class App:
             self.pinger.start()
 
     def _main_loop(self) -> None:
-        ready_sent = False
         while not self._stop.wait(TICK_S):
             self.gate.beat("main")
             if self.link is not None and self.link.loop_alive():
                 self.gate.beat("mqtt")
-            if not ready_sent and self.link is not None and self.link.connected.is_set():
-                self.notifier.ready(self._status_line())
-                ready_sent = True
+            self._operations_tick()
             self._check_config(reload=self._reload.is_set())
             self._maybe_telemetry()
 
@@ -150,14 +162,17 @@ class App:
         log.info("shutting down")
         self._stop.set()
         self.monitor.stop()
-        if self.inbox is not None:
-            self.inbox.stop(grace_s=10)
+        self._finish_running_jobs()
+        self._stop_listening()
+        self.fleet.stop(grace_s=self._grace_left())
         self.publisher.stop(flush_s=2)
         if self.link is not None:
             self.link.stop()
         self.dispatcher.close()
+        self.outbox.close()   # before the engines: a job abandoned past the grace must store nothing
         self.engines.close()
-        self.outbox.close()
+        if self.pinger is not None:
+            self.pinger.stop()
         if self.broker is not None:
             self.broker.stop()
 
@@ -166,7 +181,8 @@ class App:
     def _check_config(self, reload: bool) -> None:
         if reload:
             self._reload.clear()
-            self.notifier.reloading()
+            if self._ready_sent:
+                self.notifier.reloading()
         try:
             new = self.store.check()
         except ConfigError as exc:
@@ -176,7 +192,7 @@ class App:
         if new is not None:
             self.clear_alert("config")
             self.apply(new)
-        if reload:
+        if reload and self._ready_sent:
             self.notifier.ready(self._status_line())
 
     def apply(self, new: Settings) -> list[str]:
@@ -190,6 +206,7 @@ class App:
             self.outbox.max_messages, self.outbox.max_bytes = new.outbox.max_messages, new.outbox.max_bytes
             self.monitor.reconfigure(new.memory)
             restarted += self.engines.reconfigure(new.transcriber, new.summarizer)
+            self.pipeline.set_concurrency(new.transcriber.concurrency, new.summarizer.concurrency)
             if "inbox" in sections and self.inbox is not None:
                 self.inbox.stop(grace_s=30)
                 self.inbox = None
@@ -197,6 +214,8 @@ class App:
             if new.inbox.enabled and self.inbox is None:
                 self.inbox = self._make_inbox()
                 self.inbox.start()
+            if sections & {"listen", "vad"}:
+                restarted += self._restart_listening()
             if sections & {"mqtt", "device_id"}:
                 # The same client id cannot be connected twice: the old link leaves first.
                 if self.link is not None:
@@ -208,13 +227,38 @@ class App:
                 restarted.append("mqtt")
             log.info("config %s applied (changed: %s)", self.store.revision, ", ".join(sorted(sections)) or "none")
         self.publish_retained_facts()
+        self._sync_fleet_and_ha()
         return restarted
+
+    # --- fleet worker and Home Assistant discovery (agent.fleet, agent.homeassistant) -----
+
+    def _build_fleet_and_ha(self) -> None:
+        from agent.fleet import FleetWorker
+        from agent.homeassistant import HomeAssistantDiscovery
+        self.fleet = FleetWorker(settings=lambda: self.settings, topics=lambda: self.topics, link=lambda: self.link,
+                                 slot=self.slot, pipeline=self.pipeline, may_take=self.may_take_work,
+                                 memory_critical=self.memory_critical, watch=self.watch_job)
+        self.homeassistant = HomeAssistantDiscovery(settings=lambda: self.settings.homeassistant,
+                                                    topics=lambda: self.topics, link=lambda: self.link,
+                                                    version=__version__)
+
+    def _sync_fleet_and_ha(self) -> None:
+        """After a config change: join/leave the shared job group, publish/remove discovery."""
+        self.fleet.sync()
+        self.homeassistant.sync(force=False)
+
+    def _fleet_and_ha_levels_changed(self) -> None:
+        """Pause or a memory level changed: `memory_level` in the retained state is what Home
+        Assistant shows, and the fleet worker leaves or rejoins its group at once."""
+        self.publish_state()
+        self.fleet.poke()
 
     # --- state, events, alerts -----------------------------------------------------------
 
     def _on_connect(self) -> None:
         self.publisher.wake()
         self.publish_retained_facts()
+        self.homeassistant.sync()
 
     def publish_retained_facts(self) -> None:
         link = self.link
@@ -224,8 +268,7 @@ class App:
         device = self.settings.device_id
         link.publish(self.topics.config, envelope(device, self.control.config_get()), retain=True)
         self.publish_state()
-        for kind, body in list(self.alerts.items()):
-            link.publish(self.topics.alert(kind), envelope(device, body), retain=True)
+        self.board.on_connect()
 
     def publish_state(self) -> None:
         link = self.link
@@ -234,62 +277,128 @@ class App:
             link.publish(self.topics.state, envelope(self.settings.device_id, self.control.state()), retain=True)
 
     def emit(self, event: str, body: dict[str, Any]) -> None:
+        self._hold_abandoned_job(event, body)
         self.publisher.emit(self.topics.event(event), body)
+        if event == "job":
+            self._observe_engine_health(body)
         if event == "job" and body.get("state") in ("running", "done", "failed"):
             self.publish_state()
         if event == "job" and body.get("state") == "rejected":
             self.rejected += 1
 
-    def raise_alert(self, kind: str, level: str, data: dict[str, Any]) -> None:
-        body = {"kind": kind, "level": level, **data}
-        self.alerts[kind] = body
-        self.emit("alert", body)
-        if self.link is not None:
-            from agent.messages import envelope
-            self.link.publish(self.topics.alert(kind), envelope(self.settings.device_id, body), retain=True)
+    def raise_alert(self, kind: str, level: str, data: dict[str, Any], *, repeat: bool = False) -> None:
+        """An `event/alert` and the retained `alert/<kind>` (see agent.operations.AlertBoard)."""
+        self.board.raise_(kind, level, data, repeat=repeat)
 
-    def clear_alert(self, kind: str) -> None:
-        if self.alerts.pop(kind, None) is None:
-            return
-        self.emit("alert", {"kind": kind, "level": "ok"})
-        if self.link is not None:
-            self.link.publish(self.topics.alert(kind), b"", retain=True)
+    def clear_alert(self, kind: str, data: dict[str, Any] | None = None) -> None:
+        self.board.clear(kind, data)
 
     def _on_alert(self, alert: Alert) -> None:
         if alert.level == "ok":
-            self.clear_alert(alert.kind)
+            self.clear_alert(alert.kind, self._alert_data(alert))
         else:
-            self.raise_alert(alert.kind, alert.level, alert.data)
+            self.raise_alert(alert.kind, alert.level, self._alert_data(alert), repeat=alert.repeat)
+            self._maybe_restart_summarizer(alert)
         if self.inbox is not None:
             self.inbox.poke()
+        self._poke_listening()
+        self._fleet_and_ha_levels_changed()
 
     def _outbox_overflow(self, dropped: int) -> None:
-        log.warning("outbox full: dropped the %d oldest event(s)", dropped)
-        self.alerts["outbox"] = {"kind": "outbox", "level": "warning", "dropped": self.outbox.dropped}
+        """Published directly, never through the outbox that is full (see OutboxWatch)."""
+        self.outbox_watch.overflow(dropped)
 
     def _store_error(self, exc: Exception) -> None:
-        log.error("cannot store an event: %s", exc)
-        if "outbox" not in self.alerts or self.alerts["outbox"].get("level") != "critical":
-            self.alerts["outbox"] = {"kind": "outbox", "level": "critical", "message": str(exc)}
-            self.publish_retained_facts()
+        self.outbox_watch.store_error(exc)
 
     @property
     def listening(self) -> bool:
-        return self.listener is not None and not self.paused
+        return self.listener is not None and self.listener.active and not self.paused
 
     def listener_stats(self) -> dict[str, Any]:
-        return self.listener.stats() if self.listener is not None else {}
+        stats: dict[str, Any] = self.listener.stats() if self.listener is not None else {"state": "off"}
+        if self.mic_inbox is not None:
+            stats["spool_waiting"] = self.mic_inbox.inbox.waiting_count()
+        return stats
+
+    # --- live listening (agent/listener.py) ----------------------------------------------
+    # A capture thread turns speech into `event/vad` and WAV segments in the spool folder; a
+    # second InboxWorker (kind "mic") takes them through the same job slot and pipeline as inbox
+    # files and deletes each once processed. Pause or critical memory closes the microphone.
+
+    def vad_cache_stats(self) -> dict[str, int]:
+        return self.vad_cache.stats()
+
+    def _spool_dir(self) -> Path:
+        s = self.settings
+        return Path(s.listen.spool_dir or Path(s.state_dir) / "spool")
+
+    def _listening_wanted(self) -> bool:
+        return not self.paused and not self.monitor.critical and not self._stop.is_set()
+
+    def _build_listening(self) -> None:
+        """The listener, and the worker taking its segments (kept while its spool stays the same)."""
+        s = self.settings
+        spool = self._spool_dir()
+        if not (s.listen.enabled or self.listen_source):
+            return
+        if self.mic_inbox is None or self.mic_inbox.inbox.path != spool:
+            spool_settings = replace(s.inbox, enabled=True, path=str(spool), processed_dir=None, failed_dir=None,
+                                     settle_ms=200)
+            self.mic_inbox = InboxWorker(spool_settings, self.slot, self.pipeline, kind="mic",
+                                         may_take=self.may_take_work, job_event=self.pipeline.job_event,
+                                         watch=self.watch_job, batch_size=lambda: self.engines.batch_size(),
+                                         keep_processed=False)
+        from agent.listener import Listener
+        self.listener = Listener(s.listen, s.vad, spool, source=self.listen_source, emit=self.emit,
+                                 wanted=self._listening_wanted, on_change=self.publish_state,
+                                 raise_alert=self.raise_alert, clear_alert=self.clear_alert, cache=self.vad_cache)
+
+    def _start_listening(self, start_spool: bool = True) -> None:
+        if start_spool and self.mic_inbox is not None:
+            self.mic_inbox.start()
+        if self.listener is not None:
+            self.listener.start()
+
+    def _stop_listening(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
+        if self.mic_inbox is not None:
+            self.mic_inbox.stop(grace_s=10)
+
+    def _restart_listening(self) -> list[str]:
+        """`listen` or `vad` changed: a new listener; the spool worker only if its folder moved."""
+        was_running = self.listener is not None
+        if self.listener is not None:
+            self.listener.stop()
+            self.listener = None
+        self.vad_cache.max_entries = self.settings.vad.cache_size
+        old_spool = self.mic_inbox
+        self._build_listening()
+        if old_spool is not None and self.mic_inbox is not old_spool:
+            old_spool.stop(grace_s=30)
+        self._start_listening(start_spool=self.mic_inbox is not old_spool)
+        self.publish_state()
+        return ["listen"] if was_running or self.listener is not None else []
+
+    def _poke_listening(self) -> None:
+        if self.listener is not None:
+            self.listener.poke()
+        if self.mic_inbox is not None:
+            self.mic_inbox.poke()
 
     def set_paused(self, paused: bool) -> None:
         self.paused = paused
         log.info("%s", "paused: no new work is taken" if paused else "resumed")
         if self.inbox is not None:
             self.inbox.poke()
+        self._poke_listening()
         self.publish_state()
+        self.fleet.poke()
 
     def watch_job(self, job_id: str) -> Any:
         """A job must end within jobs.timeout_s (+ grace), or the systemd watchdog stops being fed."""
-        return self.gate.watching(f"job-{job_id}", self.settings.jobs.timeout_s + 30)
+        return self.gate.watching(f"job-{job_id}", operations.job_watch_allowance(self.settings.jobs.timeout_s))
 
     def memory_critical(self) -> bool:
         return self.monitor.critical
@@ -301,17 +410,131 @@ class App:
         return round(time.monotonic() - self._t0, 1)
 
     def _status_line(self) -> str:
-        return (f"online; {self.slot.running}/{self.slot.limit} jobs; "
-                f"{self.pipeline.done} done, {self.pipeline.failed} failed")
+        link = self.link
+        phase = ("stopping" if self._stop.is_set() else "paused" if self.paused
+                 else "running" if self._ready_sent else "starting")
+        return operations.status_line(
+            phase=phase, connected=link is not None and link.connected.is_set(),
+            mqtt_error=link.last_error if link is not None else None, running=self.slot.running,
+            limit=self.slot.limit, done=self.pipeline.done, failed=self.pipeline.failed, rejected=self.rejected,
+            memory_level=self.monitor.level, engines=self.engines.describe(), alerts=list(self.alerts))
 
     def _maybe_telemetry(self) -> None:
         interval = self.settings.telemetry.interval_s
         now = time.monotonic()
-        if interval <= 0 or now - getattr(self, "_last_telemetry", 0.0) < interval:
+        if interval <= 0 or now - getattr(self, "_last_telemetry", float("-inf")) < interval:
             return
-        self._last_telemetry = now
         link = self.link
         if link is not None and link.connected.is_set():
+            self._last_telemetry = now
             from agent.messages import envelope
             link.publish(self.topics.telemetry, envelope(self.settings.device_id, self.control.stats()), qos=0)
-        self.notifier.status(self._status_line())
+
+    # --- operations (agent/operations.py): readiness, status, alerts, shutdown -------------
+
+    def _init_operations(self) -> None:
+        self.outbox_watch = operations.OutboxWatch(self.board, self.outbox)
+        self.engine_health = operations.EngineHealth(lambda: self.settings.jobs.engine_alert_after)
+        self.pinger: WatchdogPinger | None = None
+        self._ready_sent = False
+        self._status_sent: tuple[str, float] = ("", float("-inf"))
+        self._shutdown_deadline: float | None = None
+        self._abandoned = threading.Event()   # set when running jobs outlive the shutdown grace
+
+    def _operations_tick(self) -> None:
+        """Once per main-loop tick: READY=1 when due, STATUS= when it changed, outbox alert upkeep.
+
+        READY=1 waits for MQTT and for every engine to settle: loaded, or failed to load (a
+        failure is reported in STATUS= and in `state`, and does not hold READY back: retrying
+        cannot fix a missing model, and systemd would only kill and restart us in a loop). It is
+        sent at the latest READY_DEADLINE_S after start, so a broker that is down at boot does
+        not make systemd give up on an agent that works offline (the outbox keeps events).
+        """
+        now = time.monotonic()
+        if not self._ready_sent:
+            connected = self.link is not None and self.link.connected.is_set()
+            engines = self.engines.describe()
+            if operations.ready_due(connected, engines, now - self._t0):
+                if not (connected and operations.engines_settled(engines)):
+                    log.warning("sending READY after %.0f s without %s", now - self._t0,
+                                "MQTT" if not connected else "every engine loaded")
+                self._ready_sent = True
+                line = self._status_line()
+                self.notifier.ready(line)
+                self._status_sent = (line, now)
+        else:
+            line = self._status_line()
+            if line != self._status_sent[0] or now - self._status_sent[1] >= operations.STATUS_EVERY_S:
+                self.notifier.status(line)
+                self._status_sent = (line, now)
+        self.outbox_watch.tick()
+
+    def _alert_data(self, alert: Alert) -> dict[str, Any]:
+        """The monitor's figures, plus swap for memory alerts."""
+        data = dict(alert.data)
+        sample = self.monitor.last_sample
+        if alert.kind == "memory" and sample is not None:
+            data.setdefault("swap_used_percent", sample.swap_used_percent)
+        return data
+
+    def _maybe_restart_summarizer(self, alert: Alert) -> None:
+        """memory.restart_summarizer_when_largest (off by default): while critical (on entering and
+        on every reminder), restart the summarizer's server when it is the largest process."""
+        slot = self.engines.summarizer
+        if operations.summarizer_restart_due(self.settings.memory.restart_summarizer_when_largest, alert.kind,
+                                             alert.level, alert.data, slot.server_pid):
+            log.warning("memory critical and the summarizer server (pid %s) is the largest process: "
+                        "restarting it", slot.server_pid)
+            slot.restart()
+
+    def _observe_engine_health(self, body: dict[str, Any]) -> None:
+        change = self.engine_health.observe(body)
+        if change is None:
+            return
+        action, data = change
+        engines = {kind: d.get("name") for kind, d in self.engines.describe().items()}
+        if action == "raise":
+            log.error("%d engine failures in a row: raising the engine alert", data["failures"])
+            self.raise_alert("engine", "critical", {**data, "engines": engines})
+        else:
+            self.clear_alert("engine", {**data, "engines": engines})
+
+    def _finish_running_jobs(self) -> None:
+        """SIGTERM: take no new work, give running jobs jobs.shutdown_grace_s to finish, then abandon
+        them: their files stay claimed in .processing/ (taken again on the next start), and nothing
+        they do afterwards is stored or published (see _hold_abandoned_job)."""
+        grace = self.settings.jobs.shutdown_grace_s
+        self._shutdown_deadline = time.monotonic() + grace
+        self.slot.set_limit(0)   # requests are answered busy; inbox and spool files wait on disk
+        if self.inbox is not None:
+            self.inbox.stop(grace_s=0)
+        if self.slot.running:
+            log.info("waiting up to %g s for %d running job(s)", grace, self.slot.running)
+            self.notifier.status(f"stopping: waiting up to {grace:g} s for {self.slot.running} running job(s)")
+        while self.slot.running > 0 and self._grace_left() > 0:
+            self.gate.beat("main")
+            if self.link is not None and self.link.loop_alive():
+                self.gate.beat("mqtt")
+            time.sleep(0.05)
+        if self.slot.running > 0:
+            self._abandoned.set()
+            log.warning("%d job(s) still running after %g s: their files stay claimed and are taken again "
+                        "on the next start", self.slot.running, grace)
+
+    def _grace_left(self) -> float:
+        if self._shutdown_deadline is None:
+            return 0.0
+        return max(0.0, self._shutdown_deadline - time.monotonic())
+
+    def _hold_abandoned_job(self, event: str, body: dict[str, Any]) -> None:
+        """A job thread that outlived the shutdown grace stops here for good (the process is exiting):
+        its file must stay claimed rather than be finished as failed when the engines are closed.
+        Only job threads (daemon threads emitting a job's progress) are held, never the main thread
+        or a pool worker that the interpreter joins at exit."""
+        thread = threading.current_thread()
+        progress = event in ("transcript", "summary") or (
+            event == "job" and body.get("state") in ("running", "done", "failed"))
+        if self._abandoned.is_set() and progress and thread.daemon and thread is not threading.main_thread():
+            log.info("%s: abandoned at shutdown; its work is taken again on the next start",
+                     threading.current_thread().name)
+            threading.Event().wait()

@@ -44,18 +44,21 @@ class Control:
         app = self.app
         d = app.dispatcher.stats
         inbox = app.inbox
-        figures = app.telemetry.collect({"uptime_s": app.uptime_s()})
+        # The one builder of both `request/stats` answers and `<root>/telemetry` (App._maybe_telemetry).
+        figures = app.telemetry.collect({"uptime_s": app.uptime_s(), "memory_level": app.monitor.level,
+                                         "alerts": sorted(app.alerts)})
         return {
             **figures,
             "jobs": {"done": app.pipeline.done, "failed": app.pipeline.failed, "rejected": app.rejected,
                      "running": app.slot.running, "limit": app.slot.limit},
             "requests": {"total": d.requests, "errors": d.errors, "busy": d.busy},
             "inbox": {"waiting": inbox.inbox.waiting_count() if inbox else 0},
+            "listen": app.listener_stats(),
             "outbox": {"queued": app.outbox.count, "bytes": app.outbox.size_bytes, "stored": app.outbox.stored,
                        "published": app.publisher.published, "dropped": app.outbox.dropped},
             "caches": {"config": {"hits": app.store.hits, "misses": app.store.misses},
                        "transcripts": app.pipeline.transcripts.stats(),
-                       "summaries": app.pipeline.summaries.stats(), **app.listener_stats()},
+                       "summaries": app.pipeline.summaries.stats(), "vad": app.vad_cache_stats()},
         }
 
     # --- config --------------------------------------------------------------------------

@@ -4,7 +4,9 @@ A file is taken only when complete: after close-after-write, after a move into t
 once its size and mtime have been stable for `settle_ms` (writers that never signal). It is
 claimed by an atomic rename into `.processing/`, so a crash can never process it twice, and
 finished by a two-step move whose intent is written first, so a crash mid-finish is completed
-on restart instead of re-running the job. Nothing is ever deleted.
+on restart instead of re-running the job. Nothing is ever deleted, except where the owner asks
+for it with `keep_processed=False` (the microphone spool: successfully processed segments are
+removed with the same crash-safe intent, failed ones stay in `failed/` with their reason).
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ class Claimed:
 
 
 class Inbox:
-    def __init__(self, settings: InboxSettings, on_ready: Callable[[str], None]) -> None:
+    def __init__(self, settings: InboxSettings, on_ready: Callable[[str], None], *,
+                 keep_processed: bool = True) -> None:
         self.settings = settings
+        self.keep_processed = keep_processed
         self.path = Path(settings.path)
         self.processed = Path(settings.processed_dir or self.path / "processed")
         self.failed = Path(settings.failed_dir or self.path / "failed")
@@ -63,7 +67,7 @@ class Inbox:
 
     def start(self) -> list[Claimed]:
         """Create folders, complete interrupted finishes, and return claims left by a crash."""
-        for d in (self.path, self.processed, self.failed, self.processing):
+        for d in (self.path, self.failed, self.processing, *([self.processed] if self.keep_processed else [])):
             d.mkdir(parents=True, exist_ok=True)
         self._recover_finishes()
         leftovers = [Claimed(p, p.name) for p in sorted(self.processing.iterdir(), key=_mtime)
@@ -168,6 +172,8 @@ class Inbox:
 
     def finish(self, claimed: Claimed, record: dict[str, Any], ok: bool) -> Path:
         """Move the audio to processed/ or failed/ with its record beside it."""
+        if ok and not self.keep_processed:
+            return self._delete(claimed)
         dest_dir = self.processed if ok else self.failed
         final = _unique(dest_dir, claimed.original, also=(".json", ".error.json")).name
         record_name = final + (".json" if ok else ".error.json")
@@ -176,8 +182,20 @@ class Inbox:
         self._complete(claimed.path, intent)
         return dest_dir / final
 
+    def _delete(self, claimed: Claimed) -> Path:
+        """Success with keep_processed=False: the audio and its record go; the intent makes it final."""
+        intent = claimed.path.with_name(claimed.path.name + INTENT)
+        _write_json(intent, {"delete": True})
+        self._complete(claimed.path, intent)
+        return claimed.path
+
     def _complete(self, audio: Path, intent: Path) -> None:
         plan = json.loads(intent.read_text())
+        if plan.get("delete"):
+            if os.path.lexists(audio):
+                os.unlink(audio)
+            os.unlink(intent)
+            return
         dest = Path(plan["dest"])
         if os.path.lexists(audio):
             os.rename(audio, dest / plan["final"])

@@ -18,7 +18,7 @@ from agent.audio.wav import decode_file
 from agent.errors import AgentError, AudioError
 from agent.inbox import Claimed, Inbox
 from agent.jobs import JobSlot, new_job_id
-from agent.pipeline import Loaded, Pipeline, Source
+from agent.pipeline import Job, Loaded, Pipeline, Source
 from agent.settings import InboxSettings
 
 log = logging.getLogger(__name__)
@@ -46,9 +46,12 @@ def file_hash(path: Path) -> str:
 class InboxWorker:
     def __init__(self, settings: InboxSettings, slot: JobSlot, pipeline: Pipeline, *, kind: str = "inbox",
                  may_take: Callable[[], bool], job_event: Callable[..., None],
-                 watch: Callable[[str], ContextManager[None]]) -> None:
-        self.inbox = Inbox(settings, self.on_ready)
+                 watch: Callable[[str], ContextManager[None]], batch_size: Callable[[], int] = lambda: 1,
+                 keep_processed: bool = True) -> None:
+        """`keep_processed=False` deletes a file once processed (the mic spool); failed ones are kept."""
+        self.inbox = Inbox(settings, self.on_ready, keep_processed=keep_processed)
         self._watch = watch
+        self._batch_size = batch_size
         self.slot = slot
         self.pipeline = pipeline
         self.kind = kind
@@ -105,14 +108,23 @@ class InboxWorker:
                     continue
             if not self.slot.acquire(timeout=1):
                 continue
-            claimed = self._next_claim()
-            if claimed is None:
+            batch = self._claim_batch()
+            if not batch:
                 self.slot.release()
                 continue
-            job_id = self._queued.pop(claimed.original, None) or new_job_id()
-            t = threading.Thread(target=self._job, args=(claimed, job_id), name=f"{self.kind}-job", daemon=True)
+            t = threading.Thread(target=self._jobs, args=(batch,), name=f"{self.kind}-job", daemon=True)
             self._active.add(t)
             t.start()
+
+    def _claim_batch(self) -> list[tuple[Claimed, str]]:
+        """One file, or several when the engine loads its model per run (one slot for all)."""
+        batch: list[tuple[Claimed, str]] = []
+        while len(batch) < max(1, self._batch_size()):
+            claimed = self._next_claim()
+            if claimed is None:
+                break
+            batch.append((claimed, self._queued.pop(claimed.original, None) or new_job_id()))
+        return batch
 
     def _next_claim(self) -> Claimed | None:
         if self._leftovers:
@@ -120,23 +132,38 @@ class InboxWorker:
         name = self.inbox.take_ready()
         return self.inbox.claim(name) if name else None
 
+    def _run_one(self, job: Job) -> dict | AgentError:
+        try:
+            return self.pipeline.run(job.job_id, job.source, job.load)
+        except AgentError as exc:
+            return exc
+
+    def _loader(self, claimed: Claimed) -> Callable[[], Loaded]:
+        return lambda: load_audio_file(claimed.path, self.inbox.settings)
+
     def _source(self, name: str) -> Source:
         """A microphone segment's spool file is named after its segment id."""
         if self.kind == "mic":
             return Source("mic", name, segment_id=name.rsplit(".", 1)[0])
         return Source(self.kind, name)
 
-    def _job(self, claimed: Claimed, job_id: str) -> None:
-        source = self._source(claimed.original)
+    def _jobs(self, batch: list[tuple[Claimed, str]]) -> None:
+        jobs = [Job(job_id, self._source(c.original), self._loader(c)) for c, job_id in batch]
         try:
-            with self._watch(job_id):
-                record = self.pipeline.run(job_id, source,
-                                           lambda: load_audio_file(claimed.path, self.inbox.settings))
-            self.inbox.finish(claimed, record, ok=True)
-        except AgentError as exc:
-            self.inbox.finish(claimed, {"job_id": job_id, "source": source.as_dict(), **exc.as_dict()}, ok=False)
+            with self._watch(jobs[0].job_id):
+                if len(jobs) == 1:
+                    results: list[dict | AgentError] = [self._run_one(jobs[0])]
+                else:
+                    results = self.pipeline.run_batch(jobs)
+            for (claimed, _), job, result in zip(batch, jobs, results):
+                if isinstance(result, AgentError):
+                    record = {"job_id": job.job_id, "source": job.source.as_dict(), **result.as_dict()}
+                    self.inbox.finish(claimed, record, ok=False)
+                else:
+                    self.inbox.finish(claimed, result, ok=True)
         except Exception:
-            log.exception("%s: finishing %s failed; it stays in %s", self.kind, claimed.original, claimed.path.parent)
+            log.exception("%s: finishing %s failed; they stay in %s", self.kind,
+                          ", ".join(c.original for c, _ in batch), self.inbox.processing)
         finally:
             self._active.discard(threading.current_thread())
             self.slot.release()

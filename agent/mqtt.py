@@ -35,6 +35,7 @@ class MqttLink:
         self._on_connect_cb = on_connect
         self._on_publish_cb = on_publish
         self._handlers: dict[str, MessageHandler] = {}
+        self._draining: dict[str, MessageHandler] = {}   # unsubscribed, still taking late deliveries
         self._lock = threading.Lock()
         self.connected = threading.Event()
         self.connects = 0
@@ -95,12 +96,19 @@ class MqttLink:
         """Subscribe now (if connected) and again on every reconnect."""
         with self._lock:
             self._handlers[topic_filter] = handler
+            self._draining.pop(topic_filter, None)
         if self.connected.is_set():
             self.client.subscribe(topic_filter, qos=1)
 
-    def unroute(self, topic_filter: str) -> None:
+    def unroute(self, topic_filter: str, *, drain: bool = False) -> None:
+        """Unsubscribe. With `drain`, the handler still gets what the broker sent before the
+        UNSUBSCRIBE took effect (a shared subscription's deliveries already on their way), when no
+        subscribed filter matches them, until `route` or a plain `unroute` of the same filter."""
         with self._lock:
-            self._handlers.pop(topic_filter, None)
+            handler = self._handlers.pop(topic_filter, None)
+            self._draining.pop(topic_filter, None)
+            if drain and handler is not None:
+                self._draining[topic_filter] = handler
         if self.connected.is_set():
             self.client.unsubscribe(topic_filter)
 
@@ -169,6 +177,8 @@ class MqttLink:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
             handlers = [h for f, h in self._handlers.items() if mqtt.topic_matches_sub(_unshared(f), msg.topic)]
+            if not handlers:
+                handlers = [h for f, h in self._draining.items() if mqtt.topic_matches_sub(_unshared(f), msg.topic)]
         for handler in handlers:
             try:
                 handler(msg)

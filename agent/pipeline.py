@@ -1,15 +1,18 @@
-"""One job: audio -> transcript -> summary -> events, with its lifecycle on `event/job`.
+"""Jobs: audio -> transcript -> summary -> events, with their lifecycle on `event/job`.
 
 Every source (inbox file, microphone segment, request) goes through here, so a transcript
-looks the same whatever produced it. Identical audio (by content hash) and identical text reuse
-earlier results from bounded LRU caches.
+looks the same whatever produced it. Each stage has its own bounded concurrency, so with two
+job slots job N can be summarized while job N+1 is transcribed without two transcriptions
+fighting over the cores. Identical audio (by content hash) and identical text reuse earlier
+results from bounded LRU caches.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from agent.engines.base import Audio, Summary, Transcript
@@ -41,66 +44,170 @@ class Loaded:
     content_hash: str
 
 
+@dataclass
+class Job:
+    """One job's progress through the stages."""
+
+    job_id: str
+    source: Source
+    load: Callable[[], Loaded]
+    summarize: bool = True
+    loaded: Loaded | None = None
+    transcript: Transcript | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    t0: float = field(default_factory=time.monotonic)
+
+
+class Stage:
+    """A bounded number of concurrent users of one engine (threads x jobs <= cores)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._sem = threading.BoundedSemaphore(limit)
+
+    def __enter__(self) -> None:
+        self._sem.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._sem.release()
+
+
 class Pipeline:
-    def __init__(self, engines: Callable[[], Engines], emit: Emit, *, cache_size: int) -> None:
+    def __init__(self, engines: Callable[[], Engines], emit: Emit, *, cache_size: int,
+                 transcribe_concurrency: int = 1, summarize_concurrency: int = 1) -> None:
         self._engines = engines
         self._emit = emit
         self.transcripts = LRUCache(cache_size)
         self.summaries = LRUCache(cache_size)
+        self.transcribe_stage = Stage(transcribe_concurrency)
+        self.summarize_stage = Stage(summarize_concurrency)
         self.done = 0
         self.failed = 0
+
+    def set_concurrency(self, transcribe: int, summarize: int) -> None:
+        """Jobs already inside a stage finish under the old bound; new ones use the new one."""
+        if transcribe != self.transcribe_stage.limit:
+            self.transcribe_stage = Stage(transcribe)
+        if summarize != self.summarize_stage.limit:
+            self.summarize_stage = Stage(summarize)
 
     def job_event(self, job_id: str, state: str, source: dict[str, Any], **extra: Any) -> None:
         self._emit("job", {"job_id": job_id, "state": state, "source": source, **extra})
 
+    # --- one job -------------------------------------------------------------------------
+
     def run(self, job_id: str, source: Source, load: Callable[[], Loaded], *,
             summarize: bool = True) -> dict[str, Any]:
         """Run one job to the end; returns its record. Raises AgentError after `failed` is published."""
-        src = source.as_dict()
-        self.job_event(job_id, "running", src)
-        t0 = time.monotonic()
-        timings: dict[str, float] = {}
+        job = Job(job_id, source, load, summarize)
+        self._start(job)
+        return self._guard(job, lambda: self._finish(job, self._transcribe(job)))
+
+    # --- several jobs whose transcriptions share one engine run --------------------------
+
+    def run_batch(self, jobs: list[Job]) -> list[dict[str, Any] | AgentError]:
+        """Transcribe the jobs in one engine call (the model loads once); each then finishes
+        alone, so a bad file fails by itself."""
+        results: dict[str, dict[str, Any] | AgentError] = {}
+        ready: list[Job] = []
+        for job in jobs:
+            self._start(job)
+            try:
+                self._guard(job, lambda job=job: self._load(job))
+                ready.append(job)
+            except AgentError as exc:
+                results[job.job_id] = exc
+        transcripts = self._transcribe_many(ready)
+        for job, transcript in zip(ready, transcripts):
+            try:
+                results[job.job_id] = self._guard(job, lambda job=job, t=transcript: self._finish(job, _raise(t)))
+            except AgentError as exc:
+                results[job.job_id] = exc
+        return [results[job.job_id] for job in jobs]
+
+    # --- stages --------------------------------------------------------------------------
+
+    def _start(self, job: Job) -> None:
+        job.t0 = time.monotonic()
+        self.job_event(job.job_id, "running", job.source.as_dict())
+
+    def _guard(self, job: Job, step: Callable[[], Any]) -> Any:
+        """Run a step; any failure publishes `failed` once and becomes an AgentError."""
         try:
-            loaded = load()
-            timings["decode"] = _ms(t0)
-            transcript = self._transcribe(loaded, timings)
-            summary = self._summarize(transcript.text, timings) if summarize else None
+            return step()
         except AgentError as exc:
-            self.failed += 1
-            self.job_event(job_id, "failed", src, error=exc.as_dict())
+            self._failed(job, exc)
             raise
         except Exception as exc:
-            log.exception("job %s failed unexpectedly", job_id)
-            self.failed += 1
+            log.exception("job %s failed unexpectedly", job.job_id)
             err = AgentError(f"internal error: {type(exc).__name__}")
-            self.job_event(job_id, "failed", src, error=err.as_dict())
+            self._failed(job, err)
             raise err from exc
-        timings["total"] = _ms(t0)
-        audio_s = round(loaded.audio.duration_s, 3)
-        self._emit("transcript", {"job_id": job_id, "source": src, "text": transcript.text,
-                                  "language": transcript.language, "audio_s": audio_s,
-                                  "engine": transcript.engine, "timings_ms": timings})
-        if summary is not None and summary.text:
-            self._emit("summary", {"job_id": job_id, "source": src, "text": summary.text,
-                                   "engine": summary.engine, "timings_ms": timings})
-        self.done += 1
-        self.job_event(job_id, "done", src, audio_s=audio_s, timings_ms=timings)
-        return {"job_id": job_id, "content_hash": loaded.content_hash, "source": src, "audio_s": audio_s,
-                "transcript": transcript.text, "language": transcript.language,
-                "summary": summary.text if summary else None,
-                "engines": {"transcriber": transcript.engine, "summarizer": summary.engine if summary else None},
-                "timings_ms": timings}
 
-    def _transcribe(self, loaded: Loaded, timings: dict[str, float]) -> Transcript:
+    def _failed(self, job: Job, exc: AgentError) -> None:
+        self.failed += 1
+        self.job_event(job.job_id, "failed", job.source.as_dict(), error=exc.as_dict())
+
+    def _load(self, job: Job) -> Loaded:
+        t0 = time.monotonic()
+        job.loaded = job.load()
+        job.timings["decode"] = _ms(t0)
+        return job.loaded
+
+    def _transcribe(self, job: Job) -> Transcript:
+        loaded = self._load(job)
         t0 = time.monotonic()
         engines = self._engines()
         key = (engines.transcriber.name, loaded.content_hash)
         transcript = self.transcripts.get(key)
         if transcript is None:
-            transcript = engines.transcribe(loaded.audio)
+            with self.transcribe_stage:
+                transcript = engines.transcribe(loaded.audio)
             self.transcripts.put(key, transcript)
-        timings["transcribe"] = _ms(t0)
+        job.timings["transcribe"] = _ms(t0)
         return transcript
+
+    def _transcribe_many(self, jobs: list[Job]) -> list[Transcript | Exception]:
+        engines = self._engines()
+        t0 = time.monotonic()
+        keys = [(engines.transcriber.name, job.loaded.content_hash) for job in jobs]  # type: ignore[union-attr]
+        found: list[Transcript | Exception | None] = [self.transcripts.get(k) for k in keys]
+        todo = [i for i, t in enumerate(found) if t is None]
+        if todo:
+            try:
+                with self.transcribe_stage:
+                    fresh = engines.transcribe_batch([jobs[i].loaded.audio for i in todo])  # type: ignore[union-attr]
+            except Exception as exc:   # the whole engine call failed: every job in it fails alike
+                fresh = [exc] * len(todo)
+            for i, result in zip(todo, fresh):
+                found[i] = result
+                if isinstance(result, Transcript):
+                    self.transcripts.put(keys[i], result)
+        elapsed = _ms(t0)
+        for job in jobs:
+            job.timings["transcribe"] = round(elapsed / max(len(jobs), 1), 1)
+        return found  # type: ignore[return-value]
+
+    def _finish(self, job: Job, transcript: Transcript) -> dict[str, Any]:
+        summary = self._summarize(transcript.text, job.timings) if job.summarize else None
+        job.timings["total"] = _ms(job.t0)
+        loaded = job.loaded
+        assert loaded is not None
+        src = job.source.as_dict()
+        audio_s = round(loaded.audio.duration_s, 3)
+        self._emit("transcript", {"job_id": job.job_id, "source": src, "text": transcript.text,
+                                  "language": transcript.language, "audio_s": audio_s,
+                                  "engine": transcript.engine, "timings_ms": job.timings})
+        if summary is not None and summary.text:
+            self._emit("summary", {"job_id": job.job_id, "source": src, "text": summary.text,
+                                   "engine": summary.engine, "timings_ms": job.timings})
+        self.done += 1
+        self.job_event(job.job_id, "done", src, audio_s=audio_s, timings_ms=job.timings)
+        return {"job_id": job.job_id, "content_hash": loaded.content_hash, "source": src, "audio_s": audio_s,
+                "transcript": transcript.text, "language": transcript.language,
+                "summary": summary.text if summary else None,
+                "engines": {"transcriber": transcript.engine, "summarizer": summary.engine if summary else None},
+                "timings_ms": job.timings}
 
     def summarize_text(self, text: str, timings: dict[str, float]) -> Summary | None:
         return self._summarize(text, timings)
@@ -113,10 +220,17 @@ class Pipeline:
         key = (engines.summarizer.name, text)
         summary = self.summaries.get(key)
         if summary is None:
-            summary = engines.summarize(text)
+            with self.summarize_stage:
+                summary = engines.summarize(text)
             self.summaries.put(key, summary)
         timings["summarize"] = _ms(t0)
         return summary
+
+
+def _raise(result: Transcript | Exception) -> Transcript:
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def _ms(t0: float) -> float:

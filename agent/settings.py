@@ -98,6 +98,11 @@ class JobsSettings:
     timeout_s: float = opt(600.0, doc="Longest a single job may run.", min=1, max=86_400)
     retry_after_s: float = opt(5.0, doc="Hint sent with busy answers.", min=0, max=3600)
     cache_size: int = opt(128, doc="Results of identical audio or text kept for reuse (LRU).", min=0, max=100_000)
+    shutdown_grace_s: float = opt(20.0, doc="On SIGTERM, how long a running job may take to finish; past "
+                                            "that its file stays claimed and is taken again on the next start.",
+                                  min=0, max=3600)
+    engine_alert_after: int = opt(3, doc="Consecutive engine failures that raise the `engine` alert "
+                                         "(cleared by the next successful job).", min=1, max=1000)
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,10 @@ class ListenSettings:
     device: str | int | None = opt(None, doc="Input device name or index; null = system default.")
     sample_rate: int = opt(16000, doc="Capture sample rate (resampled to 16 kHz for VAD).",
                            choices=(8000, 16000, 32000, 44100, 48000))
-    frames_per_buffer: int = opt(480, doc="Frames per PortAudio buffer.", min=64, max=16384)
+    frames_per_buffer: int = opt(1600, doc="Frames per PortAudio buffer (1600 = 100 ms at 16 kHz: few wake-ups).",
+                                 min=64, max=16384)
+    read_ms: int = opt(120, doc="Audio handed to the analyser per wake-up; shorter reacts sooner but costs "
+                                "more CPU in thread wake-ups.", min=10, max=1000)
     ring_buffer_s: float = opt(10.0, doc="Captured audio held while the analyser catches up.", min=1, max=600)
     spool_dir: str | None = opt(None, doc="Where finished segments wait as WAV files; default <state_dir>/spool.", path=True)
 
@@ -146,6 +154,7 @@ class WhisperCppSettings:
     extra_args: list[str] = opt(doc="Extra command-line arguments.", factory=list)
     timeout_s: float = opt(300.0, doc="A run taking longer is killed (engine_timeout).", min=1, max=86_400)
     batch: bool = opt(True, doc="Transcribe several waiting files in one run so the model loads once.")
+    batch_max: int = opt(8, doc="Most files transcribed in one run.", min=1, max=64)
 
 
 @dataclass(frozen=True)
@@ -185,6 +194,8 @@ class TranscriberSettings:
                                "bench_metadata"))
     language: str = opt("en", doc="Spoken language (ISO 639-1).")
     timeout_s: float = opt(300.0, doc="Longest one transcription may take.", min=1, max=86_400)
+    concurrency: int = opt(1, doc="Transcriptions at once, whatever jobs.max_concurrent allows "
+                                  "(engine threads x this must not exceed the cores).", min=1, max=16)
     whisper_cpp: WhisperCppSettings = section(WhisperCppSettings, "whisper.cpp command line.")
     faster_whisper: FasterWhisperSettings = section(FasterWhisperSettings, "faster-whisper (extra).")
     whisper_server: WhisperServerSettings = section(WhisperServerSettings, "whisper.cpp HTTP server.")
@@ -233,6 +244,8 @@ class SummarizerSettings:
     max_sentences: int = opt(2, doc="Sentences the extractive summarizer keeps.", min=1, max=50)
     min_words: int = opt(12, doc="Shorter transcripts are their own summary (no LLM call).", min=0, max=10_000)
     timeout_s: float = opt(120.0, doc="Longest one summary may take.", min=1, max=86_400)
+    concurrency: int = opt(1, doc="Summaries at once; with jobs.max_concurrent 2, job N is summarized "
+                                  "while job N+1 is transcribed.", min=1, max=16)
     llama_server: LlamaServerSettings = section(LlamaServerSettings, "llama.cpp server kept running by the agent.")
     openai: OpenAISummarizerSettings = section(OpenAISummarizerSettings, "OpenAI-compatible chat completions.")
     anthropic: AnthropicSummarizerSettings = section(AnthropicSummarizerSettings, "Anthropic Messages API.")
@@ -269,6 +282,8 @@ class HomeAssistantSettings:
 class FleetSettings:
     worker: bool = opt(False, doc="Take shared jobs from <topic_prefix>/jobs/transcribe.")
     group: str = opt("voice-agents", doc="Shared subscription group name.")
+    fetch_timeout_s: float = opt(30.0, doc="Longest a shared job's `url` audio may take to download.",
+                                 min=1, max=3600)
 
 
 @dataclass(frozen=True)

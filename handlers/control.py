@@ -15,4 +15,10 @@ def resume(req: Request) -> dict[str, Any]:
     return req.ctx.set_paused(False)
 
 
-COMMANDS = [Command("pause", pause), Command("resume", resume)]
+def listening(req: Request) -> dict[str, Any]:
+    """`{"listening": true}` = resume, false = pause: one topic for an on/off switch (Home Assistant)."""
+    return req.ctx.set_paused(not req.body["listening"])
+
+
+COMMANDS = [Command("pause", pause), Command("resume", resume),
+            Command("listening", listening, fields={"listening": ((bool,), True)})]

@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 

@@ -5,8 +5,9 @@ Pi Zero 2W; paying it per transcript would dominate the latency. The server spea
 OpenAI chat-completions protocol (llama.cpp's `llama-server` or `python -m llama_cpp.server`).
 
 Failure handling, in order of preference:
-- a crashed server is restarted by `ServerProcess.ensure_running` (before every call and from a
-  monitor thread every `health_interval_s`), with exponential backoff;
+- a crashed server is restarted by `ServerProcess.ensure_running` (before a call, and from a
+  monitor thread every `health_interval_s` while idle), with exponential backoff;
+- a server that drops a request (killed mid-answer) is restarted and the request retried once;
 - a request that times out means a hung server: it is SIGKILLed at once and restarted in the
   background, and the caller gets `engine_timeout`;
 - a server that cannot start at all falls back to `oneshot_command` per call when configured
@@ -68,6 +69,8 @@ class LlamaServerSummarizer:
 
     def load(self) -> None:
         """Start the server and send one warm-up request; fall back to one-shot runs if it fails."""
+        if self._server is not None or self._closed:
+            return  # already loaded (or closed): a second server would only collide on the port
         if not self.options.command and not self.options.oneshot_command:
             raise EngineError("llama_server summarizer: set summarizer.llama_server.command "
                               "(or oneshot_command)", code="engine_unavailable")
@@ -148,6 +151,23 @@ class LlamaServerSummarizer:
             self._session.close()
             self._session = None
 
+    def restart(self) -> None:
+        """Restart the server in the background (the memory monitor's remedy when it has grown to be
+        the largest process): a summary in flight finishes first, then the server is killed and
+        started again, which returns its memory. Without a server (one-shot mode) nothing happens."""
+        threading.Thread(target=self._restart_now, name="llama-restart", daemon=True).start()
+
+    def _restart_now(self) -> None:
+        with self._call_lock:
+            if self._closed or self._server is None:
+                return
+            log.warning("restarting the llama server (pid %s) to give its memory back", self._server.pid)
+            self._server.kill()
+            try:
+                self._server.ensure_running()
+            except EngineError as exc:   # the monitor thread retries with backoff
+                log.warning("llama server restart failed: %s", exc.message)
+
     # -- internals ---------------------------------------------------------------------------
 
     def _fill(self, part: str, **values: str) -> str:
@@ -197,12 +217,18 @@ class LlamaServerSummarizer:
         self._last_ok_at = time.monotonic()
 
     def _restart_quietly(self) -> None:
-        """Bring a killed server back before the next request needs it (errors are only logged)."""
+        """Bring a killed server back, warm, before the next request needs it.
+
+        Runs on its own thread; errors are only logged (the next call reports them). The warm-up
+        matters: a fresh server's first answer costs several times a warm one (the model is paged
+        in), which would otherwise land on the next transcript and its timeout.
+        """
         with self._call_lock:
             if self._closed or self._server is None:
                 return
             try:
                 self._server.ensure_running()
+                self._warm_up()
             except EngineError as exc:
                 log.warning("llama server restart failed: %s", exc.message)
 

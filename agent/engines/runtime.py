@@ -63,6 +63,20 @@ class EngineSlot:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "ready": self.ready, "error": self.error, "load_ms": self.load_ms}
 
+    @property
+    def server_pid(self) -> int | None:
+        """Pid of the engine's kept server process (llama_server), None when it has none."""
+        server = getattr(self.engine, "server", None)
+        return getattr(server, "pid", None)
+
+    def restart(self) -> bool:
+        """Restart the engine's server in the background (memory relief); False if it has none."""
+        restart = getattr(self.engine, "restart", None)
+        if restart is None:
+            return False
+        restart()
+        return True
+
     def close(self) -> None:
         self._loaded.wait(30)
         if self.engine is not None:
@@ -119,6 +133,13 @@ class Engines:
     def summarize(self, text: str) -> Summary:
         engine: Summarizer = self.summarizer.get(self._s_settings.timeout_s)
         return engine.summarize(text)
+
+    def batch_size(self) -> int:
+        """How many waiting files one transcription run may take (1: no batching)."""
+        s = self._t_settings
+        if s.engine == "whisper_cpp" and s.whisper_cpp.batch:
+            return s.whisper_cpp.batch_max
+        return 1
 
     @property
     def summarizes(self) -> bool:

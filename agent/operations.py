@@ -1,0 +1,338 @@
+"""Operations: the alert board, engine-failure and outbox alerts, READY/STATUS and shutdown decisions.
+
+Kept out of the composition root so `App` only wires these parts together, and so every decision
+(when READY is due, when an engine alert fires, when the summarizer is restarted, how long a job
+may run before the watchdog gives up on it) is a small piece of logic tested without a process.
+
+Alerts: one current alert per kind ("memory", "disk", "engine", "outbox", "config"). Every change
+of level is an event on `<root>/event/alert`, and the retained `<root>/alert/<kind>` always holds
+the current alert of that kind (an empty retained payload once it is back to ok), so a dashboard
+that connects late still sees what is wrong. Critical memory reminders are events too (with
+`repeat: true`) and refresh the retained copy.
+
+The outbox alert is special: the outbox is the very thing that is full (or cannot write), so its
+alert never goes through the outbox. It is published directly on the connection when there is
+one, rate-limited, and otherwise remembered and sent on the next connect. An overflow can thus
+never store an event that overflows the outbox again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from agent.messages import envelope
+
+log = logging.getLogger(__name__)
+
+#: Error codes that mean an engine failed (not the audio, not the request).
+ENGINE_ERROR_CODES = frozenset({"engine_error", "engine_timeout", "engine_unavailable"})
+
+#: Every kind the agent may keep a retained alert for (others may be added by other parts).
+ALERT_KINDS = ("memory", "disk", "engine", "outbox", "config")
+
+#: A retained alert of ours found on the broker within this long after the first connect, for a
+#: kind that is not currently raised, was left by an earlier run (a crash while critical) and
+#: is cleared.
+STALE_SWEEP_S = 3.0
+
+#: Outbox alerts are re-published (with the new dropped count) at most this often.
+OUTBOX_ALERT_EVERY_S = 30.0
+
+#: READY=1 is sent at the latest this long after start even if MQTT is not connected or an
+#: engine is still loading: below systemd's default TimeoutStartSec (90 s), so a broker that is
+#: down at boot or a slow model does not turn into a restart loop that cannot fix either.
+READY_DEADLINE_S = 60.0
+
+#: STATUS= is refreshed at least this often (and at once when the line changes).
+STATUS_EVERY_S = 10.0
+
+#: Upper bound of the extra time a job may run beyond jobs.timeout_s before the watchdog
+#: considers its worker stuck; a small timeout gets an equally small grace.
+JOB_WATCH_GRACE_MAX_S = 30.0
+
+
+# --- decisions ----------------------------------------------------------------------------------
+
+
+def job_watch_allowance(timeout_s: float) -> float:
+    """How long a job worker may stay busy without progress: jobs.timeout_s + min(30, jobs.timeout_s)."""
+    return timeout_s + min(JOB_WATCH_GRACE_MAX_S, timeout_s)
+
+
+def engines_settled(engines: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Every engine either loaded or failed to load (a failure is final until the config changes,
+    so it must not hold READY back)."""
+    return all(bool(d.get("ready")) or d.get("error") is not None for d in engines.values())
+
+
+def ready_due(connected: bool, engines: Mapping[str, Mapping[str, Any]], waited_s: float,
+              deadline_s: float = READY_DEADLINE_S) -> bool:
+    """READY=1 once MQTT is connected and the engines have settled, or at the latest after `deadline_s`."""
+    return (connected and engines_settled(engines)) or waited_s >= deadline_s
+
+
+def summarizer_restart_due(enabled: bool, kind: str, level: str, data: Mapping[str, Any],
+                           summarizer_pid: int | None) -> bool:
+    """memory.restart_summarizer_when_largest: restart only when memory is critical and the largest
+    process on the system is the summarizer's server (a model server that keeps growing is the
+    usual way a 512 MB device ends up calling the OOM killer)."""
+    if not enabled or kind != "memory" or level != "critical" or summarizer_pid is None:
+        return False
+    top = data.get("top_process") or {}
+    return top.get("pid") == summarizer_pid
+
+
+def status_line(*, phase: str, connected: bool, mqtt_error: str | None, running: int, limit: int,
+                done: int, failed: int, rejected: int, memory_level: str,
+                engines: Mapping[str, Mapping[str, Any]], alerts: list[str]) -> str:
+    """One line for `systemctl status` (STATUS=): what the agent does and what is wrong."""
+    parts = [phase, "mqtt connected" if connected else f"mqtt {mqtt_error or 'connecting'}",
+             f"jobs {running}/{limit}", f"{done} done, {failed} failed, {rejected} rejected",
+             f"memory {memory_level}"]
+    for kind, d in engines.items():
+        name = d.get("name", "?")
+        if d.get("ready"):
+            continue
+        if d.get("error") is not None:
+            parts.append(f"{kind} {name} unavailable: {str(d['error'])[:80]}")
+        else:
+            parts.append(f"{kind} {name} loading")
+    if alerts:
+        parts.append("alerts: " + ", ".join(sorted(alerts)))
+    return "; ".join(parts)
+
+
+class EngineHealth:
+    """Counts consecutive engine failures across jobs; `after` in a row raise the `engine` alert,
+    the next successful job clears it. Fed with the bodies of `job` events."""
+
+    def __init__(self, after: int | Callable[[], int]) -> None:
+        self._after = after
+        self.failures = 0
+        self.alerting = False
+        self._lock = threading.Lock()
+
+    @property
+    def after(self) -> int:
+        """The configured threshold (a callable follows live config changes)."""
+        return self._after() if callable(self._after) else self._after
+
+    def observe(self, body: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        """("raise", data) when the alert starts, ("clear", data) when it ends, else None."""
+        state = body.get("state")
+        with self._lock:
+            if state == "failed":
+                error = body.get("error") or {}
+                if error.get("code") not in ENGINE_ERROR_CODES:
+                    return None   # bad audio is not the engine's fault
+                self.failures += 1
+                if self.failures >= self.after and not self.alerting:
+                    self.alerting = True
+                    return "raise", {"failures": self.failures, "threshold": self.after,
+                                     "job_id": body.get("job_id"),
+                                     "error": {"code": error.get("code"), "message": error.get("message")}}
+                return None
+            if state == "done":
+                failures, self.failures = self.failures, 0
+                if self.alerting:
+                    self.alerting = False
+                    return "clear", {"failures": failures, "job_id": body.get("job_id")}
+            return None
+
+
+# --- the alert board ----------------------------------------------------------------------------
+
+
+class AlertBoard:
+    """Current alerts, their events and their retained copies, kept consistent under one lock.
+
+    `emit(event, body)` stores an event durably (the outbox); `link()` is the current connection
+    (or None); `topics()` and `device_id()` name where things go. Retained copies are published
+    only while connected; the connect hook (`on_connect`) republishes the current state of every
+    kind this run has touched, so a change made while offline is never lost on the broker.
+    """
+
+    def __init__(self, emit: Callable[[str, dict[str, Any]], None], link: Callable[[], Any],
+                 topics: Callable[[], Any], device_id: Callable[[], str],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._emit = emit
+        self._link = link
+        self._topics = topics
+        self._device_id = device_id
+        self._clock = clock
+        self._lock = threading.RLock()
+        self.lock = self._lock
+        self.current: dict[str, dict[str, Any]] = {}   # kind -> retained body
+        self._touched: set[str] = set()               # kinds raised or cleared by this run
+        self._pending_events: list[dict[str, Any]] = []   # direct events not yet sent (offline)
+        self._last_direct: dict[str, float] = {}
+        self._swept = False
+
+    # -- raising and clearing ----------------------------------------------------------------
+
+    def raise_(self, kind: str, level: str, data: Mapping[str, Any], *, repeat: bool = False,
+               direct: bool = False) -> dict[str, Any]:
+        """Make `level` the current alert of `kind`: an event, and the retained copy replaced."""
+        body = {"kind": kind, "level": level, **data}
+        if repeat:
+            body["repeat"] = True
+        with self._lock:
+            self.current[kind] = {k: v for k, v in body.items() if k != "repeat"}
+            self._touched.add(kind)
+            self._event(body, direct)
+            self._retain(kind, self.current[kind])
+        return body
+
+    def clear(self, kind: str, data: Mapping[str, Any] | None = None, *, direct: bool = False) -> bool:
+        """Back to ok: an `ok` event (with `data`) and the retained copy emptied. False if nothing was raised."""
+        with self._lock:
+            if self.current.pop(kind, None) is None:
+                return False
+            self._touched.add(kind)
+            self._event({"kind": kind, "level": "ok", **(data or {})}, direct)
+            self._retain(kind, None)
+        return True
+
+    def update_direct(self, kind: str, data: Mapping[str, Any]) -> None:
+        """Refresh a direct alert's figures; republished at most every OUTBOX_ALERT_EVERY_S."""
+        with self._lock:
+            body = self.current.get(kind)
+            if body is None:
+                return
+            body.update(data)
+            now = self._clock()
+            if now - self._last_direct.get(kind, float("-inf")) >= OUTBOX_ALERT_EVERY_S:
+                self._last_direct[kind] = now
+                self._retain(kind, body)
+
+    def level(self, kind: str) -> str:
+        with self._lock:
+            body = self.current.get(kind)
+            return "ok" if body is None else str(body.get("level"))
+
+    # -- connection --------------------------------------------------------------------------
+
+    def on_connect(self) -> None:
+        """Republish the retained state of every kind this run touched; send direct events held
+        back while offline; on the first connect, sweep retained alerts left by an earlier run."""
+        link = self._link()
+        if link is None:
+            return
+        with self._lock:
+            for kind in sorted(self._touched | set(self.current)):
+                self._retain(kind, self.current.get(kind))
+            pending, self._pending_events = self._pending_events, []
+            for body in pending:
+                self._event(body, direct=True)
+            sweep = not self._swept
+            self._swept = True
+        if sweep:
+            self._sweep_stale(link)
+
+    def _sweep_stale(self, link: Any) -> None:
+        topic_filter = self._topics().alert("+")
+        deadline = self._clock() + STALE_SWEEP_S
+
+        def on_message(msg: Any) -> None:
+            if not msg.retain or not msg.payload or self._clock() > deadline:
+                return   # live messages are our own publications
+            kind = msg.topic.rsplit("/", 1)[-1]
+            with self._lock:
+                if kind in self.current:
+                    return
+                log.info("clearing the retained %s alert left by an earlier run", kind)
+                self._touched.add(kind)
+                self._retain(kind, None)
+
+        try:
+            link.route(topic_filter, on_message)
+        except Exception as exc:  # noqa: BLE001 - a failed sweep must not break the connect
+            log.debug("stale alert sweep failed: %s", exc)
+            return
+        timer = threading.Timer(STALE_SWEEP_S, lambda: _quietly(link.unroute, topic_filter))
+        timer.daemon = True
+        timer.start()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _connected_link(self) -> Any:
+        link = self._link()
+        return link if link is not None and link.connected.is_set() else None
+
+    def _event(self, body: dict[str, Any], direct: bool) -> None:
+        if not direct:
+            self._emit("alert", body)
+            return
+        link = self._connected_link()
+        if link is None:
+            # Only the latest body of a kind is worth sending once we are back.
+            kind = body.get("kind")
+            self._pending_events = [b for b in self._pending_events if b.get("kind") != kind] + [body]
+            return
+        _quietly(link.publish, self._topics().event("alert"), envelope(self._device_id(), body), qos=1)
+
+    def _retain(self, kind: str, body: dict[str, Any] | None) -> None:
+        link = self._connected_link()
+        if link is None:
+            return   # republished by on_connect
+        payload = b"" if body is None else envelope(self._device_id(), body)
+        _quietly(link.publish, self._topics().alert(kind), payload, retain=True)
+
+
+def _quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - publishing an alert must never fail its caller
+        log.debug("%s failed: %s", getattr(fn, "__name__", fn), exc)
+        return None
+
+
+class OutboxWatch:
+    """Turns outbox overflow and store errors into the `outbox` alert, without using the outbox.
+
+    overflow(): the oldest events were dropped -> warning (the dropped count is refreshed, at
+    most every OUTBOX_ALERT_EVERY_S). store_error(): an event could not be stored at all ->
+    critical. tick(): cleared once the outbox is back under half its bounds and storing works.
+    """
+
+    def __init__(self, board: AlertBoard, outbox: Any) -> None:
+        self.board = board
+        self.outbox = outbox
+        # The board's own lock: overflow() runs inside it (an alert event overflowing the outbox),
+        # so a lock of our own would invite a lock-order deadlock with tick().
+        self._lock = board.lock
+        self._stored_at_error: int | None = None
+
+    def overflow(self, dropped: int) -> None:
+        data = {"dropped": self.outbox.dropped, "queued": self.outbox.count,
+                "max_messages": self.outbox.max_messages, "max_bytes": self.outbox.max_bytes}
+        with self._lock:
+            if self.board.level("outbox") == "ok":
+                log.warning("outbox full: dropping the oldest events (%d so far)", self.outbox.dropped)
+                self.board.raise_("outbox", "warning", data, direct=True)
+            else:
+                self.board.update_direct("outbox", data)
+
+    def store_error(self, exc: Exception) -> None:
+        with self._lock:
+            self._stored_at_error = self.outbox.stored
+            if self.board.level("outbox") != "critical":
+                log.error("cannot store events: %s", exc)
+                self.board.raise_("outbox", "critical", {"message": str(exc), "dropped": self.outbox.dropped},
+                                  direct=True)
+
+    def tick(self) -> None:
+        with self._lock:
+            level = self.board.level("outbox")
+            if level == "ok":
+                return
+            if level == "critical" and (self._stored_at_error is None or self.outbox.stored <= self._stored_at_error):
+                return   # nothing stored since the error: still failing
+            if self.outbox.count <= self.outbox.max_messages // 2 and self.outbox.size_bytes <= self.outbox.max_bytes // 2:
+                self._stored_at_error = None
+                self.board.clear("outbox", {"dropped": self.outbox.dropped, "queued": self.outbox.count},
+                                 direct=True)

@@ -1,0 +1,267 @@
+"""Fleet-wide work: shared transcription jobs over an MQTT 5 shared subscription.
+
+Three agents subscribe to `$share/<group>/voice/jobs/transcribe` with one job slot each, and run
+the real whisper_cpp engine against a stand-in program (tests/support/whisper_cpp_standin.py)
+that takes 0.2 s per input. A sender that follows the documented protocol (resend after a `busy`
+answer, or after a PUBACK saying no worker is subscribed) sends 30 jobs: every job must be done
+exactly once, by more than one device, with its result at `reply_to`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from tests.support.http_stub import HTTPStub, Reply
+from tests.support.whisper_cpp_standin import pcm_digest, whisper_cpp_standin
+from tests.support.wavs import tone_wav
+
+JOBS_TOPIC = "voice/jobs/transcribe"
+NO_MATCHING_SUBSCRIBERS = 16
+
+
+def worker_config(tmp_path: Path, **fleet) -> dict:
+    exe, model = whisper_cpp_standin(tmp_path / "standin")
+    return {"fleet": {"worker": True, **fleet},
+            "jobs": {"retry_after_s": 0.2},
+            "inbox": {"enabled": False},
+            "summarizer": {"engine": "none"},
+            "transcriber": {"engine": "whisper_cpp",
+                            "whisper_cpp": {"binary": str(exe), "model": str(model), "threads": 1}}}
+
+
+class Sender:
+    """A fleet controller: sends jobs, resends on `busy` or *no matching subscribers*, collects results."""
+
+    def __init__(self, host: str, port: int, reply_to: str) -> None:
+        self.reply_to = reply_to
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sender-{uuid.uuid4().hex[:6]}",
+                                  protocol=mqtt.MQTTv5)
+        self.lock = threading.Condition()
+        self.results: dict[str, list[dict]] = defaultdict(list)   # job_id -> every answer
+        self.unrouted = 0
+        self.busy = 0
+        self._mids: dict[int, str] = {}
+        self._retry: list[tuple[float, str]] = []
+        self.jobs: dict[str, dict] = {}
+        self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.on_connect = lambda c, *a: c.subscribe(reply_to, qos=1)
+        self.client.connect(host, port)
+        self.client.loop_start()
+        assert subscribed.wait(10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def send(self, job_id: str, body: dict, properties: Properties | None = None) -> None:
+        self.jobs[job_id] = body
+        with self.lock:
+            info = self.client.publish(JOBS_TOPIC, json.dumps({"job_id": job_id, **body}), qos=1,
+                                       properties=properties)
+            self._mids[info.mid] = job_id
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self.lock:
+            job_id = self._mids.pop(mid, None)
+            if job_id is not None and reason_code.value == NO_MATCHING_SUBSCRIBERS:
+                self.unrouted += 1   # every worker was busy: the broker dropped it
+                self._retry.append((time.monotonic() + 0.1, job_id))
+            self.lock.notify_all()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        answer = json.loads(msg.payload)
+        with self.lock:
+            self.results[answer["job_id"]].append(answer)
+            if answer["status"] == "error" and answer["error"]["code"] in ("busy", "memory_pressure"):
+                self.busy += 1
+                self._retry.append((time.monotonic() + answer["error"].get("retry_after_s", 0.2), answer["job_id"]))
+            self.lock.notify_all()
+
+    def ok(self, job_id: str) -> list[dict]:
+        return [a for a in self.results.get(job_id, []) if a["status"] == "ok"]
+
+    def run_until_done(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                due = [j for t, j in self._retry if t <= time.monotonic()]
+                self._retry = [(t, j) for t, j in self._retry if t > time.monotonic()]
+                missing = [j for j in self.jobs if not self.ok(j) and not self._final_error(j)]
+            for job_id in due:
+                self.send(job_id, self.jobs[job_id])
+            if not missing:
+                return
+            assert time.monotonic() < deadline, (
+                f"{len(missing)} job(s) without a result after {timeout}s: {missing[:5]}; "
+                f"answers: {dict(list(self.results.items())[:3])}")
+            with self.lock:
+                self.lock.wait(0.05)
+
+    def _final_error(self, job_id: str) -> bool:
+        return any(a["status"] == "error" and a["error"]["code"] not in ("busy", "memory_pressure")
+                   for a in self.results.get(job_id, []))
+
+
+def test_thirty_shared_jobs_each_done_once_across_the_fleet(make_agent, broker, probe, tmp_path):
+    config = worker_config(tmp_path)
+    agents = [make_agent(config, name=f"w{i}", device_id=f"worker-{i}") for i in range(3)]
+    for a in agents:
+        a.start(probe)
+    for a in agents:   # engines loaded (the stand-in ran its warm-up)
+        probe.wait_for(f"{a.root}/state", lambda m: m.json["engines"]["transcriber"]["ready"], timeout=30,
+                       what=f"{a.device_id} transcriber ready")
+    sender = Sender(broker.host, broker.port, "controller/results")
+    try:
+        wavs = {f"job-{n:02d}": tone_wav(0.3 + 0.01 * n, freq=200 + 20 * n) for n in range(30)}
+        started = time.monotonic()
+        for job_id, wav in wavs.items():   # one burst: the broker spreads them
+            sender.send(job_id, {"audio_b64": base64.b64encode(wav).decode(), "reply_to": sender.reply_to})
+        sender.run_until_done(timeout=120)
+        elapsed = time.monotonic() - started
+        time.sleep(1.5)   # a duplicate run would answer within this
+        by_device: dict[str, int] = defaultdict(int)
+        for job_id, wav in wavs.items():
+            ok = sender.ok(job_id)
+            assert len(ok) == 1, (job_id, sender.results[job_id])
+            assert ok[0]["text"] == pcm_digest(wav), (job_id, ok[0])
+            assert ok[0]["engines"]["transcriber"] == "whisper_cpp"
+            by_device[ok[0]["device_id"]] += 1
+        assert len(by_device) > 1, by_device
+        assert sum(by_device.values()) == 30
+        # done exactly once: one `done` job event per shared job across the whole fleet
+        done = [m.json for m in probe.on("voice/+/event/job")
+                if m.json["state"] == "done" and m.json["source"]["kind"] == "fleet"]
+        assert sorted(d["source"]["name"] for d in done) == sorted(wavs), len(done)
+        print(f"30 jobs in {elapsed:.1f}s; per device {dict(by_device)}; "
+              f"busy answers {sender.busy}, unrouted {sender.unrouted}")
+    finally:
+        sender.close()
+
+
+def test_worker_leaves_group_while_busy_and_answers_late_deliveries_busy(make_agent, broker, probe, tmp_path):
+    agent = make_agent(worker_config(tmp_path), env={"WHISPER_STANDIN_DELAY_S": "1.5"}).start(probe)
+    sender = Sender(broker.host, broker.port, "controller/one")
+    try:
+        first, second = tone_wav(0.4, freq=300), tone_wav(0.4, freq=500)
+        for job_id, wav in (("a", first), ("b", second)):
+            sender.send(job_id, {"audio_b64": base64.b64encode(wav).decode(), "reply_to": sender.reply_to})
+        # "b" arrives while "a" holds the only slot: answered busy (if delivered before the
+        # UNSUBSCRIBE) or dropped by the broker as unrouted (after it); never queued, never lost.
+        deadline = time.monotonic() + 20
+        while not (sender.busy or sender.unrouted):
+            assert time.monotonic() < deadline, sender.results
+            time.sleep(0.05)
+        busy = [r for r in sender.results.get("b", []) if r["status"] == "error"]
+        if busy:
+            assert busy[0]["error"]["code"] == "busy" and busy[0]["error"]["retry_after_s"] == 0.2
+            assert busy[0]["device_id"] == agent.device_id
+        sender.run_until_done(timeout=30)   # resends "b" until it runs
+        assert sender.ok("a")[0]["text"] == pcm_digest(first)
+        assert sender.ok("b")[0]["text"] == pcm_digest(second)
+        assert len(sender.ok("a")) == len(sender.ok("b")) == 1
+    finally:
+        sender.close()
+
+
+def test_url_jobs_bad_jobs_and_mqtt5_response_topic(make_agent, broker, probe, tmp_path):
+    wav = tone_wav(0.5, freq=660)
+    big = tone_wav(1.0)
+    with HTTPStub({("GET", "/a.wav"): lambda r: Reply(200, wav, {"Content-Type": "audio/wav"}),
+                   ("GET", "/big.wav"): lambda r: Reply(200, big),
+                   ("GET", "/gone.wav"): lambda r: Reply(404, b"no")}) as stub:
+        agent = make_agent({**worker_config(tmp_path), "mqtt": {"max_payload_bytes": 20000}}).start(probe)
+        sender = Sender(broker.host, broker.port, "controller/misc")
+        try:
+            rt = sender.reply_to
+            sender.send("url-ok", {"url": f"{stub.url}/a.wav", "reply_to": rt, "transaction": "t-1"})
+            sender.send("url-404", {"url": f"{stub.url}/gone.wav", "reply_to": rt})
+            sender.send("url-big", {"url": f"{stub.url}/big.wav", "reply_to": rt})
+            sender.send("url-file", {"url": "file:///etc/passwd", "reply_to": rt})
+            sender.send("both", {"url": f"{stub.url}/a.wav", "audio_b64": "AAAA", "reply_to": rt})
+            sender.send("typo", {"audio_b64": base64.b64encode(wav).decode(), "reply_to": rt, "sumarize": False})
+            sender.send("not-b64", {"audio_b64": "%%%", "reply_to": rt})
+            sender.send("not-audio", {"audio_b64": base64.b64encode(b"hello" * 50).decode(), "reply_to": rt})
+            props = Properties(PacketTypes.PUBLISH)   # MQTT 5: Response Topic instead of reply_to
+            props.ResponseTopic = rt
+            props.CorrelationData = b"corr-42"
+            sender.send("by-props", {"audio_b64": base64.b64encode(wav).decode()}, properties=props)
+            sender.run_until_done(timeout=60)
+            ok = sender.ok("url-ok")[0]
+            assert ok["text"] == pcm_digest(wav) and ok["transaction"] == "t-1"
+            assert ok["device_id"] == agent.device_id and ok["agent_job_id"]
+
+            def code(job_id: str) -> str:
+                return next(a for a in sender.results[job_id] if a["status"] == "error")["error"]["code"]
+            assert code("url-404") == "fetch_failed"
+            assert code("url-big") == "payload_too_large"
+            assert code("url-file") == "bad_request"
+            assert code("both") == "bad_request"
+            assert code("typo") == "bad_request"
+            assert code("not-b64") == "bad_request"
+            assert code("not-audio") in ("corrupt", "unsupported_format")
+            assert sender.ok("by-props")[0]["text"] == pcm_digest(wav)
+            corr = [m.properties.CorrelationData for m in probe.on(rt) if json.loads(m.payload)["job_id"] == "by-props"]
+            assert corr == [b"corr-42"]
+            assert [r.path for r in stub.requests].count("/a.wav") == 1   # "both" was refused before any fetch
+            # a job without any reply topic is dropped (logged), and the worker carries on
+            probe.publish(JOBS_TOPIC, {"job_id": "nowhere", "audio_b64": "AAAA"})
+            probe.publish(JOBS_TOPIC, b"not json")
+            assert probe.request(agent.root, "ping")["status"] == "ok"
+            assert "dropped a job that names no reply topic" in agent.log()
+        finally:
+            sender.close()
+
+
+def test_paused_worker_takes_no_shared_jobs_and_config_toggles_the_worker(make_agent, broker, probe, tmp_path):
+    agent = make_agent(worker_config(tmp_path)).start(probe)
+    sender = Sender(broker.host, broker.port, "controller/pause")
+    try:
+        wav = tone_wav(0.3)
+        assert probe.request(agent.root, "pause")["status"] == "ok"
+        time.sleep(1.0)   # the worker left the group (noticed at once via the pause hook)
+        sender.send("while-paused", {"audio_b64": base64.b64encode(wav).decode(), "reply_to": sender.reply_to})
+        _wait(lambda: sender.unrouted >= 1, "PUBACK no matching subscribers while paused")
+        assert probe.request(agent.root, "resume")["status"] == "ok"
+        sender.run_until_done(timeout=20)
+        assert len(sender.ok("while-paused")) == 1
+        # fleet.worker switched off live: no subscriber any more
+        answer = probe.request(agent.root, "config/set", {"config": {"fleet": {"worker": False}}})
+        assert answer["status"] == "ok", answer
+        before = sender.unrouted
+        time.sleep(0.5)
+        sender.send("after-off", {"audio_b64": base64.b64encode(wav).decode(), "reply_to": sender.reply_to})
+        _wait(lambda: sender.unrouted > before, "no subscriber after fleet.worker false")
+        assert not sender.results.get("after-off")
+    finally:
+        sender.close()
+
+
+def _wait(pred, what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("url", ["ftp://x/y.wav", "http://", "/local.wav"])
+def test_fetch_refuses_other_schemes(url):
+    from agent.errors import RequestError
+    from agent.fleet import fetch
+    with pytest.raises(RequestError) as info:
+        fetch(url, max_bytes=1000, timeout_s=1)
+    assert info.value.code == "bad_request"
