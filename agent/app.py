@@ -7,7 +7,6 @@ Data flows source -> job slot -> pipeline (transcriber -> summarizer) -> publish
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -17,14 +16,14 @@ from typing import Any
 
 from agent import __version__
 from agent.broker import EmbeddedBroker
-from agent.config import ConfigError, changed_sections, settings_to_dict
+from agent.config import ConfigError, changed_sections
 from agent.config_store import ConfigStore
 from agent.dispatch import Dispatcher
 from agent.engines.runtime import Engines
 from agent.inbox_worker import InboxWorker
 from agent.jobs import JobSlot
 from agent.audio.vad import VadCache
-from agent.messages import utc_now_iso
+from agent.messages import envelope, utc_now_iso
 from agent.monitor import Alert, Monitor
 from agent.mqtt import MqttLink
 from agent.outbox import Outbox
@@ -101,6 +100,13 @@ class App:
 
     def _make_link(self) -> MqttLink:
         s = self.settings
+        if s.mqtt.host is None and self.broker is None:
+            # Switched live to `host: null`: start the local broker it means instead of crashing.
+            self.broker = EmbeddedBroker(Path(s.state_dir), s.mqtt.port)
+            self.broker.start()
+        elif s.mqtt.host is not None and self.broker is not None:   # and back to a real broker
+            self.broker.stop()
+            self.broker = None
         host, port = (s.mqtt.host, s.mqtt.port) if self.broker is None else ("127.0.0.1", self.broker.port)
         link = MqttLink(s.mqtt, self.topics, host=host, port=port, on_connect=self._on_connect,
                         on_publish=self.publisher.on_puback)
@@ -264,7 +270,6 @@ class App:
         link = self.link
         if link is None or not link.connected.is_set():
             return
-        from agent.messages import envelope
         device = self.settings.device_id
         link.publish(self.topics.config, envelope(device, self.control.config_get()), retain=True)
         self.publish_state()
@@ -273,8 +278,7 @@ class App:
     def publish_state(self) -> None:
         link = self.link
         if link is not None and link.connected.is_set():
-            from agent.messages import envelope
-            link.publish(self.topics.state, envelope(self.settings.device_id, self.control.state()), retain=True)
+                link.publish(self.topics.state, envelope(self.settings.device_id, self.control.state()), retain=True)
 
     def emit(self, event: str, body: dict[str, Any]) -> None:
         self._hold_abandoned_job(event, body)
@@ -363,8 +367,8 @@ class App:
     def _stop_listening(self) -> None:
         if self.listener is not None:
             self.listener.stop()
-        if self.mic_inbox is not None:
-            self.mic_inbox.stop(grace_s=10)
+        if self.mic_inbox is not None:   # running jobs had their grace in _finish_running_jobs
+            self.mic_inbox.stop(grace_s=0)
 
     def _restart_listening(self) -> list[str]:
         """`listen` or `vad` changed: a new listener; the spool worker only if its folder moved."""
@@ -427,7 +431,6 @@ class App:
         link = self.link
         if link is not None and link.connected.is_set():
             self._last_telemetry = now
-            from agent.messages import envelope
             link.publish(self.topics.telemetry, envelope(self.settings.device_id, self.control.stats()), qos=0)
 
     # --- operations (agent/operations.py): readiness, status, alerts, shutdown -------------

@@ -17,6 +17,14 @@ from agent.errors import AgentError
 log = logging.getLogger(__name__)
 
 
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
 def free_port(preferred: int) -> int:
     for port in (preferred, 0):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -36,6 +44,13 @@ class EmbeddedBroker:
         self._proc: subprocess.Popen | None = None
 
     def start(self) -> int:
+        """Use a broker already listening on loopback at the configured port (Debian's package
+        starts one), else start our own."""
+        if _listening(self.preferred_port):
+            log.info("mqtt.host is not set: using the broker already listening on 127.0.0.1:%d",
+                     self.preferred_port)
+            self.port = self.preferred_port
+            return self.port
         binary = shutil.which("mosquitto") or next(
             (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None)
         if binary is None:

@@ -215,6 +215,10 @@ class ConfigStore:
         text, stat = _read_text(self._path)
         if text is None:
             raise ConfigError([Problem("", f"cannot read {self._path}: {stat[1] if stat else 'no such file'}")])
+        if not text.strip() and self._settings is not None:
+            # An empty file at start-up means "all defaults"; while running it is far more likely a
+            # truncated write (full disk, interrupted copy), and the defaults would swap broker and engines.
+            raise ConfigError([Problem("", f"{self._path} is empty (a truncated write?); the running config is kept")])
         data, lines = load_yaml_text(text, str(self._path))
         return data, lines, stat
 

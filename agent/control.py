@@ -11,7 +11,6 @@ import hashlib
 import os
 import stat
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
@@ -72,6 +71,9 @@ class Control:
             new = self.app.store.set_overlay(partial)
         except ConfigError as exc:
             raise _invalid(exc) from None
+        except OSError as exc:   # disk full, read-only state_dir: the old overlay is untouched
+            raise RequestError(f"cannot save the config change: {exc.strerror or exc}; nothing was changed",
+                               code="storage_error") from None
         return self._applied(new)
 
     def config_reset(self) -> dict[str, Any]:

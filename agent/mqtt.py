@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import sys
 import threading
 from typing import Any, Callable
 
@@ -22,6 +23,10 @@ from agent.settings import MQTTSettings
 from agent.topics import Topics
 
 log = logging.getLogger(__name__)
+# paho's own errors (e.g. a TLS alert while reading the CONNACK) name the cause; its debug chatter
+# is per packet and stays off whatever the agent's log level.
+_paho_log = logging.getLogger(__name__ + ".paho")
+_paho_log.setLevel(logging.WARNING)
 
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
 
@@ -66,6 +71,7 @@ class MqttLink:
         client.on_publish = self._on_publish
         client.on_socket_open = self._on_socket_open
         client.on_connect_fail = self._on_connect_fail
+        client.enable_logger(_paho_log)
         return client
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -161,13 +167,20 @@ class MqttLink:
             log.exception("mqtt: on-connect hook failed")
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self.last_error = f"cannot connect to {self.host}:{self.port}"
+        # paho calls this inside its `except OSError`: the exception (refused, TLS verification
+        # failed, hostname mismatch) is what the operator needs to read.
+        exc = sys.exc_info()[1]
+        self.last_error = f"cannot connect to {self.host}:{self.port}" + (f": {exc}" if exc else "")
         log.warning("mqtt: %s; retrying with backoff", self.last_error)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
         if self.connected.is_set():
             log.warning("mqtt: disconnected (%s)", reason_code)
+        elif not (self.last_error or "").startswith("broker refused"):
+            # e.g. a TLS broker that wants a client certificate drops us before its CONNACK
+            self.last_error = f"the broker closed the connection before accepting it ({reason_code})"
+            log.warning("mqtt: %s; retrying with backoff", self.last_error)
         self.connected.clear()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any,

@@ -204,6 +204,9 @@ class AlertBoard:
             if body is None:
                 return
             body.update(data)
+            for pending in self._pending_events:   # an event held back while offline goes out up to date
+                if pending.get("kind") == kind:
+                    pending.update(data)
             now = self._clock()
             if now - self._last_direct.get(kind, float("-inf")) >= OUTBOX_ALERT_EVERY_S:
                 self._last_direct[kind] = now

@@ -84,13 +84,17 @@ class Outbox:
                                     (after_id, limit)).fetchall()
         return [Pending(int(r[0]), r[1], bytes(r[2])) for r in rows]
 
-    def ack(self, ids: Iterable[int]) -> None:
-        """Delete acknowledged events in one transaction (batched: one commit per round)."""
+    def ack(self, ids: Iterable[int]) -> bool:
+        """Delete acknowledged events in one transaction (batched: one commit per round).
+
+        False when the delete failed (e.g. the disk is full: even a DELETE needs journal space);
+        nothing changed then, and the caller may try again later.
+        """
         ids = list(ids)
         if not ids:
-            return
+            return True
         with self._lock:
-            size = 0
+            size = deleted = 0
             try:
                 self._db.execute("BEGIN")
                 for i in ids:
@@ -98,14 +102,21 @@ class Outbox:
                     if row is None:
                         continue
                     self._db.execute("DELETE FROM events WHERE id = ?", (i,))
-                    self._count -= 1
+                    deleted += 1
                     size += row[0]
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                self._db.execute("ROLLBACK")
+                # SQLITE_FULL on COMMIT rolls back by itself; a second ROLLBACK would raise.
+                if self._db.in_transaction:
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
                 log.warning("outbox: could not delete acknowledged events: %s", exc)
-                return
+                return False
+            self._count -= deleted   # only once committed, so the counters never drift
             self._bytes -= size
+            return True
 
     @property
     def count(self) -> int:

@@ -62,6 +62,12 @@ class Publisher:
         self._idle.clear()
         self._wake.set()
 
+    def _wake_later(self, delay_s: float = 1.0) -> None:
+        """Retry after a storage error without spinning."""
+        timer = threading.Timer(delay_s, self._wake.set)
+        timer.daemon = True
+        timer.start()
+
     def on_puback(self, mid: int) -> None:
         self._done_mids.append(mid)
         self._wake.set()
@@ -76,6 +82,7 @@ class Publisher:
 
     def _run(self) -> None:
         inflight: dict[int, int] = {}   # paho mid -> outbox row id
+        unacked: list[int] = []         # rows the broker acknowledged, still to delete
         last_sent = 0
         link: MqttLink | None = None
         while not self._stop.is_set():
@@ -83,18 +90,30 @@ class Publisher:
             self._wake.clear()
             if self._link is not link:   # a new connection object: start from the oldest stored row
                 link, inflight, last_sent = self._link, {}, 0
-            acked = []
             while self._done_mids:
                 row = inflight.pop(self._done_mids.popleft(), None)
                 if row is not None:
-                    acked.append(row)
-            if acked:
-                self.outbox.ack(acked)
-                self.published += len(acked)
+                    unacked.append(row)
+            if unacked:
+                try:
+                    deleted = self.outbox.ack(unacked)
+                except Exception:   # the sender must outlive any storage trouble
+                    log.exception("outbox: deleting acknowledged events failed")
+                    deleted = False
+                if deleted:
+                    self.published += len(unacked)
+                    unacked = []
+                else:   # kept, deleted on a later round (the broker has them: no re-send)
+                    self._wake_later()
             if link is None or not link.connected.is_set():
                 continue
             room = WINDOW - len(inflight)
-            rows = self.outbox.pending(last_sent, room) if room > 0 else []
+            try:
+                rows = self.outbox.pending(last_sent, room) if room > 0 else []
+            except Exception:
+                log.exception("outbox: reading stored events failed")
+                self._wake_later()
+                continue
             for row in rows:
                 info = link.publish(row.topic, row.payload, qos=1)
                 # Even when the connection just dropped, paho keeps a QoS 1 message and re-sends it.

@@ -123,6 +123,8 @@ class Results:
 def table(rows: Iterable[Row], markdown: bool = False) -> str:
     rows = list(rows)
     head = ("#", "Metric", "Result", "Budget", "Status")
+    rows = [Row(r.section, r.metric, " ".join(r.value.split()), r.budget, r.status, " ".join(r.note.split()))
+            for r in rows]
     body = [(r.section, r.metric + (f" — {r.note}" if r.note and markdown else ""), r.value, r.budget or "-",
              r.status) for r in rows]
     if markdown:
@@ -298,7 +300,12 @@ def start_agent(workdir: Path, broker_port: int, config: dict[str, Any], device_
     watcher.hooks.append((f"{agent.root}/availability", on_avail))
     t0 = time.monotonic()
     agent.start(None, wait_online=False)
-    if not online.wait(timeout):
+    agent.bench_t0 = t0  # type: ignore[attr-defined]
+    deadline = t0 + timeout
+    while not online.wait(0.05):
+        if not agent.alive() or time.monotonic() > deadline:
+            break
+    if not online.is_set():
         agent.stop()
         watcher.close()
         raise RuntimeError(f"agent not online within {timeout}s; log:\n{agent.log()[-3000:]}")

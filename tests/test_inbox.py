@@ -254,3 +254,35 @@ def test_transcribe_file_request_and_busy(make_agent, probe, tmp_path):
     assert (agent.inbox / "processed" / "call.wav.json").exists()
     rejected = [m.json for m in probe.on(f"{agent.root}/event/job") if m.json["state"] == "rejected"]
     assert rejected and rejected[0]["error"]["code"] == "busy"
+
+
+@pytest.mark.slow
+def test_llama_server_killed_between_jobs_is_restarted(make_agent, probe, tmp_path):
+    """The real llama.cpp server (llama-cpp-python) with Gemma 3 270M, kept running by the agent."""
+    import psutil
+    from tests.support.broker import free_port
+    from tests.support.llama import gemma_model_path, llama_server_command
+    model = gemma_model_path()
+    agent = make_agent({"summarizer": {"engine": "llama_server", "min_words": 3, "max_tokens": 24,
+                                       "timeout_s": 120,
+                                       "llama_server": {"command": llama_server_command(), "model": str(model),
+                                                        "port": free_port(), "timeout_s": 90,
+                                                        "health_interval_s": 2}}}).start(probe)
+    probe.wait_for(f"{agent.root}/state", lambda m: m.json["engines"]["summarizer"]["ready"], timeout=180,
+                   what="llama server warmed up")
+    drop(agent.inbox, "one.wav", tone_wav(0.3))
+    first = probe.wait_for(f"{agent.root}/event/summary", timeout=180, what="first summary")[0].json
+    assert first["engine"] == "llama_server" and first["text"]
+
+    servers = [p for p in psutil.Process(agent.proc.pid).children(recursive=True)
+               if "llama_cpp.server" in " ".join(p.cmdline())]
+    assert servers, "the agent should keep a llama.cpp server child"
+    for s in servers:
+        s.kill()
+    drop(agent.inbox, "two.wav", tone_wav(0.4, freq=600))
+    second = probe.wait_for(f"{agent.root}/event/summary", lambda m: m.json["source"]["name"] == "two.wav",
+                            timeout=240, what="summary after the server was killed")[0].json
+    assert second["engine"] == "llama_server" and second["text"]
+    restarted = [p for p in psutil.Process(agent.proc.pid).children(recursive=True)
+                 if "llama_cpp.server" in " ".join(p.cmdline())]
+    assert restarted and {p.pid for p in restarted}.isdisjoint({s.pid for s in servers})

@@ -9,6 +9,7 @@ on the wording.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -322,6 +323,96 @@ def test_llama_oneshot_failures_map_to_codes() -> None:
     assert caught.value.code == "engine_timeout" and time.monotonic() - began < 5
 
 
+# A protocol stand-in shaped like llama-cpp-python's server: no /health (404), /v1/models, chat.
+STANDIN_SERVER = r'''
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    def _send(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        if self.path == "/v1/models":
+            self._send(200, {"object": "list", "data": [{"id": "standin", "object": "model"}]})
+        else:
+            self._send(404, {"detail": "Not Found"})
+
+    def do_POST(self):
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        words = request["messages"][0]["content"].split()
+        self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant",
+                                                              "content": "stand-in: " + " ".join(words[-3:])}}]})
+
+    def log_message(self, *args):
+        pass
+
+HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+'''
+
+
+@pytest.fixture
+def standin(tmp_path: Path):
+    """Build LlamaServerSummarizers running the stand-in; all are closed afterwards."""
+    script = tmp_path / "standin_llama.py"
+    script.write_text(STANDIN_SERVER)
+    made: list[LlamaServerSummarizer] = []
+
+    def make(**options) -> LlamaServerSummarizer:
+        summarizer = LlamaServerSummarizer(llama_settings([sys.executable, str(script), "{port}"], **options))
+        made.append(summarizer)
+        summarizer.load()
+        return summarizer
+
+    yield make
+    for summarizer in made:
+        summarizer.close()
+
+
+def test_llama_health_falls_back_to_models_route(standin) -> None:
+    summarizer = standin()
+    assert summarizer.server.health_url.endswith("/v1/models")  # /health answered 404
+    assert summarizer.summarize(TRANSCRIPT).text == "stand-in: next week. Summary:"
+
+
+def test_llama_restart_hook_replaces_the_server(standin) -> None:
+    summarizer = standin()
+    first = summarizer.server.pid
+    summarizer.restart()  # returns at once; the replacement comes up in the background
+    deadline = time.monotonic() + 20
+    while summarizer.server.pid in (None, first):
+        assert time.monotonic() < deadline, "the server was not replaced"
+        time.sleep(0.05)
+    assert wait_gone(first)
+    assert summarizer.summarize(TRANSCRIPT).text.startswith("stand-in:")
+    assert summarizer.server.restarts == 1
+
+
+def test_llama_oneshot_covers_calls_inside_the_restart_backoff(standin) -> None:
+    summarizer = standin(oneshot_command=ONESHOT, model="/m.gguf")
+    time.sleep(1.0)  # the first restart is allowed 1 s after the start
+    os.kill(summarizer.server.pid, signal.SIGKILL)
+    assert summarizer.summarize(TRANSCRIPT).text.startswith("stand-in:")  # restarted at once
+    os.kill(summarizer.server.pid, signal.SIGKILL)
+    assert summarizer.summarize(TRANSCRIPT).text.startswith("summary: ")  # 2 s backoff: oneshot
+    assert summarizer.server.restarts == 1
+
+
+def test_llama_closed_summarizer_is_unavailable_and_leaves_nothing(standin) -> None:
+    summarizer = standin()
+    pid = summarizer.server.pid
+    summarizer.close()
+    assert wait_gone(pid)
+    with pytest.raises(EngineError) as caught:
+        summarizer.summarize(TRANSCRIPT)
+    assert caught.value.code == "engine_unavailable"
+
+
 # --- llama_server: the real thing --------------------------------------------------------------
 
 
@@ -404,6 +495,8 @@ def test_llama_hung_server_times_out_and_is_replaced(llama) -> None:
         assert caught.value.code == "engine_timeout"
         assert time.monotonic() - began < 8.0 + 3
         assert wait_gone(hung_pid)  # killed, not merely continued
+        # Only the hang needed the short timeout; on a busy machine a fresh server can be slow.
+        summarizer.options = dataclasses.replace(summarizer.options, timeout_s=60.0)
         summary = summarizer.summarize(TRANSCRIPT)
         assert summary.text
         assert summarizer.server.restarts >= 1 and summarizer.server.pid != hung_pid

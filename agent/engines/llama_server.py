@@ -161,12 +161,17 @@ class LlamaServerSummarizer:
         with self._call_lock:
             if self._closed or self._server is None:
                 return
-            log.warning("restarting the llama server (pid %s) to give its memory back", self._server.pid)
-            self._server.kill()
+            server = self._server
+            log.warning("restarting the llama server (pid %s) to give its memory back", server.pid)
+            # A deliberate restart, not crash recovery: a clean stop and start, outside the backoff.
+            server.stop(grace_s=2.0)
             try:
-                self._server.ensure_running()
-            except EngineError as exc:   # the monitor thread retries with backoff
+                server.start()
+                server.restarts += 1
+            except EngineError as exc:   # the monitor retries with backoff
                 log.warning("llama server restart failed: %s", exc.message)
+            if not self._closed:
+                server.start_monitor(guard=self._call_lock)
 
     # -- internals ---------------------------------------------------------------------------
 

@@ -1,0 +1,166 @@
+"""4. Footprint: start-up time, agent memory, import time, each engine's resident memory.
+
+- `voice-agent run` to retained `online`, alternating an agent whose transcriber runs out of
+  process (whisper_cpp, the realistic Pi set-up) with one on the model-free engine; the engine's
+  own load (lazy, in the background) is reported separately from the state it publishes.
+- RSS of the agent process idle (2 s after online, engine loaded) and after 100 jobs.
+- `python -X importtime -c "import agent.app"`: the sum of the top-level cumulative times.
+- each engine loaded in a child process of its own (bench/engine_child.py rss).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import (REPO, Dist, Results, agent_config, engine_settings, rss_mb, speech_files, start_agent,
+                          unique_copy, wait_engines_ready, write_closed)
+
+SECTION = "4 footprint"
+
+
+def import_time_ms() -> tuple[float, dict[str, float]]:
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import agent.app"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stderr
+    total, top = 0.0, {}
+    for line in out.splitlines():
+        if not line.startswith("import time:") or "cumulative" in line:
+            continue
+        parts = line.split("|")
+        name = parts[2]
+        if name.startswith(" ") and not name.startswith("  "):   # top level: one space, no nesting
+            us = float(parts[1])
+            total += us
+            top[name.strip()] = us / 1000
+    return total / 1000, top
+
+
+def startup(res: Results, work: Path, port: int, rounds: int) -> None:
+    variants = {"whisper_cpp": engine_settings("whisper_cpp"), "bench_metadata": {"engine": "bench_metadata"}}
+    online: dict[str, list[float]] = {k: [] for k in variants}
+    ready: dict[str, list[float]] = {k: [] for k in variants}
+    idle: dict[str, list[float]] = {k: [] for k in variants}
+    names = list(variants)
+    for i in range(rounds):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            agent, watcher, t_online = start_agent(work / f"b4-start-{name}-{i}", port,
+                                                   agent_config(transcriber=variants[name]))
+            t_start = agent.bench_t0
+            try:
+                state = wait_engines_ready(watcher, agent.root, timeout=120)
+                online[name].append(t_online * 1000)
+                if state:
+                    ready[name].append((state["_t"] - t_start) * 1000)
+                time.sleep(2.0)
+                idle[name].append(rss_mb(agent.proc.pid))
+            finally:
+                watcher.close()
+                agent.stop()
+    for name in names:
+        d = Dist(online[name])
+        res.add(SECTION, f"run -> online, transcriber {name}", d.spread("{:.0f}") + " ms", "<= 1500 ms",
+                d.median <= 1500)
+        if ready[name]:
+            res.add(SECTION, f"run -> engines ready (lazy, background), {name}",
+                    Dist(ready[name]).spread("{:.0f}") + " ms",
+                    note="whisper_cpp load = one warm-up run of the CLI" if name == "whisper_cpp" else "")
+        d = Dist(idle[name])
+        res.add(SECTION, f"agent RSS idle, transcriber {name}", d.spread("{:.1f}") + " MB", "<= 40 MB",
+                d.median <= 40)
+    res.raw["startup"] = {"online_ms": online, "ready_ms": ready, "idle_rss_mb": idle}
+
+
+def after_jobs(res: Results, work: Path, port: int) -> None:
+    agent, watcher, _ = start_agent(work / "b4-jobs", port, agent_config(transcriber={"engine": "bench_metadata"}))
+    try:
+        wait_engines_ready(watcher, agent.root, timeout=60)
+        time.sleep(1.0)
+        before = rss_mb(agent.proc.pid)
+        data = speech_files()[1].read_bytes()
+        topic = f"{agent.root}/event/transcript"
+        for i in range(100):
+            write_closed(agent.inbox / f"j{i:03d}.wav", unique_copy(data, i))
+        if not watcher.wait_count(topic, 100, 120):
+            raise RuntimeError(f"only {watcher.count(topic)} of 100 jobs done")
+        time.sleep(1.0)
+        after = rss_mb(agent.proc.pid)
+    finally:
+        watcher.close()
+        agent.stop()
+    res.add(SECTION, "agent RSS before / after 100 jobs (bench_metadata)",
+            f"{before:.1f} / {after:.1f} MB (+{after - before:.1f})", "<= 40 MB", after <= 40)
+    res.raw["after_jobs"] = {"before_mb": before, "after_mb": after}
+
+
+def imports(res: Results, rounds: int) -> None:
+    import_time_ms()   # the first run also compiles byte code: not what a device pays
+    totals, tops = [], []
+    for _ in range(rounds):
+        total, top = import_time_ms()
+        totals.append(total)
+        tops.append(top)
+    heavy = {}
+    for top in tops:
+        for k, v in top.items():
+            heavy.setdefault(k, []).append(v)
+    biggest = sorted(((Dist(v).median, k) for k, v in heavy.items()), reverse=True)[:6]
+    res.add(SECTION, "import agent.app (sum of top-level cumulative)", Dist(totals).spread("{:.0f}") + " ms",
+            note="largest: " + ", ".join(f"{k} {ms:.0f}" for ms, k in biggest))
+    modules = subprocess.run([sys.executable, "-c", "import sys, agent.app; "
+                              "print(','.join(m for m in ('numpy','watchdog','psutil','yaml','paho','requests') "
+                              "if m in sys.modules))"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    res.add(SECTION, "heavy modules loaded by import agent.app", modules or "none")
+    res.raw["imports"] = {"total_ms": totals, "top_ms": heavy}
+
+
+def engines(res: Results, work: Path, quick: bool) -> None:
+    sample = speech_files()[2]
+    text = work / "b4-text.txt"
+    text.write_text("The council met on Monday to discuss the new bridge over the river. The bridge will cost "
+                    "four million euros and take two years to build. Several residents asked about noise.")
+    cases: list[tuple[str, dict, Path]] = [
+        ("bench_metadata", {"transcriber": {"engine": "bench_metadata"}}, sample),
+        ("pocketsphinx", {"transcriber": engine_settings("pocketsphinx")}, sample),
+        ("whisper_cpp", {"transcriber": engine_settings("whisper_cpp")}, sample),
+        ("faster_whisper", {"transcriber": engine_settings("faster_whisper")}, sample),
+    ]
+    try:
+        from tests.support.llama import gemma_model_path, llama_server_command
+        from tests.support.broker import free_port
+        cases.append(("llama_server (Gemma 270M)", {
+            "transcriber": {"engine": "bench_metadata"},
+            "summarizer": {"engine": "llama_server", "max_tokens": 16, "min_words": 3,
+                           "llama_server": {"command": llama_server_command(), "model": str(gemma_model_path()),
+                                            "port": free_port()}}}, text))
+    except Exception as exc:  # noqa: BLE001 - no llama.cpp here: say so in the table
+        res.add(SECTION, "engine RSS llama_server", "n/a", status="SKIP", note=str(exc)[:100])
+    raw = {}
+    for name, settings, arg in cases:
+        try:
+            out = subprocess.run([sys.executable, str(REPO / "bench/engine_child.py"), "rss", json.dumps(settings),
+                                  str(arg)], cwd=REPO, capture_output=True, text=True, timeout=600)
+            line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+            if out.returncode != 0 or not line:
+                raise RuntimeError((out.stderr or out.stdout).strip().splitlines()[-1][:200])
+            d = json.loads(line[-1])
+        except Exception as exc:  # noqa: BLE001
+            res.add(SECTION, f"engine RSS {name}", "failed", status="SKIP", note=str(exc)[:150])
+            continue
+        raw[name] = d
+        parts = [f"process {d['rss_mb']:.0f} MB (peak {d['hwm_mb']:.0f}, before load {d['rss_before_mb']:.0f})"]
+        if d.get("server_rss_mb"):
+            parts.append(f"server {d['server_rss_mb']:.0f} MB (peak {d['server_hwm_mb']:.0f})")
+        elif d.get("children_maxrss_mb") and name == "whisper_cpp":
+            parts.append(f"whisper.cpp child peak {d['children_maxrss_mb']:.0f} MB")
+        res.add(SECTION, f"engine RSS {name}", "; ".join(parts), note=f"load {d.get('load_ms', 0):.0f} ms")
+    res.raw["engine_rss"] = raw
+
+
+def run(res: Results, work: Path, port: int, quick: bool) -> None:
+    imports(res, 3 if quick else 7)
+    startup(res, work, port, 2 if quick else 5)
+    after_jobs(res, work, port)
+    engines(res, work, quick)

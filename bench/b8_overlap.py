@@ -1,0 +1,167 @@
+"""8. Pipeline overlap and batch transcription (the lead's throughput features).
+
+Overlap: N speech files wait in a paused inbox, then one `resume`; time until the last
+`event/summary` (whisper_cpp transcriber + llama_server summarizer, both real). Variants, run
+as separate agents that are alternated (each round every variant in rotated order):
+- overlap on: jobs.max_concurrent 2, transcriber.concurrency 1, summarizer.concurrency 1
+  (job N is summarized while job N+1 is transcribed), whisper.cpp -t 1, llama.cpp 1 thread,
+  so threads x concurrent stages never exceed the 2 cores;
+- overlap off, same engines: jobs.max_concurrent 1 (the stages run one after another);
+- overlap off, best sequential: jobs.max_concurrent 1 with 2 threads for each engine.
+Batching is off for all three, so only the overlap differs.
+
+Batch: M files wait in a paused inbox; whisper_cpp with `batch: true` (one run for all
+waiting files, model loaded once) versus `batch: false` (one process per file), summarizer none;
+time from `resume` to the last transcript.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from bench.common import (Dist, Results, agent_config, engine_settings, ratios, speech_files, start_agent,
+                          unique_copy, wait_engines_ready, write_closed)
+
+SECTION = "8 throughput features"
+
+
+def _features() -> dict[str, bool]:
+    from agent.settings import JobsSettings, TranscriberSettings, WhisperCppSettings
+    fields = lambda cls: set(cls.__dataclass_fields__)  # noqa: E731
+    return {"jobs.overlap": "overlap" in fields(JobsSettings),
+            "stage concurrency": "concurrency" in fields(TranscriberSettings),
+            "whisper_cpp.batch": "batch" in fields(WhisperCppSettings)}
+
+
+class Paused:
+    """An agent whose inbox is filled while paused and drained on `resume`, timed."""
+
+    def __init__(self, name: str, work: Path, port: int, config: dict, done_topic: str) -> None:
+        self.name = name
+        self.agent, self.watcher, _ = start_agent(work / name, port, config)
+        self.topic = f"{self.agent.root}/event/{done_topic}"
+        state = wait_engines_ready(self.watcher, self.agent.root, timeout=300)
+        if not state or not all(state["engines"][k].get("ready") for k in ("transcriber", "summarizer")):
+            self.close()
+            raise RuntimeError(f"{name}: engines not ready: {(state or {}).get('engines')}")
+        self._pause()
+        self.n = 0
+
+    def _pause(self) -> None:
+        self.watcher.publish(f"{self.agent.root}/request/pause", b"{}")
+        time.sleep(0.3)
+
+    def batch(self, files: list[bytes], count: int) -> float:
+        base = self.watcher.count(self.topic)
+        for i in range(count):
+            self.n += 1
+            write_closed(self.agent.inbox / f"{self.name}-{self.n:03d}.wav",
+                         unique_copy(files[i % len(files)], 1000 + self.n))
+        time.sleep(0.5)  # every file announced as ready
+        t0 = time.monotonic()
+        self.watcher.publish(f"{self.agent.root}/request/resume", b"{}")
+        if not self.watcher.wait_count(self.topic, base + count, 120 + 30 * count):
+            raise RuntimeError(f"{self.name}: {self.watcher.count(self.topic) - base} of {count} done")
+        last = max(t for t, topic, _ in self.watcher.kept if topic == self.topic)
+        self._pause()
+        return last - t0
+
+    def close(self) -> None:
+        self.watcher.close()
+        self.agent.stop()
+
+
+def overlap(res: Results, work: Path, port: int, quick: bool, feats: dict[str, bool]) -> None:
+    from tests.support.broker import free_port
+    from tests.support.llama import gemma_model_path, llama_server_command
+
+    model = str(gemma_model_path())
+
+    def summarizer(threads: int) -> dict:
+        cmd = llama_server_command()
+        cmd[cmd.index("--n_threads") + 1] = str(threads)
+        return {"engine": "llama_server", "max_tokens": 16, "min_words": 3,
+                "llama_server": {"command": cmd, "model": model, "port": free_port()}}
+
+    def transcriber(threads: int) -> dict:
+        t = engine_settings("whisper_cpp")
+        t["whisper_cpp"].update({"threads": threads, "batch": False})
+        return t
+
+    def jobs(on: bool) -> dict:
+        j: dict = {"max_concurrent": 2 if on else 1}
+        if feats["jobs.overlap"]:
+            j["overlap"] = on
+        return j
+
+    variants = {
+        "on-t1": agent_config(transcriber=transcriber(1), summarizer=summarizer(1), jobs=jobs(True)),
+        "off-t1": agent_config(transcriber=transcriber(1), summarizer=summarizer(1), jobs=jobs(False)),
+    }
+    if not quick:
+        variants["off-t2"] = agent_config(transcriber=transcriber(2), summarizer=summarizer(2), jobs=jobs(False))
+    n = 4 if quick else 20
+    rounds = 1 if quick else 2
+    files = [p.read_bytes() for p in speech_files()]
+    agents: dict[str, Paused] = {}
+    out: dict[str, list[float]] = {k: [] for k in variants}
+    try:
+        for k, cfg in variants.items():
+            agents[k] = Paused(f"b8-{k}", work, port, cfg, "summary")
+        names = list(variants)
+        for r in range(rounds):
+            for k in names[r % len(names):] + names[:r % len(names)]:
+                out[k].append(n / agents[k].batch(files, n))
+    finally:
+        for a in agents.values():
+            a.close()
+    ratio = ratios(out["on-t1"], out["off-t1"])
+    res.add(SECTION, f"overlap on / off, {n} files, whisper -t 1 + llama 1 thread (files/s ratio)",
+            ratio.spread("{:.2f}"), ">= 1.5x", ratio.median >= 1.5,
+            note=f"on {Dist(out['on-t1']).median:.3f} vs off {Dist(out['off-t1']).median:.3f} files/s")
+    if "off-t2" in out:
+        r2 = ratios(out["on-t1"], out["off-t2"])
+        res.add(SECTION, "overlap on (1+1 threads) / sequential with 2+2 threads (files/s ratio)",
+                r2.spread("{:.2f}"), note=f"sequential 2+2 threads: {Dist(out['off-t2']).median:.3f} files/s")
+    res.raw["overlap_files_per_s"] = out
+
+
+def batch(res: Results, work: Path, port: int, quick: bool) -> None:
+    def cfg(on: bool) -> dict:
+        t = engine_settings("whisper_cpp")
+        t["whisper_cpp"].update({"threads": 2, "batch": on, "batch_max": 10})
+        return agent_config(transcriber=t, summarizer={"engine": "none"})
+    m = 4 if quick else 10
+    rounds = 1 if quick else 2
+    files = [p.read_bytes() for p in speech_files()]
+    agents = {}
+    out: dict[str, list[float]] = {"batched": [], "single": []}
+    try:
+        agents["batched"] = Paused("b8-batched", work, port, cfg(True), "transcript")
+        agents["single"] = Paused("b8-single", work, port, cfg(False), "transcript")
+        order = ["batched", "single"]
+        for r in range(rounds):
+            for k in (order if r % 2 == 0 else order[::-1]):
+                out[k].append(agents[k].batch(files, m))
+    finally:
+        for a in agents.values():
+            a.close()
+    ratio = ratios(out["single"], out["batched"])
+    res.add(SECTION, f"whisper_cpp batch of {m} waiting files / one process each (speed-up)",
+            ratio.spread("{:.2f}"), ">= 1.3x", ratio.median >= 1.3,
+            note=f"batched {Dist(out['batched']).median:.1f} s vs one each {Dist(out['single']).median:.1f} s")
+    res.raw["batch_s"] = out
+
+
+def run(res: Results, work: Path, port: int, quick: bool) -> None:
+    feats = _features()
+    res.add(SECTION, "features present", ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in feats.items()))
+    if feats["whisper_cpp.batch"]:
+        batch(res, work, port, quick)
+    else:
+        res.add(SECTION, "whisper_cpp batch", "not in agent/settings.py yet", status="SKIP")
+    if feats["jobs.overlap"] or feats["stage concurrency"]:
+        overlap(res, work, port, quick, feats)
+    else:
+        res.add(SECTION, "pipeline overlap", "not in agent/settings.py yet", status="SKIP")
