@@ -208,7 +208,7 @@ class App:
             sections = set(changed_sections(old, new))
             restarted: list[str] = []
             logging.getLogger().setLevel(new.log_level)
-            self.slot.set_limit(new.jobs.max_concurrent)
+            self.slot.set_limit(0 if self._stop.is_set() else new.jobs.max_concurrent)   # 0: shutting down
             self.outbox.max_messages, self.outbox.max_bytes = new.outbox.max_messages, new.outbox.max_bytes
             self.monitor.reconfigure(new.memory)
             restarted += self.engines.reconfigure(new.transcriber, new.summarizer)

@@ -123,7 +123,9 @@ class Control:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
-            raise RequestError(f"no file '{name}' is waiting in the inbox", code="not_found") from None
+            raise RequestError(f"no file '{name[:200]}' is waiting in the inbox", code="not_found") from None
+        except (OSError, ValueError):   # e.g. ENAMETOOLONG: no such name can be in the inbox
+            raise RequestError("'file' must name a file in the inbox folder", code="forbidden") from None
         if not stat.S_ISREG(st.st_mode):
             raise RequestError("'file' must be a regular file inside the inbox (no symlinks)", code="forbidden")
         claimed = inbox.claim(name)

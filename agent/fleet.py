@@ -194,6 +194,7 @@ class FleetWorker:
             return
         except _Refused as exc:
             self.refused += 1
+            log.info("fleet: job %s refused: %s", exc.job_id, exc.error.message)
             self._reply(exc.reply_to, exc.job_id, {"status": "error", "error": exc.error.as_dict()},
                         exc.transaction, exc.correlation)
             return
@@ -209,11 +210,13 @@ class FleetWorker:
         error = self._cannot_start()
         if error is not None:
             self.refused += 1
+            log.debug("fleet: job %s answered %s", job.job_id, error.code)
             self._reply(job.reply_to, job.job_id, {"status": "error", "error": error.as_dict()},
                         job.transaction, job.correlation)
             self.sync()
             return
         self.taken += 1
+        log.debug("fleet: job %s taken", job.job_id)
         thread = threading.Thread(target=self._run, args=(job,), name=f"fleet-{job.job_id[:32]}", daemon=True)
         with self._lock:
             self._running[job.job_id] = thread

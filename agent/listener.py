@@ -146,7 +146,7 @@ class Listener:
                 if wanted and self._seg is None:
                     self._open_segmenter()
                     self._set_state("listening")
-                elif not wanted and self._seg is not None:
+                elif not wanted and self.state != "paused":   # a pipe or file is read and discarded
                     self._close_segmenter()
                     self._set_state("paused")
                 try:

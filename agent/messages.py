@@ -13,8 +13,10 @@ def utc_now_iso() -> str:
 
 def envelope(device_id: str, body: dict[str, Any]) -> bytes:
     """Serialize a message body with the fields every consumer may rely on."""
+    # backslashreplace: a str from a non-UTF-8 file name (surrogate escapes) becomes the JSON
+    # escape "\udcff" instead of an exception that would lose the event.
     return json.dumps({**body, "ts": utc_now_iso(), "device_id": device_id},
-                      separators=(",", ":"), ensure_ascii=False, default=str).encode()
+                      separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8", "backslashreplace")
 
 
 def ok_answer(data: Any, transaction: str | None) -> dict[str, Any]:

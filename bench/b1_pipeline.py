@@ -95,8 +95,12 @@ def run(res: Results, work: Path, broker_port: int, quick: bool, engines: tuple[
                 audio_s.append(body["audio_s"])
                 del before
 
+            longest_file = max(files, key=lambda f: durations[f])
+            others = [f for f in files if f != longest_file]
             for r in range(rounds):
-                path = files[r % len(files)]
+                # every other file is the ~5 s utterance (the budget's case); the first one too, so
+                # the first job can be compared with later jobs on the same audio
+                path = longest_file if r % 2 == 0 else others[(r // 2) % len(others)]
                 if r % 2 == 0:
                     one_bare(path, n)
                     one_agent(path, n)

@@ -284,10 +284,16 @@ def agent_config(**sections: Any) -> dict[str, Any]:
 
 
 def start_agent(workdir: Path, broker_port: int, config: dict[str, Any], device_id: str | None = None,
-                args: list[str] | None = None, timeout: float = 60) -> tuple[AgentProcess, Watcher, float]:
-    """Start `voice-agent run`; returns the process, a subscriber on its root and run->online seconds."""
+                args: list[str] | None = None, timeout: float = 60,
+                code: Path | None = None) -> tuple[AgentProcess, Watcher, float]:
+    """Start `voice-agent run`; returns the process, a subscriber on its root and run->online seconds.
+
+    `code`: a folder holding another copy of the `agent` and `handlers` packages to run instead
+    of the working tree's (bench/ab.py compares a baseline copy with the working tree).
+    """
     device = device_id or f"bench-{uuid.uuid4().hex[:6]}"
-    agent = AgentProcess(workdir, broker_port, config, device_id=device, args=args)
+    env = {"PYTHONPATH": str(code)} if code is not None else None
+    agent = AgentProcess(workdir, broker_port, config, device_id=device, args=args, env=env)
     watcher = Watcher(broker_port, subscribe=(f"{agent.root}/#",),
                       keep=lambda t: "/event/" in t or t.endswith("/availability") or "/response/" in t)
     online = threading.Event()

@@ -9,6 +9,8 @@ the listening path (capture, VAD, segmenting, spooling, events) plus the agent's
   120 ms reads). ALSA's `file` plugin reads from a named pipe that this script feeds at real-time
   pace (the plugin itself is not paced; PortAudio's probing opens and closes the pipe, so the
   writer reopens it);
+- `listening-mic-quiet-room`: the same with only -60 dBFS noise (no segments, so no jobs: the
+  cost of listening itself);
 - `idle`: an agent that does not listen, for comparison.
 
     .venv/bin/python bench/listen_cpu.py [--seconds 30]
@@ -34,7 +36,7 @@ from tests.support.agent import AgentProcess  # noqa: E402
 from tests.support.alsa import fake_microphone_env  # noqa: E402
 from tests.support.broker import Broker  # noqa: E402
 from tests.support.probe import Probe  # noqa: E402
-from tests.support.speech import build_speech  # noqa: E402
+from tests.support.speech import build_speech, white_noise  # noqa: E402
 
 WARMUP_S = 2.0
 
@@ -93,21 +95,26 @@ def main() -> int:
         talk = np.concatenate([one.samples] * repeats)
         wav = workdir / "talk.wav"
         write_wav(wav, talk)
-        fifo = workdir / "mic.fifo"
-        os.mkfifo(fifo)
-        mic_env = fake_microphone_env(workdir / "home", fifo)
-        stop = threading.Event()
-        writer = threading.Thread(target=feed_fifo, args=(fifo, talk.astype("<i2").tobytes(), stop), daemon=True)
+        quiet = white_noise(len(talk) / 16000, -60.0)   # a quiet room: listening with no speech to process
         broker = Broker(workdir / "broker").start()
         probe = Probe(broker.host, broker.port)
+        stop = threading.Event()
+
+        def mic(name: str, samples: np.ndarray) -> dict:
+            fifo = workdir / f"{name}.fifo"
+            os.mkfifo(fifo)
+            threading.Thread(target=feed_fifo, args=(fifo, samples.astype("<i2").tobytes(), stop),
+                             daemon=True).start()
+            return measure(workdir, broker, probe, args.seconds, name, [],
+                           {"listen": {**args.listen, "enabled": True}},
+                           env=fake_microphone_env(workdir / f"home-{name}", fifo))
+
         try:
             results = [measure(workdir, broker, probe, args.seconds, "listening-wav", ["--listen-wav", str(wav)],
-                               {"listen": args.listen})]
-            writer.start()
-            results.append(measure(workdir, broker, probe, args.seconds, "listening-mic", [],
-                                   {"listen": {**args.listen, "enabled": True}}, env=mic_env))
-            stop.set()
-            results.append(measure(workdir, broker, probe, args.seconds, "idle", []))
+                               {"listen": args.listen}),
+                       mic("listening-mic", talk),
+                       mic("listening-mic-quiet-room", quiet),
+                       measure(workdir, broker, probe, args.seconds, "idle", [])]
         finally:
             stop.set()
             probe.close()

@@ -53,6 +53,8 @@ class Sender:
         self.unrouted = 0
         self.busy = 0
         self._mids: dict[int, str] = {}
+        self.props: dict[str, Properties | None] = {}
+        self._early: dict[int, int] = {}
         self._retry: list[tuple[float, str]] = []
         self.jobs: dict[str, dict] = {}
         self.client.on_message = self._on_message
@@ -70,18 +72,30 @@ class Sender:
 
     def send(self, job_id: str, body: dict, properties: Properties | None = None) -> None:
         self.jobs[job_id] = body
+        self.props[job_id] = properties
+        # Never hold self.lock around publish(): paho calls on_publish holding its own lock.
+        info = self.client.publish(JOBS_TOPIC, json.dumps({"job_id": job_id, **body}), qos=1,
+                                   properties=properties)
         with self.lock:
-            info = self.client.publish(JOBS_TOPIC, json.dumps({"job_id": job_id, **body}), qos=1,
-                                       properties=properties)
-            self._mids[info.mid] = job_id
+            early = self._early.pop(info.mid, None)   # the PUBACK beat us here
+            if early is None:
+                self._mids[info.mid] = job_id
+            else:
+                self._acked(job_id, early)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self.lock:
-            job_id = self._mids.pop(mid, None)
-            if job_id is not None and reason_code.value == NO_MATCHING_SUBSCRIBERS:
-                self.unrouted += 1   # every worker was busy: the broker dropped it
-                self._retry.append((time.monotonic() + 0.1, job_id))
+            sent = self._mids.pop(mid, None)
+            if sent is None:
+                self._early[mid] = reason_code.value
+            else:
+                self._acked(sent, reason_code.value)
             self.lock.notify_all()
+
+    def _acked(self, job_id: str, reason: int) -> None:
+        if reason == NO_MATCHING_SUBSCRIBERS:
+            self.unrouted += 1   # every worker was busy: the broker dropped it
+            self._retry.append((time.monotonic() + 0.1, job_id))
 
     def _on_message(self, client, userdata, msg) -> None:
         answer = json.loads(msg.payload)
@@ -103,7 +117,7 @@ class Sender:
                 self._retry = [(t, j) for t, j in self._retry if t > time.monotonic()]
                 missing = [j for j in self.jobs if not self.ok(j) and not self._final_error(j)]
             for job_id in due:
-                self.send(job_id, self.jobs[job_id])
+                self.send(job_id, self.jobs[job_id], self.props[job_id])
             if not missing:
                 return
             assert time.monotonic() < deadline, (

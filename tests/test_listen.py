@@ -9,6 +9,7 @@ it, and listening is switched off over MQTT once the expected segments have ende
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -127,7 +128,7 @@ def test_microphone_speech_becomes_vad_events_and_transcripts(make_agent, probe,
     ends = wait_vad(probe, agent.root, "speech_end", len(UTTERANCES))
     stop_listening(probe, agent.root)   # the plugin would otherwise keep repeating its last buffer
     transcripts = [m.json for m in probe.wait_for(f"{agent.root}/event/transcript", count=len(UTTERANCES),
-                                                  timeout=120, what="transcripts")]
+                                                  timeout=180, what="transcripts")]
     starts, ends = vad(probe, agent.root, "speech_start"), vad(probe, agent.root, "speech_end")
     check_pairs(starts, ends)
     check_truth(ends, speech.truth)
@@ -219,6 +220,13 @@ def test_listen_wav_is_paced_in_real_time(make_agent, probe, tmp_path):
     assert expected - 0.35 <= t_end - t_start <= expected + 0.35, (t_end - t_start, expected)
     assert end.json["source"] == start.json["source"] == "file:one.wav"
     wait_listen_state(probe, agent.root, "ended")
+    # --fast: the same events, read as fast as possible.
+    fast = make_agent(name="fast", device_id="fast-dev",
+                      args=["--listen-wav", str(tmp_path / "one.wav"), "--fast"]).start(probe)
+    stats = wait_listen_state(probe, fast.root, "ended", timeout=5)
+    assert stats["stream_s"] == pytest.approx(one.duration_s, abs=1e-3)
+    (fast_end,) = vad(probe, fast.root, "speech_end")
+    assert (fast_end["start_s"], fast_end["end_s"]) == (end.json["start_s"], end.json["end_s"])
 
 
 def test_pause_stops_vad_events_and_resume_restarts_them(make_agent, probe, tmp_path):
@@ -247,8 +255,10 @@ def test_pause_closes_the_microphone_and_resume_reopens_it(make_agent, probe, mi
     agent = make_agent(MIC, env=mic_env).start(probe)
     first = wait_vad(probe, agent.root, "speech_end", len(UTTERANCES))
     assert probe.request(agent.root, "pause")["data"]["listening"] is False
-    wait_listen_state(probe, agent.root, "paused")   # the stream is closed
+    stats = wait_listen_state(probe, agent.root, "paused")   # the stream is closed
     assert not listening(probe, agent.root)
+    assert stats["source"] == "pyaudio:default" and stats["segments"] == len(UTTERANCES)
+    assert stats["overruns"] >= 0 and stats["capture"]["input_overflows"] >= 0 and stats["capture_errors"] == 0
     seen = len(vad(probe, agent.root))
     time.sleep(1.0)
     assert len(vad(probe, agent.root)) == seen
@@ -303,7 +313,30 @@ def test_spooled_segment_survives_kill9_and_is_transcribed_after_restart(make_ag
     assert t.json["audio_s"] == pytest.approx(end["duration_s"], abs=0.21)
     time.sleep(0.3)
     assert spool_files(agent) == []
-    assert len(vad(probe, agent.root, "speech_end")) == 1
+    # Events are delivered at least once: one killed after publishing, before the broker's
+    # acknowledgement was recorded, sends it again on restart. Still one segment.
+    assert {e["segment_id"] for e in vad(probe, agent.root, "speech_end")} == {segment}
+
+
+def test_a_segment_that_fails_stays_in_the_spool_failed_folder_with_its_reason(make_agent, probe, tmp_path):
+    broken = tmp_path / "broken-whisper"
+    broken.write_text("#!/bin/sh\necho 'error: failed to initialize whisper context' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    one = build_speech(UTTERANCES[:1], lead_s=0.5, trail_s=1.0)
+    agent, raw = stdin_agent(make_agent, tmp_path, one.samples, {
+        "transcriber": {"engine": "whisper_cpp", "whisper_cpp": {"binary": str(broken), "model": str(broken)}}})
+    with open(raw, "rb") as f:
+        agent.start(probe, stdin=f)
+    (end,) = wait_vad(probe, agent.root, "speech_end", 1)
+    probe.wait_for(f"{agent.root}/event/job", lambda m: m.json["state"] == "failed", what="failed job")
+    failed = agent.workdir / "state" / "spool" / "failed"
+    deadline = time.monotonic() + 10
+    while not (failed / f"{end['segment_id']}.wav.error.json").exists():
+        assert time.monotonic() < deadline, spool_files(agent)
+        time.sleep(0.1)
+    assert [p.name for p in spool_files(agent)] == [f"{end['segment_id']}.wav", f"{end['segment_id']}.wav.error.json"]
+    record = json.loads((failed / f"{end['segment_id']}.wav.error.json").read_text())
+    assert record["code"] and record["message"] and record["source"]["segment_id"] == end["segment_id"]
 
 
 def test_failing_capture_device_alerts_is_retried_and_recovers(make_agent, probe, broker, mic_env, tmp_path):
