@@ -53,6 +53,7 @@ class Control:
             "requests": {"total": d.requests, "errors": d.errors, "busy": d.busy},
             "inbox": {"waiting": inbox.inbox.waiting_count() if inbox else 0},
             "listen": app.listener_stats(),
+            "fleet": app.fleet.stats(),
             "outbox": {"queued": app.outbox.count, "bytes": app.outbox.size_bytes, "stored": app.outbox.stored,
                        "published": app.publisher.published, "dropped": app.outbox.dropped},
             "caches": {"config": {"hits": app.store.hits, "misses": app.store.misses},

@@ -16,20 +16,26 @@ with exactly one of `audio_b64` or `url` (http/https only; the download is bound
 the message carries a Response Topic; Correlation Data is echoed either way. It runs under the job
 slot through the same pipeline as every other job, with source `{"kind": "fleet", "name":
 <job_id>}`, so `event/job`, `event/transcript` and `event/summary` look as for any other source.
-The result goes to `reply_to` (QoS 1)::
+Answers go to `reply_to` (QoS 1, in this order)::
 
+    {"job_id", "status": "accepted", "agent_job_id", "device_id", "ts"}     the job took a slot here
     {"job_id", "status": "ok", "text", "language", "audio_s", "summary", "engines",
-     "timings_ms", "agent_job_id", "device_id", "ts"}
+     "timings_ms", "agent_job_id", "device_id", "ts"}                      the result
     {"job_id", "status": "error", "error": {"code", "message", ...}, "device_id", "ts"}
 
 A job that arrives while the device cannot start it (the broker delivered it before the
 UNSUBSCRIBE took effect) is NOT held in memory: it is answered at once with error code `busy`
-(or `memory_pressure`) and `retry_after_s`, and nothing of it was done, so the sender resends
-it. This keeps the rule the job slot lives by: work that finds no slot is refused, never queued
-in memory. A sender also resends when its QoS 1 PUBACK says *no matching subscribers* (MQTT 5,
-reason code 16): every worker is busy at that moment and the broker dropped the job. Those two
-answers are the only ones after which a job is resent, so a job is done once. A job id seen
-again while it runs on this device is ignored; one seen again after it finished gets the stored
+(or `memory_pressure`) and `retry_after_s`, and nothing of it was done. This keeps the rule the
+job slot lives by: work that finds no slot is refused, never queued in memory.
+
+What the sender does (each job is then run once): resend after `busy` / `memory_pressure`;
+resend when the QoS 1 PUBACK says *no matching subscribers* (MQTT 5 reason code 16: every
+worker was busy and the broker dropped the job); and resend when neither `accepted` nor any
+other answer came within a few seconds, because the broker also drops a job silently (PUBACK
+success) when every worker is busy but some other client subscribes to the topic, e.g. a
+monitor on `#`. Once `accepted` arrived, wait for the result. `transaction` (echoed) can tell
+one attempt's answers from another's. A job id seen again while it runs on this device is
+answered `accepted` and not started twice; one seen again after it finished gets the stored
 result again (the last `RESULTS_KEPT` results), not a second run.
 
 Error codes beside the pipeline's (`corrupt`, `too_long`, `engine_error`, ...): `bad_request`,
@@ -69,7 +75,6 @@ POLL_S = 0.5          # how often slot / pause / memory changes made elsewhere a
 RESULTS_KEPT = 64     # finished results kept to answer a resent job id without a second run
 MAX_JOB_ID = 200
 FIELDS = {"job_id", "audio_b64", "url", "reply_to", "summarize", "transaction"}
-RETRYABLE = ("busy", "memory_pressure")
 
 
 @dataclass(frozen=True)
@@ -170,7 +175,8 @@ class FleetWorker:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(POLL_S)
+            # Not a worker: nothing to follow (a config change calls sync() itself).
+            self._wake.wait(POLL_S if self._settings().fleet.worker else 10 * POLL_S)
             self._wake.clear()
             try:
                 self.sync()
@@ -188,6 +194,12 @@ class FleetWorker:
 
     def _take(self, payload: bytes, props: Any) -> None:
         try:
+            self._take_one(payload, props)
+        except Exception:
+            log.exception("fleet: a shared job could not be handled")
+
+    def _take_one(self, payload: bytes, props: Any) -> None:
+        try:
             job = self._parse(payload, props)
         except _Unanswerable as exc:
             log.warning("fleet: dropped a job that names no reply topic: %s", exc)
@@ -199,9 +211,11 @@ class FleetWorker:
                         exc.transaction, exc.correlation)
             return
         with self._lock:
-            if job.job_id in self._running:
-                log.info("fleet: job %s is already running here; duplicate ignored", job.job_id)
-                return
+            running = job.job_id in self._running
+        if running:
+            log.info("fleet: job %s is already running here; not started twice", job.job_id)
+            self._reply(job.reply_to, job.job_id, {"status": "accepted"}, job.transaction, job.correlation)
+            return
         cached = self._results.get(job.job_id)
         if cached is not None:
             log.info("fleet: job %s was done here already; its result is sent again", job.job_id)
@@ -216,10 +230,15 @@ class FleetWorker:
             self.sync()
             return
         self.taken += 1
-        log.debug("fleet: job %s taken", job.job_id)
-        thread = threading.Thread(target=self._run, args=(job,), name=f"fleet-{job.job_id[:32]}", daemon=True)
+        agent_job_id = new_job_id()
+        log.debug("fleet: job %s taken as %s", job.job_id, agent_job_id)
+        thread = threading.Thread(target=self._run, args=(job, agent_job_id), name=f"fleet-{job.job_id[:32]}",
+                                  daemon=True)
         with self._lock:
             self._running[job.job_id] = thread
+        # Before the job can answer: the sender stops waiting to resend once it has this.
+        self._reply(job.reply_to, job.job_id, {"status": "accepted", "agent_job_id": agent_job_id},
+                    job.transaction, job.correlation)
         thread.start()
         self.sync()   # slots full now: leave the group before the broker picks this device again
 
@@ -237,8 +256,7 @@ class FleetWorker:
                                 code="busy", retry_after_s=retry)
         return None
 
-    def _run(self, job: FleetJob) -> None:
-        agent_job_id = new_job_id()
+    def _run(self, job: FleetJob, agent_job_id: str) -> None:
         try:
             with self._watch(agent_job_id):
                 record = self._pipeline.run(agent_job_id, Source("fleet", job.job_id),
@@ -336,8 +354,11 @@ class FleetWorker:
         for name, value in (("audio_b64", audio_b64), ("url", url)):
             if value is not None and not isinstance(value, str):
                 raise refuse(f"field '{name}' must be a string", field=name)
-        if url is not None:
-            _check_url(url)   # refuse a file:// or ftp:// URL before taking a slot
+        if url is not None:   # refuse a file:// or ftp:// URL before taking a slot
+            try:
+                _check_url(url)
+            except RequestError as exc:
+                raise refuse(exc.message, field="url") from None
         summarize = body.get("summarize", True)
         if not isinstance(summarize, bool):
             raise refuse("field 'summarize' must be a boolean", field="summarize")

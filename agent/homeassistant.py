@@ -162,12 +162,14 @@ class HomeAssistantDiscovery:
             topics = self._topics()
             wanted = topics.ha_discovery(cfg.discovery_prefix) if cfg.enabled else None
             connected = link is not None and link.connected.is_set()
-            if self._owned is not None and self._owned != wanted and connected:
+            status = Topics.ha_status(cfg.discovery_prefix) if cfg.enabled else None
+            self._route_status(link, status)
+            if self._owned is not None and self._owned != wanted:
+                if not connected:
+                    return   # removed (and the new one published) on connect: sync runs on every connect
                 link.publish(self._owned, b"", retain=True)
                 log.info("home assistant: discovery removed from %s", self._owned)
                 self._owned = None
-            status = Topics.ha_status(cfg.discovery_prefix) if cfg.enabled else None
-            self._route_status(link, status)
             if wanted is None:
                 return
             if connected and (force or self._owned != wanted):

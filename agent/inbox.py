@@ -11,6 +11,7 @@ removed with the same crash-safe intent, failed ones stay in `failed/` with thei
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 import json
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 PROCESSING = ".processing"
 INTENT = ".finish.json"
+JOB_ID = ".job"
 # After a close or a move the file is complete; the grace only lets events that inotify delivers
 # in the same burst (modify + close of one write) coalesce. It is on every file's latency path:
 # 0.1 s here was 90 % of the agent's own overhead per file (bench: python -m bench --only pipeline).
@@ -47,6 +49,7 @@ def is_candidate_name(name: str) -> bool:
 class Claimed:
     path: Path          # inside .processing/
     original: str       # the name it had in the inbox
+    job_id: str | None = None   # a crash's leftover: the job id it ran under (see keep_job_id)
 
 
 class Inbox:
@@ -76,7 +79,7 @@ class Inbox:
         self._recover_finishes()
         self._remove_stale_temp_files()
         # Hidden names are our own bookkeeping (a temp file a crash left), never a claimed audio file.
-        leftovers = [Claimed(p, p.name) for p in sorted(self.processing.iterdir(), key=_mtime)
+        leftovers = [Claimed(p, p.name, _read_job_id(p)) for p in sorted(self.processing.iterdir(), key=_mtime)
                      if is_candidate_name(p.name) and not p.is_dir() and not p.name.endswith(INTENT)]
         _shorten_move_pairing()
         self._observer = Observer()
@@ -179,6 +182,14 @@ class Inbox:
             return None
         return Claimed(dst, name)
 
+    def keep_job_id(self, claimed: Claimed, job_id: str) -> None:
+        """Remember the job id beside the claimed file, so a run after a crash re-runs the job under
+        the same id and consumers can drop the repeated events by job_id. Best effort."""
+        try:
+            _job_id_path(claimed.path).write_text(job_id)
+        except OSError as exc:
+            log.warning("inbox: cannot remember the job id of %s: %s", claimed.original, exc)
+
     def finish(self, claimed: Claimed, record: dict[str, Any], ok: bool) -> Path:
         """Move the audio to processed/ or failed/ with its record beside it."""
         if ok and not self.keep_processed:
@@ -203,12 +214,16 @@ class Inbox:
         if plan.get("delete"):
             if os.path.lexists(audio):
                 os.unlink(audio)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(_job_id_path(audio))
             os.unlink(intent)
             return
         dest = Path(plan["dest"])
         if os.path.lexists(audio):
             os.rename(audio, dest / plan["final"])
         _write_json(dest / plan["record_name"], plan["record"])
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_job_id_path(audio))
         os.unlink(intent)   # the intent file is our own bookkeeping, not user data
 
     def _remove_stale_temp_files(self) -> None:
@@ -221,6 +236,10 @@ class Inbox:
                     p.unlink()
                 except OSError as exc:
                     log.warning("inbox: cannot remove the stale temp file %s: %s", p, exc)
+        for p in self.processing.glob(".*" + JOB_ID):   # job ids of files that are no longer here
+            if not os.path.lexists(p.with_name(p.name[1:-len(JOB_ID)])):
+                with contextlib.suppress(OSError):
+                    p.unlink()
 
     def _recover_finishes(self) -> None:
         for intent in self.processing.glob("*" + INTENT):
@@ -320,6 +339,17 @@ def _unique(folder: Path, name: str, also: tuple[str, ...] = ()) -> Path:
         n += 1
         candidate = f"{stem}-{n}{dot}{ext}"
     return folder / candidate
+
+
+def _job_id_path(audio: Path) -> Path:
+    return audio.with_name(f".{audio.name}{JOB_ID}")
+
+
+def _read_job_id(audio: Path) -> str | None:
+    try:
+        return _job_id_path(audio).read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -123,7 +123,9 @@ class InboxWorker:
             claimed = self._next_claim()
             if claimed is None:
                 break
-            batch.append((claimed, self._queued.pop(claimed.original, None) or new_job_id()))
+            job_id = self._queued.pop(claimed.original, None) or claimed.job_id or new_job_id()
+            self.inbox.keep_job_id(claimed, job_id)   # a re-run after a crash keeps it
+            batch.append((claimed, job_id))
         return batch
 
     def _next_claim(self) -> Claimed | None:

@@ -274,13 +274,15 @@ class TelemetrySettings:
 
 @dataclass(frozen=True)
 class HomeAssistantSettings:
-    enabled: bool = opt(False, doc="Publish Home Assistant MQTT discovery.")
+    enabled: bool = opt(False, doc="Publish Home Assistant MQTT discovery (one device, see agent/homeassistant.py); "
+                                   "switched off live, the document is removed.")
     discovery_prefix: str = opt("homeassistant", doc="Home Assistant discovery prefix.")
 
 
 @dataclass(frozen=True)
 class FleetSettings:
-    worker: bool = opt(False, doc="Take shared jobs from <topic_prefix>/jobs/transcribe.")
+    worker: bool = opt(False, doc="Take shared jobs from <topic_prefix>/jobs/transcribe (MQTT shared "
+                                  "subscription, joined only while a job slot is free; see agent/fleet.py).")
     group: str = opt("voice-agents", doc="Shared subscription group name.")
     fetch_timeout_s: float = opt(30.0, doc="Longest a shared job's `url` audio may take to download.",
                                  min=1, max=3600)

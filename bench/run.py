@@ -102,7 +102,7 @@ def _run_one(name: str, res: Results, work: Path, broker: Broker, quick: bool) -
         b7_outbox.run(res, work, broker, quick)
     elif name == "pipeline":
         from bench import b1_pipeline
-        b1_pipeline.run(res, work, broker.port, quick, ("faster_whisper", "whisper_cpp"))
+        b1_pipeline.run(res, work, broker.port, quick, ("bench_metadata", "faster_whisper", "whisper_cpp"))
     elif name == "listen":
         from bench import b5_listen
         b5_listen.run(res, work, broker.port, quick)

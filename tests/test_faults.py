@@ -178,10 +178,17 @@ def test_kill9_at_random_moments_during_200_files(tmp_path, broker):
                    >= set(names), 60, "a transcript for every file")
         time.sleep(1)
         records = finished(agent.inbox)
-        transcripts = [m.json["source"]["name"] for m in sub.on(f"{agent.root}/event/transcript")]
+        events = [m.json for m in sub.on(f"{agent.root}/event/transcript")]
+        transcripts = [e["source"]["name"] for e in events]
         duplicates = len(transcripts) - len(set(transcripts))
+        resent = len(events) - len({e["job_id"] for e in events})   # the same event sent again
         print(f"\nkill -9 x{kills} (seed {seed}) over {time.monotonic() - t0:.1f}s: {len(records)} files finished, "
-              f"{len(transcripts)} transcript events, {duplicates} duplicates (at-least-once)")
+              f"{len(transcripts)} transcript events, {duplicates} duplicates (at-least-once), {resent} of them "
+              f"with the job_id of an earlier one (removed by job_id dedupe), {duplicates - resent} with a new one")
+        # A job re-run after a kill keeps its job_id: deduplicating by job_id leaves exactly one
+        # transcript per file, the one whose job_id is in the file's record.
+        final_ids = {json.loads((agent.inbox / r[0]).read_text())["job_id"] for r in records.values()}
+        assert final_ids == {e["job_id"] for e in events}, "a re-run after a kill must keep its job_id"
         assert sorted(records) == names, sorted(set(records) ^ set(names))[:10]
         assert all(len(r) == 1 for r in records.values()), {k: v for k, v in records.items() if len(v) != 1}
         assert all(r[0].startswith("processed/") for r in records.values()), \
@@ -410,7 +417,7 @@ def _disk_full_scenario(agent: AgentProcess, broker: Broker, probe: Probe, small
 # --- the config file replaced by garbage --------------------------------------------------------
 
 GARBAGE = {
-    "binary": lambda path: path.write_bytes(bytes(random.Random(8).randrange(256) for _ in range(4096))),
+    "binary": lambda path: path.write_bytes(b"\xff\xfe\x00" + random.Random(8).randbytes(4096)),
     "deleted": lambda path: path.unlink(),
     "yaml-list": lambda path: path.write_text("- just\n- a list\n"),
     "truncated-empty": lambda path: path.write_bytes(b""),

@@ -96,6 +96,11 @@ def _nested(depth: int, kind: str) -> bytes:
     return b'{"a":' * depth + b"1" + b"}" * depth
 
 
+NAMED_PAYLOADS = [b"\xff\xfe\x00garbage", b"\xc3\x28", _nested(100_000, "list"), _nested(990, "dict"),
+                  _nested(5000, "dict"), b'{"text": 1e400}', b'{"text": ' + b"1" + b"0" * 5000 + b"}",
+                  b'{"transaction": 12, "text": "x"}', b'{"text": ["wrong", "type"]}', b'{"unknown_field": 1}',
+                  b'{"text": "' + b"a" * (MAX_PAYLOAD + 10) + b'"}', b"   ", b"{}", b"[1, 2]", b"null"]
+
 raw_payloads = st.one_of(
     st.binary(max_size=2000),                                                          # random bytes
     st.binary(min_size=1, max_size=200).map(lambda b: b"\xff\xfe" + b + b"\xc3\x28"),  # invalid UTF-8
@@ -132,7 +137,8 @@ safe_config = st.fixed_dictionaries({}, optional={
 valid_ish = st.one_of(
     st.tuples(st.just("config/set"), safe_config.map(lambda c: {"config": c})),
     st.tuples(st.just("summarize"), st.text(max_size=400).map(lambda t: {"text": t})),
-    st.tuples(st.just("transcribe"), st.binary(max_size=600).map(lambda b: {"audio_b64": base64.b64encode(b).decode()})),
+    st.tuples(st.just("transcribe"),
+              st.binary(max_size=600).map(lambda b: {"audio_b64": base64.b64encode(b).decode()})),
     st.tuples(st.just("transcribe"), st.sampled_from([0.1, 0.3]).map(
         lambda s: {"audio_b64": base64.b64encode(tone_wav(s)).decode(), "summarize": False})),
     st.tuples(st.just("transcribe"), st.text(max_size=40).map(lambda t: {"file": t})),
@@ -140,7 +146,8 @@ valid_ish = st.one_of(
               st.just({})),
 )
 commands = st.one_of(st.sampled_from(COMMANDS),
-                     st.text(st.characters(blacklist_characters="+#\x00", blacklist_categories=("Cs",)),
+                     # what MQTT allows in a topic (Mosquitto drops a client sending control characters)
+                     st.text(st.characters(blacklist_characters="+#", blacklist_categories=("Cc", "Cs", "Cn", "Co")),
                              min_size=1, max_size=40).filter(lambda c: not c.startswith("/")))
 
 
@@ -161,6 +168,13 @@ def test_mqtt_fuzz_every_request_answered_agent_stays_up_memory_flat(fuzz_agent,
     asker.ask("config/reset", b"{}")
     rss_before = rss_mb(agent.proc.pid)
     seen: dict[str, int] = {}
+    # The named hostile payloads, each against every command (hypothesis then mixes them further).
+    for command in COMMANDS + ["make/coffee", "ping/../state", "ünïcødé"]:
+        for payload in NAMED_PAYLOADS:
+            answer = asker.ask(command, payload)
+            code = answer["error"]["code"] if answer["status"] == "error" else "ok"
+            seen[code] = seen.get(code, 0) + 1
+            assert code in ERROR_CODES or (code == "ok" and payload in (b"   ", b"{}")), (command, payload[:80], answer)
 
     @settings(max_examples=EXAMPLES, deadline=None, derandomize=DERANDOMIZE, database=None,
               suppress_health_check=list(HealthCheck))
@@ -336,7 +350,8 @@ def test_hostile_audio_files_fail_with_codes_and_never_block_the_queue(make_agen
 # --- file names and special files ------------------------------------------------------------
 
 ODD_NAMES = ["with space.wav", "ünïcødé-日本語.wav", "new\nline.wav", "-rf.wav", "--help.wav", "tab\tname.wav",
-             "quote'\"$(reboot);`id`.wav", "emoji-🎤.wav", "x" * 240 + ".wav", "z" * 251 + ".wav", "back\\slash.wav", "percent%2e%2e.wav"]
+             "quote'\"$(reboot);`id`.wav", "emoji-🎤.wav", "x" * 240 + ".wav", "z" * 251 + ".wav",   # NAME_MAX
+             "back\\slash.wav", "percent%2e%2e.wav"]
 BAD_UTF8 = b"latin1-\xe9t\xe9-\xff.wav"
 
 

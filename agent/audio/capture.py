@@ -10,135 +10,50 @@ stream stalled) raise `CaptureError`; a source that has simply run out raises `E
 Cost note (measured): every thread wake-up costs more than analysing its audio, so read in
 blocks of 100-300 ms (and use a PortAudio buffer of that order) rather than one VAD frame at a
 time; the ring wakes the reader only once its whole request is there.
+
+The source contract lives in `agent.audio.source`, PortAudio device handling in
+`agent.audio.devices` and rate conversion in `agent.audio.stream_resample`; their public names
+are re-exported here.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
-import math
 import os
 import select
 import sys
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 import numpy as np
 
+from agent.audio.devices import import_pyaudio, list_devices, resolve_device
 from agent.audio.ring import RingBuffer
-from agent.errors import AgentError
+from agent.audio.source import TARGET_RATE, AudioSource, CaptureError, EndOfStream
+from agent.audio.stream_resample import RateConverting, StreamResampler
 from agent.settings import ListenSettings
+
+__all__ = [
+    "TARGET_RATE",
+    "AudioSource",
+    "CaptureError",
+    "EndOfStream",
+    "PyAudioSource",
+    "StdinSource",
+    "StreamResampler",
+    "WavFileSource",
+    "list_devices",
+    "open_source",
+    "resolve_device",
+]
 
 log = logging.getLogger(__name__)
 
-TARGET_RATE = 16000
 STALL_TIMEOUT_S = 5.0  # an "active" stream that delivers nothing this long has lost its device
-_RESAMPLE_CONTEXT = 256  # input samples of context on each side of a block, against edge clicks
-_RESAMPLE_BLOCK_S = 0.25  # audio converted per call to the resampler
 
 
-class EndOfStream(Exception):
-    """The source has no more audio (pipe closed, file played to its end)."""
-
-
-class CaptureError(AgentError):
-    """The capture device could not be opened or stopped delivering audio: alert and retry."""
-
-    code = "capture_error"
-
-
-class AudioSource(Protocol):
-    name: str
-
-    def start(self) -> None: ...
-
-    def read(self, frame_samples: int, timeout: float) -> np.ndarray | None:
-        """`frame_samples` int16 samples at 16 kHz (fewer only at the very end), None on timeout.
-
-        Raises EndOfStream once the audio is exhausted, CaptureError when the device failed.
-        """
-
-    def stop(self) -> None: ...
-
-    def stats(self) -> dict[str, Any]: ...
-
-
-class StreamResampler:
-    """Chunk-by-chunk rate conversion to 16 kHz that sounds like converting the whole stream.
-
-    `agent.audio.resample.resample` works on whole arrays; applied to 30 ms chunks it would
-    leave a click at every seam, and it designs its filter on every call (about 1-4 ms), so
-    audio is converted in blocks of `_RESAMPLE_BLOCK_S` with context on both sides, keeping
-    only the middle, in whole units of (src/gcd) in -> (dst/gcd) out so the timeline never
-    drifts. The price is that much latency and, at 44.1/48 kHz, about 1 % of an x86 core:
-    on a Pi, capture at 16 kHz (ALSA's plug layer converts far more cheaply).
-    """
-
-    def __init__(self, src_rate: int, dst_rate: int = TARGET_RATE) -> None:
-        from agent.audio.resample import resample  # only needed when rates differ
-
-        self._resample = resample
-        g = math.gcd(src_rate, dst_rate)
-        self.src_rate, self.dst_rate = src_rate, dst_rate
-        self.src_unit, self.dst_unit = src_rate // g, dst_rate // g
-        self.pad_units = max(1, math.ceil(_RESAMPLE_CONTEXT / self.src_unit))
-        self.block_units = max(1, round(_RESAMPLE_BLOCK_S * src_rate / self.src_unit))
-        self._buf = np.zeros(self.pad_units * self.src_unit, dtype=np.float32)  # left context
-
-    def push(self, samples: np.ndarray) -> np.ndarray:
-        self._buf = np.concatenate((self._buf, samples.astype(np.float32)))
-        units = len(self._buf) // self.src_unit
-        if units < 2 * self.pad_units + self.block_units:
-            return np.empty(0, dtype=np.int16)
-        block = self._buf[:units * self.src_unit]
-        out = self._resample(block / 32768.0, self.src_rate, self.dst_rate)
-        keep = out[self.pad_units * self.dst_unit:(units - self.pad_units) * self.dst_unit]
-        self._buf = self._buf[(units - 2 * self.pad_units) * self.src_unit:]
-        return np.clip(np.round(keep * 32768.0), -32768, 32767).astype(np.int16)
-
-    def finish(self) -> np.ndarray:
-        """Convert what is held back for right context, padding the end with silence."""
-        held = len(self._buf) - self.pad_units * self.src_unit
-        pad = np.zeros((self.pad_units + self.block_units) * self.src_unit, dtype=np.int16)
-        out = self.push(pad)
-        return out[:max(0, round(held * self.dst_rate / self.src_rate))]
-
-
-class _RateConverting:
-    """Exact 16 kHz frames on top of a `_read_raw` that delivers samples at the capture rate."""
-
-    sample_rate = TARGET_RATE
-    _resampler: StreamResampler | None = None
-    _pending: np.ndarray = np.empty(0, dtype=np.int16)
-    _ended = False
-
-    def _read_raw(self, samples: int, timeout: float) -> np.ndarray | None:
-        raise NotImplementedError
-
-    def read(self, frame_samples: int, timeout: float) -> np.ndarray | None:
-        if self._resampler is None:
-            return self._read_raw(frame_samples, timeout)
-        deadline = time.monotonic() + timeout
-        raw_samples = math.ceil(frame_samples * self.sample_rate / TARGET_RATE)
-        while len(self._pending) < frame_samples and not self._ended:
-            try:
-                raw = self._read_raw(raw_samples, max(0.0, deadline - time.monotonic()))
-            except EndOfStream:
-                self._ended = True
-                self._pending = np.concatenate((self._pending, self._resampler.finish()))
-                break
-            if raw is None:
-                return None
-            self._pending = np.concatenate((self._pending, self._resampler.push(raw)))
-        if len(self._pending) == 0:
-            raise EndOfStream
-        out, self._pending = self._pending[:frame_samples], self._pending[frame_samples:]
-        return out
-
-
-class PyAudioSource(_RateConverting):
+class PyAudioSource(RateConverting):
     """A PortAudio input stream whose callback only copies into a ring buffer."""
 
     def __init__(self, device: str | int | None = None, sample_rate: int = TARGET_RATE,
@@ -157,7 +72,7 @@ class PyAudioSource(_RateConverting):
         self._resampler = StreamResampler(sample_rate) if sample_rate != TARGET_RATE else None
 
     def start(self) -> None:
-        pyaudio = _import_pyaudio()
+        pyaudio = import_pyaudio()
         # Set before opening: the callback may run before `open` returns.
         self._paContinue, self._overflow_flag = pyaudio.paContinue, pyaudio.paInputOverflow
         self._stopping = False
@@ -232,7 +147,7 @@ class PyAudioSource(_RateConverting):
                 "captured_bytes": self.ring.written_bytes, "buffered_bytes": self.ring.available}
 
 
-class StdinSource(_RateConverting):
+class StdinSource(RateConverting):
     """Raw S16_LE mono PCM from a pipe; EOF ends the source."""
 
     def __init__(self, stream: BinaryIO | None = None, sample_rate: int = TARGET_RATE) -> None:
@@ -321,82 +236,6 @@ class WavFileSource:
 
     def stats(self) -> dict[str, Any]:
         return {"source": self.name, "position_s": self._pos / TARGET_RATE, "overruns": 0}
-
-
-def _import_pyaudio() -> Any:
-    try:
-        import pyaudio
-    except ImportError as exc:
-        raise CaptureError("PyAudio is not installed (pip install 'voice-agent[mic]')") from exc
-    _quiet_alsa()
-    return pyaudio
-
-
-_alsa_handler: Any = None
-
-
-def _quiet_alsa() -> None:
-    """Route ALSA's probing chatter (unknown PCM cards.pcm.rear, ...) away from the journal."""
-    global _alsa_handler
-    if _alsa_handler is not None:
-        return
-    _alsa_handler = False
-    name = ctypes.util.find_library("asound")
-    if not name:
-        return
-    try:
-        lib = ctypes.CDLL(name)
-        handler_type = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
-                                        ctypes.c_char_p)
-        _alsa_handler = handler_type(lambda *args: None)  # kept referenced: ALSA holds the pointer
-        lib.snd_lib_error_set_handler(_alsa_handler)
-    except (OSError, AttributeError):
-        pass
-
-
-def _input_devices(pa: Any) -> list[dict[str, Any]]:
-    try:
-        default = pa.get_default_input_device_info()["index"]
-    except (OSError, IOError):
-        default = None
-    devices = []
-    for index in range(pa.get_device_count()):
-        info = pa.get_device_info_by_index(index)
-        if int(info.get("maxInputChannels", 0)) > 0:
-            devices.append({"index": index, "name": info["name"],
-                            "max_input_channels": int(info["maxInputChannels"]),
-                            "default_sample_rate": float(info["defaultSampleRate"]),
-                            "default": index == default})
-    return devices
-
-
-def resolve_device(pa: Any, device: str | int | None) -> int | None:
-    """PortAudio index for an index, a digit string or a case-insensitive name substring."""
-    if device is None or (isinstance(device, str) and device.strip().lower() in ("", "default")):
-        return None
-    inputs = _input_devices(pa)
-    if isinstance(device, int) or device.strip().isdigit():
-        index = int(device)
-        if any(d["index"] == index for d in inputs):
-            return index
-        raise CaptureError(f"no input device with index {index}", device=str(device))
-    wanted = device.strip().lower()
-    exact = [d for d in inputs if d["name"].lower() == wanted]
-    matches = exact or [d for d in inputs if wanted in d["name"].lower()]
-    if not matches:
-        names = ", ".join(d["name"] for d in inputs) or "none"
-        raise CaptureError(f"no input device matches {device!r} (inputs: {names})", device=str(device))
-    return int(matches[0]["index"])
-
-
-def list_devices() -> list[dict[str, Any]]:
-    """Input-capable devices: index, name, max_input_channels, default_sample_rate, default."""
-    pyaudio = _import_pyaudio()
-    pa = pyaudio.PyAudio()
-    try:
-        return _input_devices(pa)
-    finally:
-        pa.terminate()
 
 
 def open_source(kind: str, settings: ListenSettings, *, path: str | Path | None = None,

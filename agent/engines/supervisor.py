@@ -5,37 +5,24 @@ one server warm instead of paying the load per request. A kept server can crash 
 hang, or never come up; this module turns all of that into `engine_unavailable` and restarts
 with exponential backoff so a crash loop cannot eat the CPU.
 
-No orphans, by three layers:
-- every server runs in its own session/process group (`start_new_session=True`), so `stop()`
-  signals the server *and* anything it forked;
-- `stop()` is called by the engine's `close()`, and an `atexit` hook stops whatever is left;
-- on Linux the child is armed with `PR_SET_PDEATHSIG(SIGKILL)` so even a SIGKILLed agent takes
-  its servers with it. This is not done in `preexec_fn` (unsafe once threads exist) but by a tiny
-  Python trampoline that calls prctl and then `exec`s the real command (the pid stays the same).
-  The kernel sends that signal when the *thread* that forked the child exits, so all spawning
-  happens on one daemon thread that lives as long as the process.
+No orphans, by three layers: every server runs in its own process group and, on Linux, is armed
+with `PR_SET_PDEATHSIG(SIGKILL)` so it dies with the agent (both in `agent.engines.process`);
+and `stop()` is called by the engine's `close()`, with an `atexit` hook here stopping whatever is
+left.
 """
 
 from __future__ import annotations
 
 import atexit
 import collections
-import http.client
 import logging
-import os
-import shutil
-import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import weakref
-from concurrent.futures import Future
-from queue import SimpleQueue
-from typing import Callable
-from urllib.parse import urlsplit
 
+from agent.engines.health import PROBE_TIMEOUT_S, port_open, probe
+from agent.engines.process import kill_group, output_lines, spawn, term_group
 from agent.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -45,46 +32,9 @@ BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 60.0
 #: A server that stayed healthy this long since its last restart gets a fresh backoff.
 BACKOFF_RESET_AFTER_S = 60.0
-#: One health probe may take this long; a loaded Pi answers loopback far faster.
-PROBE_TIMEOUT_S = 5.0
 #: Lines of server output kept for error messages (the rest is only logged at DEBUG).
 OUTPUT_TAIL_LINES = 40
 
-_TRAMPOLINE = (
-    "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)\n"  # 1 = PR_SET_PDEATHSIG
-    "if os.getppid() != int(sys.argv[1]): sys.exit(70)\n"  # the agent died before prctl took effect
-    "os.execvp(sys.argv[2], sys.argv[2:])\n"
-)
-
-
-class _Spawner:
-    """Runs every Popen on one long-lived daemon thread (see the module docstring: PDEATHSIG)."""
-
-    def __init__(self) -> None:
-        self._queue: SimpleQueue[tuple[Callable[[], subprocess.Popen], Future]] = SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def spawn(self, make: Callable[[], subprocess.Popen]) -> subprocess.Popen:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="server-spawner", daemon=True)
-                self._thread.start()
-        future: Future = Future()
-        self._queue.put((make, future))
-        return future.result()
-
-    def _run(self) -> None:
-        while True:
-            make, future = self._queue.get()
-            try:
-                future.set_result(make())
-            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
-                future.set_exception(exc)
-
-
-_spawner = _Spawner()
 _live: "weakref.WeakSet[ServerProcess]" = weakref.WeakSet()
 
 
@@ -96,67 +46,6 @@ def _stop_all() -> None:
             server.stop()
         except Exception:  # noqa: BLE001 - exiting anyway
             log.exception("could not stop %s at exit", server.name)
-
-
-def spawn(command: list[str], *, env: dict | None = None, **popen_kwargs) -> subprocess.Popen:
-    """Popen `command` in a new session, armed with PDEATHSIG on Linux, from the spawner thread.
-
-    For servers and for one-shot runs alike: either must die with the agent. `env` adds to the
-    agent's environment. Raises OSError like Popen (e.g. FileNotFoundError).
-    """
-    argv = [str(part) for part in command]
-    if shutil.which(argv[0]) is None:
-        raise FileNotFoundError(2, "command not found", argv[0])
-    if sys.platform.startswith("linux"):
-        argv = [sys.executable, "-I", "-S", "-c", _TRAMPOLINE, str(os.getpid()), *argv]
-    merged_env = {**os.environ, **env} if env else None
-    return _spawner.spawn(lambda: subprocess.Popen(
-        argv, start_new_session=True, close_fds=True, env=merged_env, **popen_kwargs))
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL a process started by `spawn` together with everything it forked, and reap it."""
-    _signal_group(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def _port_open(url: str) -> bool:
-    """Whether something already listens where the server is about to bind."""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def probe(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> int | None:
-    """GET `url` and return the status code, or None when nothing answers in time.
-
-    Uses http.client rather than requests on purpose: proxy environment variables must never
-    route a loopback health check through a corporate proxy.
-    """
-    parts = urlsplit(url)
-    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    connection = connection_class(parts.hostname or "127.0.0.1", parts.port, timeout=timeout_s)
-    try:
-        connection.request("GET", target, headers={"Connection": "close"})
-        response = connection.getresponse()
-        response.read()
-        return response.status
-    except (OSError, http.client.HTTPException):
-        return None
-    finally:
-        connection.close()
 
 
 class ServerProcess:
@@ -358,7 +247,7 @@ class ServerProcess:
         return status
 
     def _spawn(self) -> None:
-        if _port_open(self.health_url):
+        if port_open(self.health_url):
             # Otherwise the other process would answer our health checks while ours fails to bind.
             raise EngineError(f"{self.name}: {self.health_url} is already served by another process",
                               code="engine_unavailable")
@@ -376,13 +265,9 @@ class ServerProcess:
         log.info("%s started (pid %d)", self.name, proc.pid)
 
     def _drain(self, proc: subprocess.Popen) -> None:
-        assert proc.stdout is not None
-        with proc.stdout:
-            for raw in iter(proc.stdout.readline, b""):
-                line = raw.decode("utf-8", "replace").rstrip()
-                if line:
-                    self._output.append(line)
-                    log.debug("%s: %s", self.name, line)
+        for line in output_lines(proc):
+            self._output.append(line)
+            log.debug("%s: %s", self.name, line)
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s
@@ -418,15 +303,8 @@ class ServerProcess:
         if proc is None:
             return
         pgid = proc.pid  # start_new_session made the server its group's leader
-        if proc.poll() is None:
-            if grace_s > 0:
-                _signal_group(pgid, signal.SIGTERM)
-                _signal_group(pgid, signal.SIGCONT)
-                try:
-                    proc.wait(timeout=grace_s)
-                except subprocess.TimeoutExpired:
-                    log.warning("%s ignored SIGTERM for %g s; killing it", self.name, grace_s)
+        if proc.poll() is None and grace_s > 0 and not term_group(proc, grace_s):
+            log.warning("%s ignored SIGTERM for %g s; killing it", self.name, grace_s)
         # SIGKILL also sweeps anything the server forked that outlived it.
-        _signal_group(pgid, signal.SIGKILL)
-        proc.wait()
+        kill_group(proc)
         log.info("%s stopped (pid %d)", self.name, pgid)

@@ -1,0 +1,18 @@
+# Test entry points. `scripts/test` also installs the system packages and the venv; these assume
+# both exist (.venv with `pip install -e .[test]`).
+PYTHON ?= .venv/bin/python
+PYTEST ?= $(PYTHON) -m pytest
+
+.PHONY: test soak reliability
+
+# The whole suite in its CI form (the soak test included, at SOAK_SCALE=1: 500 requests, 50 files).
+test:
+	$(PYTEST) -q
+
+# The long soak: 5,000 requests and 500 files with broker restarts and bad files; prints RSS, fds, threads.
+soak:
+	SOAK_SCALE=$${SOAK_SCALE:-10} $(PYTEST) -q -s -m soak tests/test_soak.py
+
+# Faults, hostile input, access and the short soak (docs/reliability.md), with their figures printed.
+reliability:
+	$(PYTEST) -q -s tests/test_faults.py tests/test_fuzz.py tests/test_security.py tests/test_soak.py
