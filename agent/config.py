@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import json
 import math
 import os
@@ -86,11 +87,20 @@ def settings_to_dict(settings: Any, *, redact: bool = True) -> dict:
     return result
 
 
-def revision(settings: Settings) -> str:
-    """Short content hash, so a fleet dashboard can tell which devices run the same config."""
-    canonical = json.dumps(settings_to_dict(settings, redact=False), sort_keys=True, separators=(",", ":"),
-                           ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+def revision(settings: Settings, key: bytes = b"") -> str:
+    """Short content hash, so a fleet dashboard can tell which devices run the same config.
+
+    The revision is published, and it must change when a secret changes; so secrets enter it only
+    through an HMAC with a per-device `key` that is never published. Otherwise anyone who can read
+    `<root>/config` could test password guesses offline against the revision.
+    """
+    public = _canonical(settings_to_dict(settings, redact=True))
+    secret = hmac.new(key, _canonical(settings_to_dict(settings, redact=False)), hashlib.sha256).digest()
+    return hashlib.sha256(public + secret).hexdigest()[:12]
+
+
+def _canonical(data: dict) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def changed_sections(old: Settings, new: Settings) -> list[str]:

@@ -59,6 +59,7 @@ class ConfigStore:
         self._environ = environ
         self._overrides = deep_merge({}, overrides or {})
         self._lock = threading.RLock()
+        self._revision_key: bytes | None = None
         self._settings: Settings | None = None
         self._base: dict = {}
         self._base_lines: dict[str, int] = {}
@@ -133,7 +134,23 @@ class ConfigStore:
 
     @property
     def revision(self) -> str:
-        return revision(self.settings)
+        return revision(self.settings, self.revision_key)
+
+    @property
+    def revision_key(self) -> bytes:
+        """A random per-device key in state_dir (0600) that keeps secrets out of the revision."""
+        if self._revision_key is None:
+            path = Path(self.settings.state_dir) / ".revision-key"
+            try:
+                if not path.exists():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(os.urandom(32))
+                self._revision_key = path.read_bytes()
+            except OSError:   # read-only state: a key for this run only (revisions change on restart)
+                self._revision_key = os.urandom(32)
+        return self._revision_key
 
     @property
     def overlay(self) -> dict:

@@ -61,7 +61,7 @@ def run(res: Results, work: Path, broker_port: int, quick: bool, engines: tuple[
     data = {p: p.read_bytes() for p in files}
     raw: dict = {}
     for engine in engines:
-        rounds = (20 if quick else 60) if engine == "bench_metadata" else (4 if quick else 10)
+        rounds = (12 if quick else 60) if engine == "bench_metadata" else (2 if quick else 10)
         settings = engine_settings(engine)
         bare = Bare(settings)
         agent, watcher, _ = start_agent(work / f"b1-{engine}", broker_port, agent_config(

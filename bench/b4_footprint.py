@@ -133,6 +133,8 @@ def engines(res: Results, work: Path, quick: bool) -> None:
     try:
         from tests.support.llama import gemma_model_path, llama_server_command
         from tests.support.broker import free_port
+        if quick:
+            raise RuntimeError("measured in the full run only (python -m bench)")
         cases.append(("llama_server (Gemma 270M)", {
             "transcriber": {"engine": "bench_metadata"},
             "summarizer": {"engine": "llama_server", "max_tokens": 16, "min_words": 3,
@@ -165,6 +167,6 @@ def engines(res: Results, work: Path, quick: bool) -> None:
 
 def run(res: Results, work: Path, port: int, quick: bool) -> None:
     imports(res, 3 if quick else 7)
-    startup(res, work, port, 2 if quick else 5)
+    startup(res, work, port, 1 if quick else 5)
     after_jobs(res, work, port)
     engines(res, work, quick)

@@ -437,6 +437,9 @@ def test_revision_is_stable_and_changes(tmp_path: Path) -> None:
     assert re.fullmatch(r"[0-9a-f]{12}", rev)
     assert revision(parse(text)) == rev
     assert revision(parse(text.replace("password: a", "password: b"))) != rev  # secrets count (unredacted)
+    # ...but only through the per-device key: without it a published revision cannot test a guess
+    assert revision(first, b"device-key") != rev
+    assert revision(parse(text.replace("password: a", "password: b")), b"device-key") != revision(first, b"device-key")
     assert revision(parse(text + "jobs:\n  cache_size: 1\n")) != rev
     code = ("import sys; from pathlib import Path; from agent.config import *; "
             "d, l = load_yaml_text(sys.argv[1]); "
@@ -533,7 +536,10 @@ def test_store_loads_relative_to_config_file(cfg: Path) -> None:
     assert settings.state_dir == str(cfg.parent / "state")
     assert store.overlay_path == cfg.parent / "state" / "config-overlay.yaml"
     assert store.settings is settings
-    assert store.revision == revision(settings)
+    assert store.revision == revision(settings, store.revision_key)
+    key_file = cfg.parent / "state" / ".revision-key"
+    assert key_file.stat().st_mode & 0o077 == 0 and len(key_file.read_bytes()) == 32
+    assert ConfigStore(cfg, environ={}).revision == store.revision   # stable across restarts
     assert store.effective() == settings_to_dict(settings)
     assert ConfigStore is config_store.ConfigStore
 

@@ -523,7 +523,8 @@ def records(inbox: Path) -> dict[str, list[str]]:
     def names(folder: Path, pattern: str = "*") -> list[str]:
         return sorted(p.name for p in folder.glob(pattern)) if folder.exists() else []
     return {"waiting": [n for n in names(inbox) if n.endswith(".wav")],
-            "claimed": names(inbox / ".processing"),
+            # hidden names there are the agent's bookkeeping (the job id kept for a retry)
+            "claimed": [n for n in names(inbox / ".processing") if not n.startswith(".")],
             "processed": names(inbox / "processed"), "failed": names(inbox / "failed")}
 
 
