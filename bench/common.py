@@ -328,6 +328,7 @@ def wait_engines_ready(watcher: Watcher, root: str, timeout: float) -> dict[str,
             state = json.loads(payload)
         except ValueError:
             return
+        state = state.get("data", state) if topic.endswith("/response/state") else state
         t = state.get("engines", {}).get("transcriber", {})
         s = state.get("engines", {}).get("summarizer", {})
         if (t.get("ready") or t.get("error")) and (s.get("ready") or s.get("error")):
@@ -335,8 +336,11 @@ def wait_engines_ready(watcher: Watcher, root: str, timeout: float) -> dict[str,
             got["_t"] = now
             ev.set()
     watcher.hooks.append((f"{root}/state", on_state))
+    watcher.hooks.append((f"{root}/response/state", on_state))
     watcher.client.subscribe(f"{root}/state", qos=1)   # get the retained copy again
-    ev.wait(timeout)
+    deadline = time.monotonic() + timeout
+    while not ev.wait(0.5) and time.monotonic() < deadline:
+        watcher.publish(f"{root}/request/state", b"{}")   # in case a retained update was missed
     return got or None
 
 

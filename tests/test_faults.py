@@ -78,7 +78,7 @@ def test_broker_down_30s_while_20_files_are_processed(tmp_path):
         down_at = time.monotonic()
         for i, name in enumerate(names):
             drop(agent.inbox, name, tone_wav(0.2 + 0.01 * i))
-            time.sleep(0.05)
+            time.sleep(0.5)   # each file complete (settle_ms) before the next: arrival order is job order
         wait_until(lambda: len(list((agent.inbox / "processed").glob("*.wav.json"))) == len(names), 60,
                    "20 files processed while the broker is down")
         processed_in = time.monotonic() - down_at

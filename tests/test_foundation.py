@@ -265,4 +265,4 @@ def _drop_wavs(inbox, names):
         tmp = inbox / f".{name}.part"
         tmp.write_bytes(tone_wav(0.2 + 0.01 * i))
         os.rename(tmp, inbox / name)
-        time.sleep(0.05)   # distinct arrival order
+        time.sleep(0.5)   # each file complete (settle_ms) before the next: arrival order is job order
