@@ -68,6 +68,7 @@ def throughput(res: Results, work: Path, port: int, code: dict[str, Path | None]
     data = tone_wav(0.5)
     agents = {}
     out: dict[str, list[float]] = {k: [] for k in code}
+    live: dict[str, list[float]] = {k: [] for k in code}
     try:
         for k, c in code.items():
             agents[k] = start_agent(work / f"ab-tp-{k}", port, agent_config(transcriber={"engine": "bench_metadata"}),
@@ -75,6 +76,18 @@ def throughput(res: Results, work: Path, port: int, code: dict[str, Path | None]
             wait_engines_ready(agents[k][1], agents[k][0].root, 30)
         names = list(code)
         for r in range(rounds):
+            for k in (names if r % 2 == 0 else names[::-1]):   # written while the agent runs
+                agent, w, _ = agents[k]
+                topic = f"{agent.root}/event/transcript"
+                base = w.count(topic)
+                t0 = time.monotonic()
+                for i in range(m):
+                    write_closed(agent.inbox / f"l{r}-{i:04d}.wav", unique_copy(data, 50000 + r * 10000 + i))
+                if not w.wait_count(topic, base + m, 120):
+                    raise RuntimeError(f"{k}: {w.count(topic) - base} of {m}")
+                t1 = max(t for t, tp, _ in w.kept if tp == topic)
+                live[k].append(m / (t1 - t0))
+                time.sleep(1)
             for k in (names if r % 2 == 0 else names[::-1]):
                 agent, w, _ = agents[k]
                 topic = f"{agent.root}/event/transcript"
@@ -96,8 +109,13 @@ def throughput(res: Results, work: Path, port: int, code: dict[str, Path | None]
             agent.stop()
     for k in code:
         res.add(SECTION, f"inbox files/s, {m} queued then resume ({k})", Dist(out[k]).spread("{:.0f}"))
-    res.add(SECTION, "inbox files/s: after / before", ratios(out["after"], out["before"]).spread("{:.2f}"))
+    res.add(SECTION, "inbox files/s queued: after / before", ratios(out["after"], out["before"]).spread("{:.2f}"))
+    for k in code:
+        res.add(SECTION, f"inbox files/s, {m} written while running ({k})", Dist(live[k]).spread("{:.0f}"))
+    res.add(SECTION, "inbox files/s written while running: after / before",
+            ratios(live["after"], live["before"]).spread("{:.2f}"))
     res.raw["files_per_s"] = out
+    res.raw["files_per_s_live"] = live
 
 
 def startup(res: Results, work: Path, port: int, code: dict[str, Path | None], rounds: int) -> None:

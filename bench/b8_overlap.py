@@ -90,7 +90,8 @@ def overlap(res: Results, work: Path, port: int, quick: bool, feats: dict[str, b
         return t
 
     def jobs(on: bool) -> dict:
-        j: dict = {"max_concurrent": 2 if on else 1}
+        # cache_size 0: the sentences repeat, and a cached summary would skip the summarize stage
+        j: dict = {"max_concurrent": 2 if on else 1, "cache_size": 0}
         if feats["jobs.overlap"]:
             j["overlap"] = on
         return j

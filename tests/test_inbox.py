@@ -84,6 +84,8 @@ def test_speech_in_inbox_becomes_transcript_and_summary(make_agent, probe, tmp_p
         for key in ("job_id", "content_hash", "source", "audio_s", "transcript", "summary", "engines",
                     "timings_ms"):
             assert key in rec, key
+    probe.wait_for(f"{agent.root}/event/job", lambda m: m.json["state"] == "done", count=len(SENTENCES),
+                   what="done events")
     states = [m.json["state"] for m in probe.on(f"{agent.root}/event/job")]
     assert states.count("done") == len(SENTENCES) and "running" in states and "queued" in states
 
