@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -42,6 +42,22 @@ class Transcript:
 class Summary:
     text: str
     engine: str
+
+
+def transcribe_each(transcribe: Callable[[Audio], Transcript], audios: list[Audio]) -> list[Transcript | Exception]:
+    """`transcribe_batch` for engines that gain nothing from batching: one call per input, a
+    failing input fails alone, but an engine that is unavailable fails the whole batch."""
+    from agent.errors import EngineError
+
+    results: list[Transcript | Exception] = []
+    for audio in audios:
+        try:
+            results.append(transcribe(audio))
+        except EngineError as exc:
+            if exc.code == "engine_unavailable":
+                raise
+            results.append(exc)
+    return results
 
 
 class Transcriber(Protocol):

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.engines.base import Audio, SAMPLE_RATE, Transcript
+from agent.engines.base import Audio, SAMPLE_RATE, Transcript, transcribe_each
 from agent.errors import EngineError
 from agent.settings import TranscriberSettings
 
@@ -97,15 +97,7 @@ class FasterWhisperTranscriber:
 
     def transcribe_batch(self, audios: list[Audio]) -> list[Transcript | Exception]:
         """Sequential: the model is already resident, so batching saves no load time here."""
-        results: list[Transcript | Exception] = []
-        for audio in audios:
-            try:
-                results.append(self.transcribe(audio))
-            except EngineError as exc:
-                if exc.code == "engine_unavailable":
-                    raise
-                results.append(exc)
-        return results
+        return transcribe_each(self.transcribe, audios)
 
     def close(self) -> None:
         """Drop the model so its memory returns to the system (CTranslate2 frees on deletion)."""

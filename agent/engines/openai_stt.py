@@ -13,7 +13,7 @@ import numpy as np
 import requests
 
 from agent.audio.wav import encode_wav
-from agent.engines.base import Audio, Transcript
+from agent.engines.base import Audio, Transcript, transcribe_each
 from agent.engines.http_retry import make_session, post_with_retries, response_json
 from agent.errors import EngineError
 from agent.settings import TranscriberSettings
@@ -71,15 +71,7 @@ class OpenAITranscriber:
 
     def transcribe_batch(self, audios: list[Audio]) -> list[Transcript | Exception]:
         """Sequential: the API takes one file per request."""
-        results: list[Transcript | Exception] = []
-        for audio in audios:
-            try:
-                results.append(self.transcribe(audio))
-            except EngineError as exc:
-                if exc.code == "engine_unavailable":
-                    raise
-                results.append(exc)
-        return results
+        return transcribe_each(self.transcribe, audios)
 
     def close(self) -> None:
         if self._session is not None:

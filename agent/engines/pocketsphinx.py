@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.engines.base import Audio, Transcript
+from agent.engines.base import Audio, Transcript, transcribe_each
 from agent.errors import EngineError
 from agent.settings import TranscriberSettings
 
@@ -144,15 +144,7 @@ class PocketsphinxTranscriber:
 
     def transcribe_batch(self, audios: list[Audio]) -> list[Transcript | Exception]:
         """Sequential: the decoder is resident and decoding is already faster than real time."""
-        results: list[Transcript | Exception] = []
-        for audio in audios:
-            try:
-                results.append(self.transcribe(audio))
-            except EngineError as exc:
-                if exc.code == "engine_unavailable":
-                    raise
-                results.append(exc)
-        return results
+        return transcribe_each(self.transcribe, audios)
 
     def close(self) -> None:
         with self._lock:

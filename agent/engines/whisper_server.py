@@ -18,7 +18,7 @@ import numpy as np
 import requests
 
 from agent.audio.wav import encode_wav
-from agent.engines.base import Audio, Transcript
+from agent.engines.base import Audio, Transcript, transcribe_each
 from agent.engines.http_retry import make_session, post_with_retries, response_json
 from agent.engines.supervisor import ServerProcess
 from agent.errors import EngineError
@@ -115,15 +115,7 @@ class WhisperServerTranscriber:
 
     def transcribe_batch(self, audios: list[Audio]) -> list[Transcript | Exception]:
         """Sequential: the server is already warm and takes one file per request."""
-        results: list[Transcript | Exception] = []
-        for audio in audios:
-            try:
-                results.append(self.transcribe(audio))
-            except EngineError as exc:
-                if exc.code == "engine_unavailable":
-                    raise
-                results.append(exc)
-        return results
+        return transcribe_each(self.transcribe, audios)
 
     def close(self) -> None:
         if self._server is not None:
