@@ -22,7 +22,7 @@ from agent.dispatch import Dispatcher
 from agent.engines.runtime import Engines
 from agent.inbox_worker import InboxWorker
 from agent.jobs import JobSlot
-from agent.audio.vad import VadCache
+from agent.audio.vad import FrameClassifier, VadCache
 from agent.messages import envelope, utc_now_iso
 from agent.monitor import Alert, Monitor
 from agent.mqtt import MqttLink
@@ -70,7 +70,8 @@ class App:
         self.engines = Engines(s.transcriber, s.summarizer, on_change=self.publish_state)
         self.pipeline = Pipeline(lambda: self.engines, self.emit, cache_size=s.jobs.cache_size,
                                  transcribe_concurrency=s.transcriber.concurrency,
-                                 summarize_concurrency=s.summarizer.concurrency)
+                                 summarize_concurrency=s.summarizer.concurrency,
+                                 speech_seconds=self._speech_seconds)
         from agent.control import Control   # the handlers' view of this app
         self.control = Control(self)
         self.link: MqttLink | None = None
@@ -329,6 +330,13 @@ class App:
     # A capture thread turns speech into `event/vad` and WAV segments in the spool folder; a
     # second InboxWorker (kind "mic") takes them through the same job slot and pipeline as inbox
     # files and deletes each once processed. Pause or critical memory closes the microphone.
+
+    def _speech_seconds(self, audio: Any) -> float:
+        """Seconds of speech in a job's audio, by the same VAD as live listening; identical
+        audio is answered from the VAD cache (keyed by a hash of the whole buffer)."""
+        v = self.settings.vad
+        classifier = FrameClassifier(v.aggressiveness, v.frame_ms, v.energy_margin_db, cache=self.vad_cache)
+        return sum(classifier.classify_buffer(audio.samples)) * v.frame_ms / 1000
 
     def vad_cache_stats(self) -> dict[str, int]:
         return self.vad_cache.stats()

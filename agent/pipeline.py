@@ -54,6 +54,7 @@ class Job:
     summarize: bool = True
     loaded: Loaded | None = None
     transcript: Transcript | None = None
+    speech_s: float | None = None      # how much of the audio the VAD calls speech
     timings: dict[str, float] = field(default_factory=dict)
     t0: float = field(default_factory=time.monotonic)
 
@@ -74,9 +75,11 @@ class Stage:
 
 class Pipeline:
     def __init__(self, engines: Callable[[], Engines], emit: Emit, *, cache_size: int,
-                 transcribe_concurrency: int = 1, summarize_concurrency: int = 1) -> None:
+                 transcribe_concurrency: int = 1, summarize_concurrency: int = 1,
+                 speech_seconds: Callable[[Audio], float] = lambda audio: audio.duration_s) -> None:
         self._engines = engines
         self._emit = emit
+        self._speech_seconds = speech_seconds
         self.transcripts = LRUCache(cache_size)
         self.summaries = LRUCache(cache_size)
         self.transcribe_stage = Stage(transcribe_concurrency)
@@ -152,6 +155,9 @@ class Pipeline:
         t0 = time.monotonic()
         job.loaded = job.load()
         job.timings["decode"] = _ms(t0)
+        t0 = time.monotonic()
+        job.speech_s = round(self._speech_seconds(job.loaded.audio), 2)
+        job.timings["vad"] = _ms(t0)
         return job.loaded
 
     def _transcribe(self, job: Job) -> Transcript:
@@ -196,7 +202,7 @@ class Pipeline:
         src = job.source.as_dict()
         audio_s = round(loaded.audio.duration_s, 3)
         self._emit("transcript", {"job_id": job.job_id, "source": src, "text": transcript.text,
-                                  "language": transcript.language, "audio_s": audio_s,
+                                  "language": transcript.language, "audio_s": audio_s, "speech_s": job.speech_s,
                                   "engine": transcript.engine, "timings_ms": job.timings})
         if summary is not None and summary.text:
             self._emit("summary", {"job_id": job.job_id, "source": src, "text": summary.text,
@@ -204,6 +210,7 @@ class Pipeline:
         self.done += 1
         self.job_event(job.job_id, "done", src, audio_s=audio_s, timings_ms=job.timings)
         return {"job_id": job.job_id, "content_hash": loaded.content_hash, "source": src, "audio_s": audio_s,
+                "speech_s": job.speech_s,
                 "transcript": transcript.text, "language": transcript.language,
                 "summary": summary.text if summary else None,
                 "engines": {"transcriber": transcript.engine, "summarizer": summary.engine if summary else None},

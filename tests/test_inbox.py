@@ -288,3 +288,20 @@ def test_llama_server_killed_between_jobs_is_restarted(make_agent, probe, tmp_pa
     restarted = [p for p in psutil.Process(agent.proc.pid).children(recursive=True)
                  if "llama_cpp.server" in " ".join(p.cmdline())]
     assert restarted and {p.pid for p in restarted}.isdisjoint({s.pid for s in servers})
+
+
+def test_speech_seconds_measured_and_identical_audio_hits_the_vad_cache(agent, probe, tmp_path):
+    speech_wav("the quick brown fox jumps over the lazy dog", tmp_path / "s.wav", pad_s=0.5)
+    data = (tmp_path / "s.wav").read_bytes()
+    drop(agent.inbox, "first.wav", data)
+    wait_files(agent.inbox / "processed", "first.wav.json", 1)
+    drop(agent.inbox, "again.wav", data)                    # the same bytes under another name
+    drop(agent.inbox, "silence.wav", tone_wav(1.0, level=0.0))
+    wait_files(agent.inbox / "processed", "*.wav.json", 3)
+    done = records(agent.inbox / "processed")
+    speech = done["first.wav.json"]["speech_s"]
+    assert 1.0 < speech <= done["first.wav.json"]["audio_s"] - 0.8   # the padding is not speech
+    assert done["again.wav.json"]["speech_s"] == speech
+    assert done["silence.wav.json"]["speech_s"] == 0
+    vad = probe.request(agent.root, "stats")["data"]["caches"]["vad"]
+    assert vad["hits"] >= 1 and vad["misses"] >= 2
