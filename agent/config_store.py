@@ -60,6 +60,8 @@ class ConfigStore:
         self._overrides = deep_merge({}, overrides or {})
         self._lock = threading.RLock()
         self._revision_key: bytes | None = None
+        self._revision_of: Settings | None = None
+        self._revision = ""
         self._settings: Settings | None = None
         self._base: dict = {}
         self._base_lines: dict[str, int] = {}
@@ -134,7 +136,11 @@ class ConfigStore:
 
     @property
     def revision(self) -> str:
-        return revision(self.settings, self.revision_key)
+        """Computed once per loaded config: state is republished on every job change."""
+        settings = self.settings
+        if self._revision_of is not settings:
+            self._revision, self._revision_of = revision(settings, self.revision_key), settings
+        return self._revision
 
     @property
     def revision_key(self) -> bytes:

@@ -125,7 +125,7 @@ class ListenSettings:
                            choices=(8000, 16000, 32000, 44100, 48000))
     frames_per_buffer: int = opt(1600, doc="Frames per PortAudio buffer (1600 = 100 ms at 16 kHz: few wake-ups).",
                                  min=64, max=16384)
-    read_ms: int = opt(120, doc="Audio handed to the analyser per wake-up; shorter reacts sooner but costs "
+    read_ms: int = opt(30, doc="Audio handed to the analyser per wake-up; shorter reacts sooner but costs "
                                 "more CPU in thread wake-ups.", min=10, max=1000)
     ring_buffer_s: float = opt(10.0, doc="Captured audio held while the analyser catches up.", min=1, max=600)
     spool_dir: str | None = opt(None, doc="Where finished segments wait as WAV files; default <state_dir>/spool.", path=True)

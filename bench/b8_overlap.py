@@ -169,7 +169,9 @@ def batch(res: Results, work: Path, port: int, quick: bool) -> None:
 def run(res: Results, work: Path, port: int, quick: bool) -> None:
     feats = _features()
     res.add(SECTION, "features present", ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in feats.items()))
-    if feats["whisper_cpp.batch"]:
+    if feats["whisper_cpp.batch"] and quick:
+        res.add(SECTION, "whisper_cpp batch", "full run only (2 x 10 whisper.cpp files)", status="SKIP")
+    elif feats["whisper_cpp.batch"]:
         batch(res, work, port, quick)
     else:
         res.add(SECTION, "whisper_cpp batch", "not in agent/settings.py yet", status="SKIP")
