@@ -23,6 +23,7 @@ import yaml
 
 from tests.support.agent import AgentProcess
 from tests.support.broker import Broker, free_port
+from tests.support.wait import wait_until
 from tests.support.probe import Probe, retained
 from tests.support.wavs import tone_wav
 
@@ -36,14 +37,6 @@ def drop(inbox: Path, name: str, data: bytes) -> None:
     os.rename(tmp, inbox / name)
 
 
-def wait_until(pred, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(interval)
 
 
 def finished(inbox: Path) -> dict[str, list[str]]:

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from tests.support.wait import wait_until
 from tests.support.wavs import tone_wav
 
 DERANDOMIZE = os.environ.get("FUZZ_RANDOM") is None   # CI runs the same cases; FUZZ_RANDOM=1 explores
@@ -48,14 +49,6 @@ def drop(inbox: Path, name: str | bytes, data: bytes) -> None:
     os.rename(tmp, target)
 
 
-def wait_until(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.1)
 
 
 def rss_mb(pid: int) -> float:

@@ -37,6 +37,7 @@ from agent.operations import (AlertBoard, EngineHealth, OutboxWatch, engines_set
 from agent.outbox import Outbox
 from tests.support.agent import AgentProcess
 from tests.support.broker import Broker, free_port
+from tests.support.wait import wait_until
 from tests.support.probe import Msg, Probe, retained
 from tests.support.wavs import tone_wav
 
@@ -504,14 +505,6 @@ def drop(inbox: Path, name: str, seconds: float = 0.3, freq: float = 440.0) -> P
     return inbox / name
 
 
-def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.05)
 
 
 def alerts_of(probe: Probe, root: str, kind: str) -> list[dict]:

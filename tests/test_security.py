@@ -7,19 +7,14 @@ Nothing is mocked: a refused certificate is refused by OpenSSL, a wrong password
 from __future__ import annotations
 
 import ast
-import os
 import re
 import subprocess
-import threading
 import time
-import uuid
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.support.agent import AgentProcess
 from tests.support.broker import Broker, free_port
@@ -30,30 +25,6 @@ from tests.support.wavs import tone_wav
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "Xk9-very-secret-Broker-Pa55"
 OTHER_SECRET = "Zq7-another-secret-never-echoed"
-
-
-class AuthProbe(Probe):
-    """The test Probe with a user name, password and client id (Probe itself connects anonymously)."""
-
-    def __init__(self, host: str, port: int, *, username: str | None = None, password: str | None = None,
-                 subscribe: tuple[str, ...] = ("#",), client_id: str | None = None) -> None:
-        self.v5 = True
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"probe-{uuid.uuid4().hex[:8]}",
-                                  protocol=mqtt.MQTTv5)
-        if username is not None:
-            self.client.username_pw_set(username, password)
-        self.client.reconnect_delay_set(0.1, 0.5)
-        self.messages = []
-        self._cond = threading.Condition()
-        self._subscribed = threading.Event()
-        self._topics = subscribe
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *a: self._subscribed.set()
-        self.client.connect(host, port, keepalive=30)
-        self.client.loop_start()
-        if subscribe and not self._subscribed.wait(10):
-            raise TimeoutError("probe did not subscribe within 10 s")
 
 
 def _never_online(agent: AgentProcess, probe: Probe, seconds: float) -> None:
@@ -193,7 +164,7 @@ def _auth_broker(workdir: Path, users: dict[str, str], acl: str | None = None) -
 
 def test_password_from_env_or_file_works_and_is_never_disclosed(tmp_path):
     broker = _auth_broker(tmp_path / "broker", {"dashboard": "dash-pw", "dev-env": SECRET, "dev-file": SECRET})
-    dash = AuthProbe(broker.host, broker.port, username="dashboard", password="dash-pw")
+    dash = Probe(broker.host, broker.port, username="dashboard", password="dash-pw")
     pw_file = tmp_path / "mqtt-password"
     pw_file.write_text(SECRET + "\n")
     pw_file.chmod(0o600)
@@ -237,7 +208,7 @@ def test_password_from_env_or_file_works_and_is_never_disclosed(tmp_path):
 
 def test_wrong_password_is_refused_with_a_clear_error_and_retried(tmp_path):
     broker = _auth_broker(tmp_path / "broker", {"dashboard": "dash-pw", "dev": SECRET})
-    dash = AuthProbe(broker.host, broker.port, username="dashboard", password="dash-pw")
+    dash = Probe(broker.host, broker.port, username="dashboard", password="dash-pw")
     wrong = "wrong-" + SECRET[::-1]
     wrong_file, right_file = tmp_path / "wrong-pw", tmp_path / "right-pw"
     for path, text in ((wrong_file, wrong), (right_file, SECRET)):
@@ -302,7 +273,7 @@ def test_documented_acl_confines_each_device_to_its_own_topics(tmp_path, form):
             .replace("/etc/mosquitto/voice-agent.acl", str(workdir / "voice-agent.acl")))
     assert "allow_anonymous false" in conf and str(port) in conf
     broker = Broker(workdir, extra_conf=conf, port=port).start()
-    dash = AuthProbe(broker.host, broker.port, username="dashboard", password="dash-pw")
+    dash = Probe(broker.host, broker.port, username="dashboard", password="dash-pw")
     agents = {name: AgentProcess(tmp_path / name, broker.port, {"mqtt": {"username": name}}, device_id=name,
                                  env={"VOICE_AGENT_MQTT_PASSWORD": users[name]})
               for name in ("pi-kitchen", "pi-hallway")}
@@ -325,7 +296,7 @@ def test_documented_acl_confines_each_device_to_its_own_topics(tmp_path, form):
 
         # Stolen kitchen credentials (the kitchen agent is off, so the client id is free).
         agents["pi-kitchen"].terminate()
-        intruder = AuthProbe(broker.host, broker.port, username="pi-kitchen", password="kitchen-pw",
+        intruder = Probe(broker.host, broker.port, username="pi-kitchen", password="kitchen-pw",
                              client_id="pi-kitchen", subscribe=("voice/pi-hallway/#", "voice/+/event/#"))
         intruder.publish("voice/pi-hallway/request/ping", {"transaction": "intruder"})
         intruder.publish("voice/pi-hallway/request/pause", {"transaction": "intruder-pause"})

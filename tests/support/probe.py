@@ -33,12 +33,15 @@ class Msg:
 
 class Probe:
     def __init__(self, host: str, port: int, *, protocol: str = "5", subscribe: tuple[str, ...] = ("#",),
-                 client_id: str | None = None, persistent: bool = False) -> None:
+                 client_id: str | None = None, persistent: bool = False, username: str | None = None,
+                 password: str | None = None) -> None:
         """`persistent` (MQTT 3.1.1 only): a broker-side session that queues messages while away."""
         self.v5 = protocol == "5"
         kwargs: dict[str, Any] = {} if self.v5 else {"clean_session": not persistent}
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"probe-{uuid.uuid4().hex[:8]}",
                                   protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311, **kwargs)
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.reconnect_delay_set(0.1, 0.5)
         self.messages: list[Msg] = []
         self._cond = threading.Condition()
@@ -49,7 +52,7 @@ class Probe:
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.connect(host, port, keepalive=30)
         self.client.loop_start()
-        if not self._subscribed.wait(10):
+        if subscribe and not self._subscribed.wait(10):
             raise TimeoutError("probe did not subscribe within 10 s")
 
     def _on_connect(self, client, userdata, flags, rc, props=None):
