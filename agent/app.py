@@ -22,7 +22,7 @@ from agent.dispatch import Dispatcher
 from agent.engines.runtime import Engines
 from agent.inbox_worker import InboxWorker
 from agent.jobs import JobSlot
-from agent.audio.vad import FrameClassifier, VadCache
+from agent.audio.vad_cache import VadCache
 from agent.messages import envelope, utc_now_iso
 from agent.monitor import Alert, Monitor
 from agent.mqtt import MqttLink
@@ -334,6 +334,8 @@ class App:
     def _speech_seconds(self, audio: Any) -> float:
         """Seconds of speech in a job's audio, by the same VAD as live listening; identical
         audio is answered from the VAD cache (keyed by a hash of the whole buffer)."""
+        from agent.audio.vad import FrameClassifier  # numpy + webrtcvad: loaded with the first audio
+
         v = self.settings.vad
         classifier = FrameClassifier(v.aggressiveness, v.frame_ms, v.energy_margin_db, cache=self.vad_cache)
         return sum(classifier.classify_buffer(audio.samples)) * v.frame_ms / 1000

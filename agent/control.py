@@ -14,7 +14,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
-from agent.audio.wav import decode_bytes
 from agent.config import ConfigError, settings_to_dict
 from agent.errors import AgentError, RequestError
 from agent.inbox import is_candidate_name
@@ -107,9 +106,13 @@ class Control:
         if "file" in body:
             return self._transcribe_file(body["file"], job_id, summarize)
         data = _b64(body["audio_b64"])
-        loaded = lambda: Loaded(decode_bytes(data, max_bytes=app.settings.inbox.max_bytes,  # noqa: E731
-                                             max_duration_s=app.settings.inbox.max_duration_s),
-                                hashlib.blake2b(data, digest_size=16).hexdigest())
+
+        def loaded() -> Loaded:
+            from agent.audio.wav import decode_bytes  # numpy: loaded with the first audio
+
+            return Loaded(decode_bytes(data, max_bytes=app.settings.inbox.max_bytes,
+                                       max_duration_s=app.settings.inbox.max_duration_s),
+                          hashlib.blake2b(data, digest_size=16).hexdigest())
         record = app.pipeline.run(job_id, Source("request", "audio_b64"), loaded, summarize=summarize)
         return _result(record)
 

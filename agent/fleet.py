@@ -60,7 +60,6 @@ import requests
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.audio.wav import decode_bytes
 from agent.errors import AgentError, RequestError
 from agent.jobs import JobSlot, new_job_id
 from agent.lru import LRUCache
@@ -290,6 +289,8 @@ class FleetWorker:
         else:
             assert job.url is not None
             data = fetch(job.url, max_bytes=s.mqtt.max_payload_bytes, timeout_s=s.fleet.fetch_timeout_s)
+        from agent.audio.wav import decode_bytes  # numpy: loaded with the first audio
+
         audio = decode_bytes(data, max_bytes=s.inbox.max_bytes, max_duration_s=s.inbox.max_duration_s)
         return Loaded(audio, hashlib.blake2b(data, digest_size=16).hexdigest())
 

@@ -14,7 +14,6 @@ import threading
 from pathlib import Path
 from typing import Callable, ContextManager
 
-from agent.audio.wav import decode_file
 from agent.errors import AgentError, AudioError
 from agent.inbox import Claimed, Inbox
 from agent.jobs import JobSlot, new_job_id
@@ -31,6 +30,8 @@ def load_audio_file(path: Path, settings: InboxSettings) -> Loaded:
         raise AudioError("symbolic links are not taken from the inbox", code="forbidden")
     if not stat.S_ISREG(st.st_mode):
         raise AudioError("not a regular file", code="unsupported_format")
+    from agent.audio.wav import decode_file  # numpy: loaded with the first audio, not at start
+
     audio = decode_file(path, max_bytes=settings.max_bytes, max_duration_s=settings.max_duration_s)
     return Loaded(audio, file_hash(path))
 

@@ -3,7 +3,8 @@
 - `voice-agent run` to retained `online`, alternating an agent whose transcriber runs out of
   process (whisper_cpp, the realistic Pi set-up) with one on the model-free engine; the engine's
   own load (lazy, in the background) is reported separately from the state it publishes.
-- RSS of the agent process idle (2 s after online, engine loaded) and after 100 jobs.
+- RSS of the agent process idle (2 s after its engines reported ready) and after 100 jobs; the
+  budget row is the Pi set-up, whisper.cpp and the llama.cpp server in their own processes.
 - `python -X importtime -c "import agent.app"`: the sum of the top-level cumulative times.
 - each engine loaded in a child process of its own (bench/engine_child.py rss).
 """
@@ -41,16 +42,37 @@ def import_time_ms() -> tuple[float, dict[str, float]]:
     return total / 1000, parts_ms
 
 
-def startup(res: Results, work: Path, port: int, rounds: int) -> None:
-    variants = {"whisper_cpp": engine_settings("whisper_cpp"), "bench_metadata": {"engine": "bench_metadata"}}
+def _llama_summarizer() -> dict | None:
+    """The kept llama.cpp server with Gemma 270M, or None where it is not installed."""
+    try:
+        from tests.support.broker import free_port
+        from tests.support.llama import gemma_model_path, llama_server_command
+        return {"engine": "llama_server", "max_tokens": 16, "min_words": 3,
+                "llama_server": {"command": llama_server_command(), "model": str(gemma_model_path()),
+                                 "port": free_port()}}
+    except Exception:  # noqa: BLE001 - no llama.cpp here: the variant is skipped
+        return None
+
+
+def startup(res: Results, work: Path, port: int, rounds: int, quick: bool) -> None:
+    """Start-up time and idle RSS. The RSS budget is for engines in their own processes (whisper.cpp,
+    the llama.cpp server): bench_metadata runs inside the agent, so its row is information only."""
+    variants: dict[str, dict] = {
+        "whisper_cpp": {"transcriber": engine_settings("whisper_cpp")},
+        "bench_metadata": {"transcriber": {"engine": "bench_metadata"}},
+    }
+    llama = None if quick else _llama_summarizer()
+    if llama is not None:
+        variants["whisper_cpp + llama_server"] = {"transcriber": engine_settings("whisper_cpp"), "summarizer": llama}
+    out_of_process = {"whisper_cpp", "whisper_cpp + llama_server"}
     online: dict[str, list[float]] = {k: [] for k in variants}
     ready: dict[str, list[float]] = {k: [] for k in variants}
     idle: dict[str, list[float]] = {k: [] for k in variants}
     names = list(variants)
     for i in range(rounds):
         for name in (names if i % 2 == 0 else names[::-1]):
-            agent, watcher, t_online = start_agent(work / f"b4-start-{name}-{i}", port,
-                                                   agent_config(transcriber=variants[name]))
+            agent, watcher, t_online = start_agent(work / f"b4-start-{name.replace(' + ', '-')}-{i}", port,
+                                                   agent_config(**variants[name]))
             t_start = agent.bench_t0
             try:
                 state = wait_engines_ready(watcher, agent.root, timeout=120)
@@ -64,15 +86,20 @@ def startup(res: Results, work: Path, port: int, rounds: int) -> None:
                 agent.stop()
     for name in names:
         d = Dist(online[name])
-        res.add(SECTION, f"run -> online, transcriber {name}", d.spread("{:.0f}") + " ms", "<= 1500 ms",
+        res.add(SECTION, f"run -> online, {name}", d.spread("{:.0f}") + " ms", "<= 1500 ms",
                 d.median <= 1500)
         if ready[name]:
             res.add(SECTION, f"run -> engines ready (lazy, background), {name}",
                     Dist(ready[name]).spread("{:.0f}") + " ms",
-                    note="whisper_cpp load = one warm-up run of the CLI" if name == "whisper_cpp" else "")
+                    note="load = warm-up runs (one whisper.cpp run; llama server start + one completion)"
+                    if name in out_of_process else "")
         d = Dist(idle[name])
-        res.add(SECTION, f"agent RSS idle, transcriber {name}", d.spread("{:.1f}") + " MB", "<= 40 MB",
-                d.median <= 40)
+        if name in out_of_process:
+            res.add(SECTION, f"agent RSS idle, engines warm, {name}", d.spread("{:.1f}") + " MB", "<= 40 MB",
+                    d.median <= 40, note="engines in their own processes; numpy loads with the first audio")
+        else:
+            res.add(SECTION, f"agent RSS idle, engine loaded in the agent, {name}", d.spread("{:.1f}") + " MB",
+                    note="an in-process engine: outside the budget's terms; numpy is loaded by the engine")
     res.raw["startup"] = {"online_ms": online, "ready_ms": ready, "idle_rss_mb": idle}
 
 
@@ -130,18 +157,13 @@ def engines(res: Results, work: Path, quick: bool) -> None:
         ("whisper_cpp", {"transcriber": engine_settings("whisper_cpp")}, sample),
         ("faster_whisper", {"transcriber": engine_settings("faster_whisper")}, sample),
     ]
-    try:
-        from tests.support.llama import gemma_model_path, llama_server_command
-        from tests.support.broker import free_port
-        if quick:
-            raise RuntimeError("measured in the full run only (python -m bench)")
-        cases.append(("llama_server (Gemma 270M)", {
-            "transcriber": {"engine": "bench_metadata"},
-            "summarizer": {"engine": "llama_server", "max_tokens": 16, "min_words": 3,
-                           "llama_server": {"command": llama_server_command(), "model": str(gemma_model_path()),
-                                            "port": free_port()}}}, text))
-    except Exception as exc:  # noqa: BLE001 - no llama.cpp here: say so in the table
-        res.add(SECTION, "engine RSS llama_server", "n/a", status="SKIP", note=str(exc)[:100])
+    llama = None if quick else _llama_summarizer()
+    if llama is not None:
+        cases.append(("llama_server (Gemma 270M)", {"transcriber": {"engine": "bench_metadata"}, "summarizer": llama},
+                      text))
+    else:
+        res.add(SECTION, "engine RSS llama_server", "n/a", status="SKIP",
+                note="full run only" if quick else "llama.cpp server or Gemma model not installed")
     raw = {}
     for name, settings, arg in cases:
         try:
@@ -167,6 +189,6 @@ def engines(res: Results, work: Path, quick: bool) -> None:
 
 def run(res: Results, work: Path, port: int, quick: bool) -> None:
     imports(res, 3 if quick else 7)
-    startup(res, work, port, 1 if quick else 5)
+    startup(res, work, port, 1 if quick else 5, quick)
     after_jobs(res, work, port)
     engines(res, work, quick)

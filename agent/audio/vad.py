@@ -13,14 +13,13 @@ buffer alone and can be cached under a hash of the whole buffer (`VadCache`).
 
 from __future__ import annotations
 
-import hashlib
 import math
-import threading
-from collections import OrderedDict, deque
-from typing import Hashable
+from collections import deque
 
 import numpy as np
 import webrtcvad
+
+from agent.audio.vad_cache import VadCache
 
 SILENCE_DBFS = -100.0  # digital silence is clamped here so the floor stays finite
 FULL_SCALE_POWER = 32768.0 * 32768.0
@@ -78,57 +77,6 @@ class NoiseFloor:
             self._block_min, self._block_count = math.inf, 0
             if len(self._block_mins) == MIN_BLOCKS:
                 self.level = max(self.level, min(self._block_mins))
-
-
-class VadCache:
-    """Bounded, thread-safe LRU from a buffer hash to its frame decisions.
-
-    The key covers the whole buffer and the classifier parameters: two recordings that share
-    their first and last seconds (same jingle, same silence) must not share a result.
-    """
-
-    def __init__(self, max_entries: int) -> None:
-        self.max_entries = max(0, int(max_entries))
-        self._entries: OrderedDict[bytes, tuple[bool, ...]] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    @staticmethod
-    def key(buffer: np.ndarray, params: Hashable) -> bytes:
-        data = np.ascontiguousarray(buffer, dtype=np.int16)
-        h = hashlib.blake2b(digest_size=16)
-        h.update(repr(params).encode())
-        h.update(b"\0")
-        h.update(memoryview(data).cast("B"))
-        return h.digest()
-
-    def get(self, key: bytes) -> tuple[bool, ...] | None:
-        with self._lock:
-            value = self._entries.get(key)
-            if value is None:
-                self.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return value
-
-    def put(self, key: bytes, value: tuple[bool, ...]) -> None:
-        if self.max_entries == 0:
-            return
-        with self._lock:
-            self._entries[key] = value
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
-
-    def stats(self) -> dict[str, int]:
-        with self._lock:
-            return {"entries": len(self._entries), "hits": self.hits, "misses": self.misses}
 
 
 class FrameClassifier:

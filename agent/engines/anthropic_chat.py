@@ -11,7 +11,7 @@ from typing import Any
 from agent.engines.base import Summary
 from agent.engines.extractive import count_words
 from agent.engines.http_retry import make_session, post_with_retries, response_json
-from agent.engines.openai_chat import render_prompt
+from agent.engines.chat_format import render_prompt
 from agent.errors import EngineError
 from agent.settings import SummarizerSettings
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
-import numpy as np
+if TYPE_CHECKING:  # numpy (15 MB resident) loads with the first audio, not with the agent
+    import numpy as np
 
 SAMPLE_RATE = 16_000
 

@@ -1,59 +1,13 @@
-"""Summaries from any OpenAI-compatible chat-completions API (OpenAI, Ollama, vLLM, llama.cpp).
-
-Also the home of the chat-completions wire helpers (`render_prompt`, `chat_body`,
-`completion_text`) because the local llama.cpp server speaks the same protocol.
-"""
+"""Summaries from any OpenAI-compatible chat-completions API (OpenAI, Ollama, vLLM, llama.cpp)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from agent.engines.base import Summary
+from agent.engines.chat_format import chat_body, completion_text, render_prompt
 from agent.engines.extractive import count_words
 from agent.engines.http_retry import make_session, post_with_retries, response_json
 from agent.errors import EngineError
 from agent.settings import SummarizerSettings
-
-
-def render_prompt(template: str, text: str) -> str:
-    """The prompt with `{text}` replaced literally.
-
-    Plain replacement rather than str.format: a prompt that contains JSON or other braces must
-    not fail at the first transcript.
-    """
-    return template.replace("{text}", text)
-
-
-def chat_body(prompt: str, max_tokens: int, model: str | None = None) -> dict[str, Any]:
-    """A chat-completions request body: one user message, low temperature for faithful summaries."""
-    body: dict[str, Any] = {
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
-        "temperature": 0.2,
-    }
-    if model is not None:
-        body["model"] = model
-    return body
-
-
-def completion_text(payload: Any, source: str) -> str:
-    """`choices[0].message.content` of a chat-completions answer, stripped.
-
-    Anything else (an error object with status 200, a missing field, empty content) is
-    `engine_error`: publishing "" or a stringified dict as a summary would be worse.
-    """
-    try:
-        content = payload["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError) as exc:
-        raise EngineError(f"unexpected answer from {source}: no choices[0].message.content",
-                          code="engine_error") from exc
-    if not isinstance(content, str):
-        raise EngineError(f"unexpected answer from {source}: content is {type(content).__name__}",
-                          code="engine_error")
-    content = content.strip()
-    if not content:
-        raise EngineError(f"{source} returned an empty summary", code="engine_error")
-    return content
 
 
 class OpenAISummarizer:
