@@ -66,6 +66,8 @@ class App:
         self.outbox = Outbox(state_dir / "outbox.sqlite3", max_messages=s.outbox.max_messages,
                              max_bytes=s.outbox.max_bytes, on_overflow=self._outbox_overflow)
         self.publisher = Publisher(self.outbox, s.device_id, on_store_error=self._store_error)
+        from agent.publisher import RetainedState
+        self.state_publisher = RetainedState(lambda: self.control.state(), self._send_state)
         self.slot = JobSlot(s.jobs.max_concurrent)
         self.engines = Engines(s.transcriber, s.summarizer, on_change=self.publish_state)
         self.pipeline = Pipeline(lambda: self.engines, self.emit, cache_size=s.jobs.cache_size,
@@ -277,17 +279,25 @@ class App:
         self.board.on_connect()
 
     def publish_state(self) -> None:
+        self.state_publisher.publish()
+
+    def _send_state(self, state: dict[str, Any]) -> bool:
         link = self.link
-        if link is not None and link.connected.is_set():
-                link.publish(self.topics.state, envelope(self.settings.device_id, self.control.state()), retain=True)
+        if link is None or not link.connected.is_set():
+            return False
+        link.publish(self.topics.state, envelope(self.settings.device_id, state), retain=True)
+        return True
 
     def emit(self, event: str, body: dict[str, Any]) -> None:
         self._hold_abandoned_job(event, body)
         self.publisher.emit(self.topics.event(event), body)
         if event == "job":
             self._observe_engine_health(body)
-        if event == "job" and body.get("state") in ("running", "done", "failed"):
-            self.publish_state()
+        if event == "job" and body.get("state") == "running":
+            self.state_publisher.publish_if_changed()
+        if event == "job" and body.get("state") in ("done", "failed"):
+            # Built now, the state would still count this job: its thread gives the slot back after.
+            self.state_publisher.publish_after(threading.current_thread())
         if event == "job" and body.get("state") == "rejected":
             self.rejected += 1
 

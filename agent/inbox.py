@@ -3,10 +3,11 @@
 A file is taken only when complete: after close-after-write, after a move into the folder, or
 once its size and mtime have been stable for `settle_ms` (writers that never signal). It is
 claimed by an atomic rename into `.processing/`, so a crash can never process it twice, and
-finished by a two-step move whose intent is written first, so a crash mid-finish is completed
-on restart instead of re-running the job. Nothing is ever deleted, except where the owner asks
+finished with one fsync (see `Inbox.finish`): a crash at any point of a finish either leaves the
+file claimed, so the job runs again under the same job id, or is completed on restart; the file
+is never lost and never in two places. Nothing is ever deleted, except where the owner asks
 for it with `keep_processed=False` (the microphone spool: successfully processed segments are
-removed with the same crash-safe intent, failed ones stay in `failed/` with their reason).
+removed by one unlink, failed ones stay in `failed/` with their reason).
 """
 
 from __future__ import annotations
@@ -32,8 +33,17 @@ from agent.settings import InboxSettings
 log = logging.getLogger(__name__)
 
 PROCESSING = ".processing"
-INTENT = ".finish.json"
+INTENT = ".finish.json"   # the finish intent of earlier versions, still completed at start
 JOB_ID = ".job"
+#: A finished file's record, by outcome (True: processed/, False: failed/).
+RECORD_SUFFIX = {True: ".json", False: ".error.json"}
+#: The record while its finish is under way: `.<final name><suffix>` beside where the audio goes.
+#: Distinct per outcome, so a restart knows the record's name even when processed/ and failed/
+#: are the same folder.
+PENDING_SUFFIX = {True: ".ok.pending", False: ".failed.pending"}
+#: Held while a finish picks its free name and reserves it with its pending record, so two jobs
+#: finishing files of the same name (jobs.max_concurrent > 1) never pick the same one.
+_NAMES = threading.Lock()
 # After a close or a move the file is complete; the grace only lets events that inotify delivers
 # in the same burst (modify + close of one write) coalesce. It is on every file's latency path:
 # 0.1 s here was 90 % of the agent's own overhead per file (bench: python -m bench --only pipeline).
@@ -191,39 +201,81 @@ class Inbox:
             log.warning("inbox: cannot remember the job id of %s: %s", claimed.original, exc)
 
     def finish(self, claimed: Claimed, record: dict[str, Any], ok: bool) -> Path:
-        """Move the audio to processed/ or failed/ with its record beside it."""
+        """Move the audio to processed/ or failed/ with its record beside it; one fsync.
+
+        1. The record is written and fsynced as `.<final><PENDING_SUFFIX>` in the destination.
+           A crash before the next step leaves the audio claimed: it runs again under the same
+           job id (the job's events were stored before this finish, so a re-run only repeats
+           them) and `start` removes the pending record.
+        2. The audio is renamed from `.processing/` to `<dest>/<final>`. This is the commit point:
+           from here on a restart completes the finish, because an audio file beside its pending
+           record can only come from step 1 having ended, fsync included.
+        3. The pending record is renamed to `<final>.json` (or `.error.json`).
+        Renames need no fsync of their own: one lost to a power cut only moves the file back a
+        step, and the record is never visible before its content is on disk.
+        """
         if ok and not self.keep_processed:
             return self._delete(claimed)
         dest_dir = self.processed if ok else self.failed
-        final = _unique(dest_dir, _fit(claimed.original), also=(".json", ".error.json")).name
-        record_name = final + (".json" if ok else ".error.json")
-        intent = claimed.path.with_name(claimed.path.name + INTENT)
-        _write_json(intent, {"dest": str(dest_dir), "final": final, "record_name": record_name, "record": record})
-        self._complete(claimed.path, intent)
-        return dest_dir / final
+        final, fd = _reserve(dest_dir, _fit(claimed.original), ok)
+        pending = _pending_path(final, ok)
+        try:
+            _write_synced(fd, record)
+            os.rename(claimed.path, final)
+        except Exception:
+            with contextlib.suppress(OSError):
+                os.unlink(pending)   # the audio stays claimed; the job is run again
+            raise
+        os.rename(pending, final.with_name(final.name + RECORD_SUFFIX[ok]))
+        _remove_job_id(claimed.path)
+        return final
 
     def _delete(self, claimed: Claimed) -> Path:
-        """Success with keep_processed=False: the audio and its record go; the intent makes it final."""
-        intent = claimed.path.with_name(claimed.path.name + INTENT)
-        _write_json(intent, {"delete": True})
-        self._complete(claimed.path, intent)
+        """Success with keep_processed=False: the unlink is the one atomic step, so no fsync. A
+        crash before it runs the job again under the same job id; after it only the job id file
+        is left, which `start` removes."""
+        os.unlink(claimed.path)
+        _remove_job_id(claimed.path)
         return claimed.path
 
-    def _complete(self, audio: Path, intent: Path) -> None:
+    def _complete_pending(self) -> None:
+        """Finish the finishes a crash interrupted (see `finish`): a pending record whose audio
+        reached the destination becomes the record; one whose audio is still claimed is dropped,
+        and the claimed audio is taken again."""
+        folders = {self.failed, *([self.processed] if self.keep_processed else [])}
+        for folder in folders:
+            for pending in folder.glob(".*.pending"):
+                try:
+                    self._complete_one(pending)
+                except OSError as exc:
+                    log.error("inbox: cannot complete the finish of %s: %s", pending.name, exc)
+
+    def _complete_one(self, pending: Path) -> None:
+        parsed = _parse_pending(pending)
+        if parsed is None:
+            return
+        final, ok = parsed
+        record = final.with_name(final.name + RECORD_SUFFIX[ok])
+        if os.path.lexists(final) and not os.path.lexists(record):
+            os.rename(pending, record)
+            log.info("inbox: completed the interrupted finish of %s", final.name)
+        else:
+            os.unlink(pending)
+
+    def _complete_intent(self, audio: Path, intent: Path) -> None:
+        """An intent file left by a version before the one-fsync finish: the same plan, completed."""
         plan = json.loads(intent.read_text())
         if plan.get("delete"):
             if os.path.lexists(audio):
                 os.unlink(audio)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(_job_id_path(audio))
+            _remove_job_id(audio)
             os.unlink(intent)
             return
         dest = Path(plan["dest"])
         if os.path.lexists(audio):
             os.rename(audio, dest / plan["final"])
         _write_json(dest / plan["record_name"], plan["record"])
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(_job_id_path(audio))
+        _remove_job_id(audio)
         os.unlink(intent)   # the intent file is our own bookkeeping, not user data
 
     def _remove_stale_temp_files(self) -> None:
@@ -242,10 +294,11 @@ class Inbox:
                     p.unlink()
 
     def _recover_finishes(self) -> None:
+        self._complete_pending()
         for intent in self.processing.glob("*" + INTENT):
             audio = intent.with_name(intent.name[: -len(INTENT)])
             try:
-                self._complete(audio, intent)
+                self._complete_intent(audio, intent)
                 log.info("inbox: completed the interrupted finish of %s", audio.name)
             except (OSError, ValueError, KeyError) as exc:
                 log.error("inbox: cannot complete the finish of %s: %s", audio.name, exc)
@@ -309,7 +362,8 @@ def _mtime(p: Path) -> float:
 
 
 #: Longest file name the filesystem takes; the names derived from an audio file's name (record,
-#: finish intent, their temp files) add up to 24 bytes, so a longer name is shortened for them.
+#: pending record, job id, earlier versions' intent and temp files) add up to 24 bytes, so a
+#: longer name is shortened for them.
 NAME_MAX = 255
 _DERIVED_ROOM = 24
 
@@ -329,20 +383,49 @@ def _fit(name: str) -> str:
     return stem + tag + dot + ext
 
 
-def _unique(folder: Path, name: str, also: tuple[str, ...] = ()) -> Path:
-    """`name`, or `stem-1.ext`, `stem-2.ext`... so that nothing is overwritten."""
+def _unique(folder: Path, name: str, also: tuple[str, ...] = (), hidden: tuple[str, ...] = ()) -> Path:
+    """`name`, or `stem-1.ext`, `stem-2.ext`... so that nothing is overwritten: neither the name
+    nor `<name><also>` nor `.<name><hidden>` may exist."""
     stem, dot, ext = name.rpartition(".")
     if not stem:
         stem, dot, ext = name, "", ""
     candidate, n = name, 0
-    while os.path.lexists(folder / candidate) or any(os.path.lexists(folder / (candidate + s)) for s in also):
+    while (os.path.lexists(folder / candidate) or any(os.path.lexists(folder / (candidate + s)) for s in also)
+           or any(os.path.lexists(folder / f".{candidate}{s}") for s in hidden)):
         n += 1
         candidate = f"{stem}-{n}{dot}{ext}"
     return folder / candidate
 
 
+def _reserve(folder: Path, name: str, ok: bool) -> tuple[Path, int]:
+    """A free final name in `folder` and the open fd of its pending record, which reserves it
+    (O_EXCL, under _NAMES) against any other finish in this process."""
+    suffixes = tuple(RECORD_SUFFIX.values())
+    with _NAMES:
+        final = _unique(folder, name, also=suffixes, hidden=tuple(PENDING_SUFFIX.values()))
+        fd = os.open(_pending_path(final, ok), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    return final, fd
+
+
+def _pending_path(final: Path, ok: bool) -> Path:
+    return final.with_name(f".{final.name}{PENDING_SUFFIX[ok]}")
+
+
+def _parse_pending(pending: Path) -> tuple[Path, bool] | None:
+    """(final audio path, ok) of a pending record's name; None for a name we did not make."""
+    for ok, suffix in PENDING_SUFFIX.items():
+        if pending.name.endswith(suffix) and len(pending.name) > len(suffix) + 1:
+            return pending.with_name(pending.name[1:-len(suffix)]), ok
+    return None
+
+
 def _job_id_path(audio: Path) -> Path:
     return audio.with_name(f".{audio.name}{JOB_ID}")
+
+
+def _remove_job_id(audio: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_job_id_path(audio))
 
 
 def _read_job_id(audio: Path) -> str | None:
@@ -352,12 +435,25 @@ def _read_job_id(audio: Path) -> str | None:
         return None
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+def _record_bytes(data: dict[str, Any]) -> bytes:
     # backslashreplace: a file name that is not UTF-8 (a surrogate-escaped str) is written as the
     # JSON escape "\udcff" and reads back as the same name, instead of failing the finish.
-    with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False, default=str)
-        f.flush()
-        os.fsync(f.fileno())
+    return json.dumps(data, indent=2, ensure_ascii=False, default=str).encode("utf-8", "backslashreplace")
+
+
+def _write_synced(fd: int, data: dict[str, Any]) -> None:
+    """Write a record to an open fd, fsync and close it (one fsync: the only one of a finish)."""
+    try:
+        view = memoryview(_record_bytes(data))
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomic replace with fsync; only for completing an earlier version's intent."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    _write_synced(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666), data)
     os.replace(tmp, path)

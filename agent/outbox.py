@@ -4,6 +4,11 @@ An event is written here before it is published and deleted only when the broker
 it, so a broker outage or an agent crash loses nothing. The store is bounded: when full, the
 oldest events are dropped and counted, because a device that is offline for a week must not
 fill its SD card.
+
+Each `put` is its own commit, so an event survives a kill -9 as soon as `put` returns (WAL with
+synchronous=NORMAL: a commit is a write into the WAL file, without fsync). What is batched is the
+publisher's side: acknowledged rows go in one DELETE per round, and a round with nothing new to
+send does not query at all.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 log = logging.getLogger(__name__)
+
+#: Ids per DELETE statement (SQLite before 3.32 allows 999 parameters per statement).
+DELETE_CHUNK = 500
 
 
 class OutboxError(Exception):
@@ -43,10 +51,17 @@ class Outbox:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self._on_overflow = on_overflow
-        count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM events").fetchone()
-        self._count, self._bytes = int(count), int(size)
+        self._count, self._bytes = self._measure()
+        self._last_id = int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+        # Payload size of each row handed out by pending() and not deleted yet (at most the rows
+        # in flight), so that ack() is one DELETE instead of a size query per row.
+        self._sizes: dict[int, int] = {}
         self.dropped = 0
         self.stored = 0
+
+    def _measure(self) -> tuple[int, int]:
+        count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM events").fetchone()
+        return int(count), int(size)
 
     def put(self, topic: str, payload: bytes) -> int:
         with self._lock:
@@ -57,10 +72,11 @@ class Outbox:
             self._count += 1
             self._bytes += len(payload)
             self.stored += 1
+            self._last_id = row_id = int(cur.lastrowid)
             dropped = self._trim()
         if dropped and self._on_overflow:
             self._on_overflow(dropped)
-        return int(cur.lastrowid)
+        return row_id
 
     def _trim(self) -> int:
         """Drop the oldest events beyond the bounds; returns how many were dropped."""
@@ -75,14 +91,23 @@ class Outbox:
             self._count -= len(rows)
             self._bytes -= sum(r[1] for r in rows)
             dropped += len(rows)
+            for r in rows:
+                self._sizes.pop(r[0], None)
         self.dropped += dropped
         return dropped
 
     def pending(self, after_id: int, limit: int) -> list[Pending]:
+        """Stored rows after `after_id`, oldest first. Without a query when none was stored since:
+        the publisher asks after every acknowledgement too."""
         with self._lock:
+            if after_id >= self._last_id:
+                return []
             rows = self._db.execute("SELECT id, topic, payload FROM events WHERE id > ? ORDER BY id LIMIT ?",
                                     (after_id, limit)).fetchall()
-        return [Pending(int(r[0]), r[1], bytes(r[2])) for r in rows]
+            out = [Pending(int(r[0]), r[1], bytes(r[2])) for r in rows]
+            for p in out:
+                self._sizes[p.id] = len(p.payload)
+        return out
 
     def ack(self, ids: Iterable[int]) -> bool:
         """Delete acknowledged events in one transaction (batched: one commit per round).
@@ -94,17 +119,8 @@ class Outbox:
         if not ids:
             return True
         with self._lock:
-            size = deleted = 0
             try:
-                self._db.execute("BEGIN")
-                for i in ids:
-                    row = self._db.execute("SELECT LENGTH(payload) FROM events WHERE id = ?", (i,)).fetchone()
-                    if row is None:
-                        continue
-                    self._db.execute("DELETE FROM events WHERE id = ?", (i,))
-                    deleted += 1
-                    size += row[0]
-                self._db.execute("COMMIT")
+                deleted = self._delete(ids)
             except sqlite3.Error as exc:
                 # SQLITE_FULL on COMMIT rolls back by itself; a second ROLLBACK would raise.
                 if self._db.in_transaction:
@@ -114,9 +130,27 @@ class Outbox:
                         pass
                 log.warning("outbox: could not delete acknowledged events: %s", exc)
                 return False
-            self._count -= deleted   # only once committed, so the counters never drift
-            self._bytes -= size
+            # Only once committed, so the counters never drift.
+            sizes = [self._sizes.pop(i, None) for i in ids]
+            if deleted == len(ids) and None not in sizes:
+                self._count -= deleted
+                self._bytes -= sum(s for s in sizes if s is not None)
+            else:   # some were dropped by _trim meanwhile (already counted), or sizes unknown
+                self._count, self._bytes = self._measure()
             return True
+
+    def _delete(self, ids: list[int]) -> int:
+        """DELETE the rows; one statement (its own transaction) for a round of acknowledgements."""
+        chunks = [ids[i:i + DELETE_CHUNK] for i in range(0, len(ids), DELETE_CHUNK)]
+        if len(chunks) > 1:
+            self._db.execute("BEGIN")
+        deleted = 0
+        for chunk in chunks:
+            cur = self._db.execute(f"DELETE FROM events WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            deleted += cur.rowcount
+        if len(chunks) > 1:
+            self._db.execute("COMMIT")
+        return deleted
 
     @property
     def count(self) -> int:

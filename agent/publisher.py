@@ -4,14 +4,18 @@ Rows are published with QoS 1 only while connected; a row is deleted when its PU
 paho itself re-sends its in-flight messages after a reconnect, so a row that was handed to paho
 is never handed over again by this process: that is what keeps a broker outage free of
 duplicates. After a crash the new process publishes every row still stored (at-least-once).
+
+The retained `state` does not go through the outbox (only its latest value matters); see
+`RetainedState`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
-from typing import Callable
+from typing import Any, Callable
 
 from agent.messages import envelope
 from agent.mqtt import MqttLink
@@ -123,3 +127,78 @@ class Publisher:
                 self._wake.set()   # more may be waiting
             if not inflight and self.outbox.count == 0:
                 self._idle.set()
+
+
+#: How long after a job's thread ended its `state` waits: when the next job starts meanwhile
+#: (a queue of files), nothing changed and nothing is published.
+STATE_SETTLE_S = 0.05
+
+
+class RetainedState:
+    """Publishes the retained `state`: now, when it changed, or once a job's thread has ended.
+
+    A job emits `done` (or `failed`) before its thread gives its job slot back, so a state built
+    then still counts the job as running; the state that shows the agent idle again only exists
+    once that thread has ended. Building, comparing and sending happen under one lock, so the
+    last state sent is also the last one built: a job starting on another thread cannot be
+    overtaken by an older `running: 0`. Fields in `volatile` (uptime) do not count as a change.
+    """
+
+    def __init__(self, build: Callable[[], dict[str, Any]], send: Callable[[dict[str, Any]], bool], *,
+                 volatile: tuple[str, ...] = ("uptime_s",), settle_s: float = STATE_SETTLE_S) -> None:
+        """`send` returns False when nothing was sent (not connected): the next call sends then."""
+        self._build = build
+        self._send = send
+        self._volatile = volatile
+        self._settle_s = settle_s
+        self._lock = threading.Lock()
+        self._last: dict[str, Any] | None = None
+        self._cond = threading.Condition()
+        self._ending: list[threading.Thread] = []
+        self._waiter: threading.Thread | None = None
+
+    def publish(self) -> None:
+        """Send the state now, changed or not (a (re)connection, config applied, pause...)."""
+        self._publish(force=True)
+
+    def publish_if_changed(self) -> None:
+        self._publish(force=False)
+
+    def publish_after(self, thread: threading.Thread) -> None:
+        """Send the state, if it changed, once `thread` (a job's own thread) has ended."""
+        if thread is threading.main_thread() or not thread.daemon:
+            self.publish_if_changed()   # not a job thread: it will not end soon
+            return
+        with self._cond:
+            self._ending.append(thread)
+            if self._waiter is None:
+                self._waiter = threading.Thread(target=self._wait_for_ends, name="state", daemon=True)
+                self._waiter.start()
+            self._cond.notify()
+
+    def _publish(self, *, force: bool) -> None:
+        with self._lock:
+            state = self._build()
+            key = {k: v for k, v in state.items() if k not in self._volatile}
+            if (force or key != self._last) and self._send(state):
+                self._last = key
+
+    def _wait_for_ends(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._ending))
+                ending, self._ending = self._ending, []
+            alive = [t for t in ending if not _ended(t)]
+            time.sleep(self._settle_s)
+            try:
+                self.publish_if_changed()
+            except Exception:   # the waiter must outlive a failed publish
+                log.exception("state: publishing failed")
+            if alive:   # still finishing (a slow disk): wait again, without holding up the others
+                with self._cond:
+                    self._ending[:0] = alive
+
+
+def _ended(thread: threading.Thread, timeout_s: float = 1.0) -> bool:
+    thread.join(timeout_s)
+    return not thread.is_alive()

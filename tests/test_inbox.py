@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.models import faster_whisper_model_dir, speech_wav, whisper_cpp_binary, whisper_cpp_model
+from tests.support.probe import retained
+from tests.support.wait import wait_until
 from tests.support.wavs import tone_wav
 
 REPO = Path(__file__).resolve().parents[1]
@@ -209,6 +211,24 @@ def test_pause_holds_files_and_resume_takes_them(agent, probe):
     assert probe.request(agent.root, "state")["data"]["paused"] is True
     probe.request(agent.root, "resume")
     wait_files(agent.inbox / "processed", "held.wav.json", 1)
+
+
+def test_retained_state_shows_the_agent_idle_after_its_jobs(agent, probe, broker):
+    """A job's `done` is emitted while it still holds its job slot: the retained state must not
+    be left saying `running: 1` once the files are finished, nor be republished for every job."""
+    probe.request(agent.root, "pause")
+    for i in range(20):
+        drop(agent.inbox, f"s{i:02d}.wav", tone_wav(0.2 + i / 1000))
+    time.sleep(1.0)
+    before = len(probe.on(f"{agent.root}/state"))
+    probe.request(agent.root, "resume")
+    probe.wait_for(f"{agent.root}/event/job", lambda m: m.json["state"] == "done", count=20, what="20 jobs done")
+    wait_until(lambda: probe.on(f"{agent.root}/state")[-1].json["jobs"]["running"] == 0, 5, "the idle state")
+    time.sleep(0.5)
+    running = [m.json["jobs"]["running"] for m in probe.on(f"{agent.root}/state")[before:]]
+    assert 1 in running and running[-1] == 0, running
+    assert len(running) < 20, f"{len(running)} states for 20 jobs"
+    assert retained(broker.host, broker.port, f"{agent.root}/state").json["jobs"]["running"] == 0
 
 
 def test_transcribe_and_summarize_requests(agent, probe):
