@@ -10,9 +10,11 @@ as separate agents that are alternated (each round every variant in rotated orde
 - overlap off, best sequential: jobs.max_concurrent 1 with 2 threads for each engine.
 Batching is off for all three, so only the overlap differs.
 
-Batch: M files wait in a paused inbox; whisper_cpp with `batch: true` (one run for all
-waiting files, model loaded once) versus `batch: false` (one process per file), summarizer none;
-time from `resume` to the last transcript.
+Batch: M files wait in a paused inbox; whisper_cpp with the default `batch: concat` (the
+waiting files joined into one audio, one run, split by timestamps) versus `batch: false` (one
+process per file), and in a full run `batch: files` (one run, one -f per file) as INFO; summarizer
+none; every arm with the same `audio_ctx` so the ratio is batching alone; time from `resume` to
+the last transcript.
 """
 
 from __future__ import annotations
@@ -140,29 +142,39 @@ def overlap(res: Results, work: Path, port: int, quick: bool, feats: dict[str, b
 
 
 def batch(res: Results, work: Path, port: int, quick: bool) -> None:
-    def cfg(on: bool) -> dict:
+    audio_ctx = None   # the default (auto: each single run's window sized from its clip), in every arm
+
+    def cfg(mode: str | bool) -> dict:
         t = engine_settings("whisper_cpp")
-        t["whisper_cpp"].update({"threads": 2, "batch": on, "batch_max": 10})
+        t["whisper_cpp"].update({"threads": 2, "batch": mode, "batch_max": 10, "audio_ctx": audio_ctx})
         return agent_config(transcriber=t, summarizer={"engine": "none"})
     m = 3 if quick else 10
-    rounds = 1 if quick else 2   # a round of 10 files takes 30-100 s here
+    rounds = 1 if quick else 2   # a round of 10 files takes 10-30 s per arm here
+    arms: dict[str, str | bool] = {"concat": "concat", "single": False}
+    if not quick:
+        arms["files"] = "files"  # the earlier batch mode, for comparison
     files = [p.read_bytes() for p in speech_files()]
-    agents = {}
-    out: dict[str, list[float]] = {"batched": [], "single": []}
+    agents: dict[str, Paused] = {}
+    out: dict[str, list[float]] = {k: [] for k in arms}
     try:
-        agents["batched"] = Paused("b8-batched", work, port, cfg(True), "transcript")
-        agents["single"] = Paused("b8-single", work, port, cfg(False), "transcript")
-        order = ["batched", "single"]
+        for k, mode in arms.items():
+            agents[k] = Paused(f"b8-{k}", work, port, cfg(mode), "transcript")
+        names = list(arms)
         for r in range(rounds):
-            for k in (order if r % 2 == 0 else order[::-1]):
+            for k in names[r % len(names):] + names[:r % len(names)]:
                 out[k].append(agents[k].batch(files, m))
     finally:
         for a in agents.values():
             a.close()
-    ratio = ratios(out["single"], out["batched"])
-    res.add(SECTION, f"whisper_cpp batch of {m} waiting files / one process each (speed-up)",
+    ratio = ratios(out["single"], out["concat"])
+    res.add(SECTION, f"whisper_cpp batch (concat) of {m} waiting files / one process each (speed-up)",
             ratio.spread("{:.2f}"), ">= 1.3x", ratio.median >= 1.3,
-            note=f"batched {Dist(out['batched']).median:.1f} s vs one each {Dist(out['single']).median:.1f} s")
+            note=f"joined {Dist(out['concat']).median:.1f} s vs one each {Dist(out['single']).median:.1f} s, "
+                 f"audio_ctx {'auto' if audio_ctx is None else audio_ctx} in both")
+    if "files" in out:
+        r2 = ratios(out["single"], out["files"])
+        res.add(SECTION, f"whisper_cpp batch: files (one -f each) of {m} waiting files / one process each",
+                r2.spread("{:.2f}"), note=f"files {Dist(out['files']).median:.1f} s")
     res.raw["batch_s"] = out
 
 

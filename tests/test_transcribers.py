@@ -7,9 +7,11 @@ back (stdin vs path, per-file batch output, timeouts); only the real program sho
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
+import subprocess
 import sys
 import time
 import wave
@@ -41,6 +43,7 @@ from tests.support.models import (
     whisper_cpp_binary,
     whisper_cpp_model,
 )
+from tests.support.whisper_cpp_standin import pcm_digest, whisper_cpp_standin
 
 SENTENCE = "the quick brown fox jumps over the lazy dog"
 COMMANDS = ("turn on the light", "turn off the light", "play some music", "stop the music", "what time is it")
@@ -122,15 +125,23 @@ def test_whisper_cpp_stdin_and_path(whisper_cpp: object, speech: dict[str, Path]
     assert whisper_cpp._stdin_ok is True  # stdin really was used, not the tmpfs fallback
 
 
+@pytest.fixture(scope="module")
+def whisper_cpp_files() -> object:
+    """`batch: files` (one -f per input): the mode where a path reaches the program per input."""
+    engine = make_transcriber(whisper_cpp_settings(batch="files"))
+    yield engine
+    engine.close()
+
+
 @pytest.mark.slow
 @needs_whisper_cpp
-def test_whisper_cpp_batch_isolates_a_corrupt_file(whisper_cpp: object, speech: dict[str, Path]) -> None:
+def test_whisper_cpp_batch_isolates_a_corrupt_file(whisper_cpp_files: object, speech: dict[str, Path]) -> None:
     batch = [
         read_audio(speech["sentence"], keep_path=False),  # goes through a tmpfs file
         Audio(samples=np.zeros(10, dtype=np.int16), path=speech["garbage"]),
         read_audio(speech["music"]),  # passed by path
     ]
-    results = whisper_cpp.transcribe_batch(batch)
+    results = whisper_cpp_files.transcribe_batch(batch)
     assert len(results) == 3
     assert isinstance(results[0], Transcript) and word_recall(SENTENCE, results[0].text) >= 0.6
     assert isinstance(results[1], EngineError) and results[1].code == "engine_error"
@@ -141,13 +152,220 @@ def test_whisper_cpp_batch_isolates_a_corrupt_file(whisper_cpp: object, speech: 
 
 @pytest.mark.slow
 @needs_whisper_cpp
-def test_whisper_cpp_batch_falls_back_when_the_run_fails(whisper_cpp: object, speech: dict[str, Path],
+def test_whisper_cpp_batch_falls_back_when_the_run_fails(whisper_cpp_files: object, speech: dict[str, Path],
                                                          tmp_path: Path) -> None:
     """A missing input makes the whole run exit non-zero; every input still gets its own answer."""
     batch = [read_audio(speech["music"]), Audio(np.zeros(10, dtype=np.int16), path=tmp_path / "gone.wav")]
-    results = whisper_cpp.transcribe_batch(batch)
+    results = whisper_cpp_files.transcribe_batch(batch)
     assert isinstance(results[0], Transcript) and word_recall("play some music", results[0].text) >= 0.6
     assert isinstance(results[1], EngineError) and results[1].code == "engine_error"
+
+
+# -- whisper.cpp joined batches (`batch: concat`) -----------------------------------------------
+
+# Different sentences of different lengths, each with words no other one has; None = 0.5 s silence.
+JOINED = (
+    ("open the garage door", ("garage",)),
+    (None, ()),
+    ("please remind me to call the plumber about the leaking kitchen tap", ("plumber",)),
+    ("what is the weather like tomorrow morning", ("weather",)),
+    ("every morning the old lighthouse keeper walks along the rocky shore counting the fishing boats "
+     "that return from the sea before the storm arrives in the evening", ("lighthouse", "shore", "boats")),
+)
+
+
+def count_runs(engine: object, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Record the argv of every program run the engine makes (the runs themselves are real)."""
+    runs: list[list[str]] = []
+    real = engine._run
+
+    def recorded(args: list[str], stdin: bytes | None, timeout_s: float) -> object:
+        runs.append(list(args))
+        return real(args, stdin, timeout_s)
+
+    monkeypatch.setattr(engine, "_run", recorded)
+    return runs
+
+
+@pytest.mark.slow
+@needs_whisper_cpp
+def test_whisper_cpp_joined_batch_gives_each_input_its_own_words(
+        whisper_cpp: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One real run over five joined inputs (1.4 to 7.8 s and a silence); the split must be right."""
+    audios = []
+    for i, (text, _) in enumerate(JOINED):
+        if text is None:
+            audios.append(Audio(np.zeros(8000, dtype=np.int16)))
+        else:
+            audios.append(read_audio(speech_wav(text, tmp_path / f"joined{i}.wav"), keep_path=i % 2 == 0))
+    runs = count_runs(whisper_cpp, monkeypatch)
+    results = whisper_cpp.transcribe_batch(audios)
+    assert len(runs) == 1 and "-ojf" in runs[0], runs  # one joined run, nothing redone alone
+    every = {word for _, words_ in JOINED for word in words_}
+    for (text, mine), result in zip(JOINED, results):
+        assert isinstance(result, Transcript), result
+        got = set(words(result.text))
+        if text is None:
+            assert result.text == ""
+        else:
+            assert got & set(mine), (text, result.text)
+        assert not got & (every - set(mine)), (text, result.text)
+
+
+def standin_engine(tmp_path: Path, binary: Path | None = None, **overrides: object) -> object:
+    exe, model = whisper_cpp_standin(tmp_path / "standin")
+    cpp = WhisperCppSettings(binary=str(binary or exe), model=str(model), threads=1, **overrides)
+    return make_transcriber(TranscriberSettings(engine="whisper_cpp", language="en", timeout_s=30, whisper_cpp=cpp))
+
+
+def marked_clip(seconds: float, freq: float) -> Audio:
+    """A tone whose first and last samples are not zero, so the stand-in's stretch is the whole clip."""
+    t = np.arange(int(seconds * 16000)) / 16000
+    samples = (np.sin(2 * np.pi * freq * t + 0.5) * 8000).astype(np.int16)
+    samples[samples == 0] = 1
+    return Audio(samples)
+
+
+def standin_text(audio: Audio) -> str:
+    from agent.audio.wav import encode_wav
+    return pcm_digest(encode_wav(audio.samples))
+
+
+def run_log(log: Path) -> list[list[str]]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_whisper_cpp_joined_batch_contract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against the stand-in: one joined run with JSON out, empties answered without a run, a long
+    input alone, results in order; -ac sized for single runs, full window for the joined one."""
+    from tests.test_throughput import recording_wrapper
+
+    monkeypatch.setenv("WHISPER_STANDIN_DELAY_S", "0")
+    exe, _ = whisper_cpp_standin(tmp_path / "standin")
+    wrapper, log = recording_wrapper(tmp_path, exe)
+    engine = standin_engine(tmp_path, wrapper)
+    engine.load()
+    audios = [marked_clip(1.5, 300), Audio(np.zeros(0, dtype=np.int16)), marked_clip(26.0, 350),
+              marked_clip(3.0, 400), marked_clip(0.4, 450)]
+    before = len(run_log(log))
+    results = engine.transcribe_batch(audios)
+    runs = run_log(log)[before:]
+    assert [r.text for r in results] == [standin_text(audios[0]), "", standin_text(audios[2]),
+                                        standin_text(audios[3]), standin_text(audios[4])]
+    joined = [r for r in runs if "-ojf" in r]
+    alone = [r for r in runs if "-ojf" not in r]
+    assert len(joined) == 1 and len(alone) == 1, runs
+    assert joined[0].count("-f") == 1 and joined[0][joined[0].index("-f") + 1] == "-"   # through stdin
+    assert joined[0][joined[0].index("-ac") + 1] == "0" and joined[0][joined[0].index("-mc") + 1] == "0"
+    out = Path(joined[0][joined[0].index("-of") + 1])
+    assert out.parent.parent == Path("/dev/shm") and not out.parent.exists()  # tmpfs, and cleaned up
+    assert alone[0][alone[0].index("-ac") + 1] == "1408"   # 26 s + 2 s margin, rounded up to 64
+    assert "-nt" not in joined[0] + alone[0]
+
+
+def test_whisper_cpp_joined_run_failure_falls_back_one_by_one(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WHISPER_STANDIN_DELAY_S", "0")
+    exe, _ = whisper_cpp_standin(tmp_path / "standin")
+    failing = tmp_path / "fails-on-json"
+    failing.write_text(f"""#!{sys.executable}
+import os, sys
+if "-ojf" in sys.argv:
+    print("error: simulated crash of the joined run", file=sys.stderr)
+    sys.exit(3)
+os.execv({str(exe)!r}, [{str(exe)!r}, *sys.argv[1:]])
+""")
+    failing.chmod(0o755)
+    engine = standin_engine(tmp_path, failing)
+    audios = [marked_clip(1.0, 300), marked_clip(2.0, 400), marked_clip(1.5, 500)]
+    assert [r.text for r in engine.transcribe_batch(audios)] == [standin_text(a) for a in audios]
+
+    gone = standin_engine(tmp_path, tmp_path / "no-such-program")
+    with pytest.raises(EngineError) as info:
+        gone.transcribe_batch(audios)
+    assert info.value.code == "engine_unavailable"
+
+
+def test_whisper_cpp_audio_ctx_sizes() -> None:
+    from agent.engines.whisper_cpp import audio_ctx_for
+
+    assert audio_ctx_for(0.5, None) == 512          # never under 10 s of context
+    assert audio_ctx_for(9.57, None) == 640         # 11.57 s = 579 positions, rounded up to 64
+    assert audio_ctx_for(40.0, None) == 1500        # capped at whisper's 30 s window
+    assert audio_ctx_for(3.0, 0) == 0 and audio_ctx_for(3.0, 768) == 768
+
+
+def test_whisper_cpp_segments_go_to_the_input_that_holds_their_sound() -> None:
+    from agent.engines.whisper_concat import (Segment, Token, assign_segments, join_with_gaps, parse_segments,
+                                              split_segment, voiced_frames)
+
+    parts = [marked_clip(1.4, 300).samples, np.zeros(16000 * 2, dtype=np.int16), marked_clip(3.0, 400).samples]
+    _, spans = join_with_gaps(parts)
+    assert spans == [(0.0, 1.4), (2.4, 4.4), (5.4, 8.4)]
+    voiced = [voiced_frames(p) for p in parts]
+    # whisper's ends are loose: the first segment runs on through the gap and the 2 s silence
+    loose = parse_segments(json.dumps({"transcription": [
+        {"offsets": {"from": 0, "to": 5000}, "text": " first"},
+        {"offsets": {"from": 5000, "to": 8400}, "text": " third"},
+        {"offsets": {"from": 8400, "to": 9000}, "text": " [BLANK_AUDIO]"}]}).encode())
+    assert assign_segments(loose, spans, voiced) == (["first", "", "third"], set())
+    # one segment over two inputs' sound is cut after the punctuation token nearest the silence
+    # between them (here at 5.5 s, just past the silence from 1.4 to 5.4 s: within tolerance)
+    tokens = [Token(0.0, " Open"), Token(0.5, " the"), Token(0.9, " door"), Token(1.3, ","),
+              Token(5.5, " play"), Token(6.0, ","), Token(6.3, " loud"), Token(8.0, ".")]
+    merged = Segment(0.0, 8.4, "Open the door, play, loud.", tuple(tokens))
+    assert assign_segments([merged], spans, voiced) == (["Open the door", "", "play, loud."], set())
+    # ... and with no punctuation near that silence, both inputs are redone alone
+    unsure = Segment(0.0, 8.4, "Open the door play loud", tuple(t for t in tokens if t.text not in (",", ".")))
+    assert assign_segments([unsure], spans, voiced) == (["", "", ""], {0, 2})
+    # whisper.cpp writes raw token bytes, so a token can hold half a UTF-8 character: whole again once joined
+    raw = (b'{"transcription": [{"offsets": {"from": 0, "to": 900}, "text": " caf\xc3\xa9", "tokens": ['
+           b'{"offsets": {"from": 0}, "text": " caf\xc3"}, {"offsets": {"from": 500}, "text": "\xa9"}]}]}')
+    (cafe,) = parse_segments(raw)
+    assert cafe.text == "café" and split_segment(cafe, [(0.0, 0.9)]) == ["café"]
+    with pytest.raises(ValueError):
+        parse_segments(b'{"result": {}}')
+
+
+def test_whisper_cpp_batch_setting_spellings(tmp_path: Path) -> None:
+    from agent.config import parse_settings
+    from agent.config_problems import ConfigError
+    from agent.config_yaml import load_yaml_text
+
+    def batch_of(value: str) -> object:
+        data, lines = load_yaml_text(f"transcriber:\n  whisper_cpp:\n    {value}\n")
+        return parse_settings(data, lines=lines, base_dir=tmp_path, environ={}).transcriber.whisper_cpp
+
+    assert WhisperCppSettings().batch == "concat" and WhisperCppSettings().audio_ctx is None
+    assert batch_of("batch: true").batch == "concat" and batch_of("batch: true") == WhisperCppSettings()
+    assert batch_of("batch: false").batch == "off" and batch_of('batch: "off"') == batch_of("batch: false")
+    assert batch_of("batch: files").batch == "files"
+    for bad in ("batch: sometimes", "audio_ctx: 2000", "audio_ctx: auto"):
+        with pytest.raises(ConfigError):
+            batch_of(bad)
+
+
+def test_whisper_cpp_warm_up_needs_no_numpy(tmp_path: Path) -> None:
+    """An idle agent must not carry numpy (15 MB): importing the engine and load() stay without it."""
+    exe, model = whisper_cpp_standin(tmp_path / "standin")
+    code = f"""
+import sys
+import agent.engines.base
+if "numpy" in sys.modules:
+    sys.exit("agent.engines.base imports numpy")
+from agent.engines.whisper_cpp import WhisperCppTranscriber
+from agent.settings import TranscriberSettings, WhisperCppSettings
+engine = WhisperCppTranscriber(TranscriberSettings(engine="whisper_cpp", whisper_cpp=WhisperCppSettings(
+    binary={str(exe)!r}, model={str(model)!r})))
+engine.load()
+print("numpy" in sys.modules, engine._stdin_ok)
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "WHISPER_STANDIN_DELAY_S": "0"})
+    if "agent.engines.base imports numpy" in out.stderr:
+        pytest.skip("agent.engines.base itself still imports numpy")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]  # warmed up through stdin, and numpy never loaded
 
 
 def _processes_using(marker: str) -> list[psutil.Process]:

@@ -137,7 +137,7 @@ class Engines:
     def batch_size(self) -> int:
         """How many waiting files one transcription run may take (1: no batching)."""
         s = self._t_settings
-        if s.engine == "whisper_cpp" and s.whisper_cpp.batch:
+        if s.engine == "whisper_cpp" and s.whisper_cpp.batch != "off":
             return s.whisper_cpp.batch_max
         return 1
 
