@@ -15,7 +15,6 @@ VAD throughput: Segmenter.feed over the whole file in 120 ms chunks as fast as i
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path

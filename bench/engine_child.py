@@ -15,7 +15,6 @@ llama.cpp server), since an engine that runs out of process is only cheap for th
 from __future__ import annotations
 
 import json
-import os
 import resource
 import sys
 import time

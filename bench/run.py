@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO, Broker, Results, machine, table  # noqa: E402
+from bench.common import Broker, Results, machine, table  # noqa: E402
 
 ORDER = ("roundtrip", "footprint", "inbox", "outbox", "pipeline", "listen", "server", "overlap")
 
