@@ -108,7 +108,8 @@ needs_whisper_cpp = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def whisper_cpp() -> object:
-    engine = make_transcriber(whisper_cpp_settings())
+    """The real engine with `batch: concat` (tests of the `files` mode ask for it themselves)."""
+    engine = make_transcriber(whisper_cpp_settings(batch="concat"))
     engine.load()
     yield engine
     engine.close()
@@ -214,7 +215,8 @@ def test_whisper_cpp_joined_batch_gives_each_input_its_own_words(
 
 def standin_engine(tmp_path: Path, binary: Path | None = None, **overrides: object) -> object:
     exe, model = whisper_cpp_standin(tmp_path / "standin")
-    cpp = WhisperCppSettings(binary=str(binary or exe), model=str(model), threads=1, **overrides)
+    cpp = WhisperCppSettings(binary=str(binary or exe), model=str(model), threads=1,
+                             **{"batch": "concat", **overrides})
     return make_transcriber(TranscriberSettings(engine="whisper_cpp", language="en", timeout_s=30, whisper_cpp=cpp))
 
 
@@ -336,8 +338,8 @@ def test_whisper_cpp_batch_setting_spellings(tmp_path: Path) -> None:
         data, lines = load_yaml_text(f"transcriber:\n  whisper_cpp:\n    {value}\n")
         return parse_settings(data, lines=lines, base_dir=tmp_path, environ={}).transcriber.whisper_cpp
 
-    assert WhisperCppSettings().batch == "concat" and WhisperCppSettings().audio_ctx is None
-    assert batch_of("batch: true").batch == "concat" and batch_of("batch: true") == WhisperCppSettings()
+    assert WhisperCppSettings().batch == "files" and WhisperCppSettings().audio_ctx is None
+    assert batch_of("batch: true").batch == "files" and batch_of("batch: true") == WhisperCppSettings()
     assert batch_of("batch: false").batch == "off" and batch_of('batch: "off"') == batch_of("batch: false")
     assert batch_of("batch: files").batch == "files"
     for bad in ("batch: sometimes", "audio_ctx: 2000", "audio_ctx: auto"):

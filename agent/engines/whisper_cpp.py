@@ -11,13 +11,13 @@ Speed and accuracy, as measured on 2 cores with the base model:
 - whisper.cpp pads every input to its 30 s encoder window, so a 2 s clip costs as much encoder
   time as a 30 s one. `-ac` (audio context) shrinks that window; sized from the clip (see
   `audio_ctx_for`) a single run took about half the time, at the same word error rate.
-- Several waiting files (`transcribe_batch`) are by default joined into ONE audio with 1 s of
-  silence between them and transcribed in one run (`batch: concat`), then split again by the
+- Several waiting files (`transcribe_batch`) are by default passed as one `-f` each to one run
+  (`batch: files`): the model loads once, 1.18x one run per file. `batch: concat` joins them into
+  ONE audio with 1 s of silence between them, transcribes it once and splits it again by the
   segment and token timestamps of the JSON output (`-ojf`); wherever the split is unsure, that
   input is transcribed again alone. Ten 2-5 s files: about 2x faster than one full-window run
-  each, about as fast as one sized run each, and with fewer word errors than either (whisper
-  does better with neighbours around a short clip; 0.07 against 0.16 on the benchmark files).
-  Passing each file as its own `-f` (`batch: files`) only shares the model load.
+  each but 0.9x one sized run each, with fewer word errors than either (whisper does better with
+  neighbours around a short clip; 0.07 against 0.16 on the benchmark files).
 - Most of what remains is whisper's beam search (5 beams, its CLI default): with `-bs 1 -bo 1`
   in `extra_args` the joined run took half the time and kept its accuracy.
 
