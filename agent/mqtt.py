@@ -88,6 +88,9 @@ class MqttLink:
                 info.wait_for_publish(timeout=2)
             except (RuntimeError, ValueError):
                 pass
+        # paho's loop runs once more after our own DISCONNECT and logs "Client is not connected"
+        # as an error: noise on every clean stop, so its logger is detached first.
+        self.client.disable_logger()
         self.client.disconnect()
         self.client.loop_stop()
 
