@@ -103,11 +103,11 @@ class MqttLink:
 
     def route(self, topic_filter: str, handler: MessageHandler) -> None:
         """Subscribe now (if connected) and again on every reconnect."""
-        with self._lock:
+        with self._lock:   # see _on_connect: a filter is subscribed by exactly one of the two
             self._handlers[topic_filter] = handler
             self._draining.pop(topic_filter, None)
-        if self.connected.is_set():
-            self.client.subscribe(topic_filter, qos=1)
+            if self.connected.is_set():
+                self.client.subscribe(topic_filter, qos=1)
 
     def unroute(self, topic_filter: str, *, drain: bool = False) -> None:
         """Unsubscribe. With `drain`, the handler still gets what the broker sent before the
@@ -118,8 +118,8 @@ class MqttLink:
             self._draining.pop(topic_filter, None)
             if drain and handler is not None:
                 self._draining[topic_filter] = handler
-        if self.connected.is_set():
-            self.client.unsubscribe(topic_filter)
+            if self.connected.is_set():
+                self.client.unsubscribe(topic_filter)
 
     # --- publishing ----------------------------------------------------------------------
 
@@ -158,12 +158,16 @@ class MqttLink:
         self.connects += 1
         self.last_error = None
         log.info("mqtt: connected to %s:%s (MQTT %s)", self.host, self.port, self.settings.protocol)
+        # Under the lock until `connected` is set, so a route()/unroute() from another thread
+        # either comes before (its filter is in this list) or after (it subscribes itself). A
+        # route() in between was never subscribed, and the fleet worker, believing itself in its
+        # group, got no shared job again. paho takes none of its locks that a callback holds when
+        # subscribing, so this cannot deadlock with _on_message.
         with self._lock:
-            filters = list(self._handlers)
-        for f in filters:
-            client.subscribe(f, qos=1)
-        client.publish(self.topics.availability, b"online", qos=1, retain=True)
-        self.connected.set()
+            for f in self._handlers:
+                client.subscribe(f, qos=1)
+            client.publish(self.topics.availability, b"online", qos=1, retain=True)
+            self.connected.set()
         try:
             self._on_connect_cb()
         except Exception:
