@@ -10,11 +10,11 @@ as separate agents that are alternated (each round every variant in rotated orde
 - overlap off, best sequential: jobs.max_concurrent 1 with 2 threads for each engine.
 Batching is off for all three, so only the overlap differs.
 
-Batch: M files wait in a paused inbox; whisper_cpp with the default `batch: files` (one run,
-one -f per file) versus `batch: false` (one process per file), and in a full run `batch: concat`
-(the waiting files joined into one audio, one run, split by timestamps) as INFO; summarizer none;
-every arm with the same `audio_ctx` so the ratio is batching alone; time from `resume` to the
-last transcript.
+Batch: M files wait in a paused inbox; whisper_cpp with the default `batch: concat` (the waiting
+files joined into packs, all packs in one run, split by timestamps) versus `batch: false` (one
+process per file), and in a full run `batch: files` (one run, one -f per file) as INFO; summarizer
+none; every arm with the same `audio_ctx` so the ratio is batching alone; time from `resume` to
+the last transcript.
 """
 
 from __future__ import annotations
@@ -146,21 +146,22 @@ def overlap(res: Results, work: Path, port: int, quick: bool, feats: dict[str, b
 def batch(res: Results, work: Path, port: int, quick: bool) -> None:
     audio_ctx = None   # the default (auto: each single run's window sized from its clip), in every arm
 
-    def cfg(mode: str | bool) -> dict:
+    def cfg(mode: str | bool, beams: int = 1) -> dict:
         t = engine_settings("whisper_cpp")
-        t["whisper_cpp"].update({"threads": 2, "batch": mode, "batch_max": 10, "audio_ctx": audio_ctx})
+        t["whisper_cpp"].update({"threads": 2, "batch": mode, "batch_max": 10, "audio_ctx": audio_ctx,
+                                 "beam_size": beams})
         return agent_config(transcriber=t, summarizer={"engine": "none"})
     m = 3 if quick else 10
     rounds = 1 if quick else 2   # a round of 10 files takes 10-30 s per arm here
-    arms: dict[str, str | bool] = {"files": "files", "single": False}
-    if not quick:
-        arms["concat"] = "concat"  # the joined mode, for comparison
+    arms: dict[str, dict] = {"concat": cfg("concat"), "single": cfg(False)}
+    if not quick:   # for comparison: one -f per file, and both arms with whisper.cpp's own 5 beams
+        arms.update({"files": cfg("files"), "concat-bs5": cfg("concat", 5), "single-bs5": cfg(False, 5)})
     files = [p.read_bytes() for p in speech_files()]
     agents: dict[str, Paused] = {}
     out: dict[str, list[float]] = {k: [] for k in arms}
     try:
-        for k, mode in arms.items():
-            agents[k] = Paused(f"b8-{k}", work, port, cfg(mode), "transcript")
+        for k, config in arms.items():
+            agents[k] = Paused(f"b8-{k}", work, port, config, "transcript")
         names = list(arms)
         for r in range(rounds):
             for k in names[r % len(names):] + names[:r % len(names)]:
@@ -168,15 +169,20 @@ def batch(res: Results, work: Path, port: int, quick: bool) -> None:
     finally:
         for a in agents.values():
             a.close()
-    ratio = ratios(out["single"], out["files"])
-    res.add(SECTION, f"whisper_cpp batch (files, the default) of {m} waiting files / one process each (speed-up)",
+    ratio = ratios(out["single"], out["concat"])
+    res.add(SECTION, f"whisper_cpp batch (concat, the default) of {m} waiting files / one process each (speed-up)",
             ratio.spread("{:.2f}"), ">= 1.3x", ratio.median >= 1.3,
-            note=f"batched {Dist(out['files']).median:.1f} s vs one each {Dist(out['single']).median:.1f} s, "
+            note=f"batched {Dist(out['concat']).median:.1f} s vs one each {Dist(out['single']).median:.1f} s, "
                  f"audio_ctx {'auto' if audio_ctx is None else audio_ctx} in all arms")
-    if "concat" in out:
-        r2 = ratios(out["single"], out["concat"])
-        res.add(SECTION, f"whisper_cpp batch: concat (joined audio) of {m} waiting files / one process each",
-                r2.spread("{:.2f}"), note=f"joined {Dist(out['concat']).median:.1f} s")
+    if "files" in out:
+        r2 = ratios(out["single"], out["files"])
+        res.add(SECTION, f"whisper_cpp batch: files (one -f each) of {m} waiting files / one process each",
+                r2.spread("{:.2f}"), note=f"files {Dist(out['files']).median:.1f} s")
+        r5 = ratios(out["single-bs5"], out["concat-bs5"])
+        res.add(SECTION, "whisper_cpp batch: concat / one process each, both with beam_size 5",
+                r5.spread("{:.2f}"), note=f"joined {Dist(out['concat-bs5']).median:.1f} s vs one each "
+                f"{Dist(out['single-bs5']).median:.1f} s; one each, time with 5 beams / with 1 (the default): "
+                f"{ratios(out['single-bs5'], out['single']).spread('{:.2f}')}")
     res.raw["batch_s"] = out
 
 

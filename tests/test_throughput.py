@@ -30,7 +30,7 @@ os.execv({str(real)!r}, [{str(real)!r}, *sys.argv[1:]])
 def test_waiting_files_are_transcribed_in_one_whisper_run(make_agent, probe, tmp_path):
     wrapper, log = recording_wrapper(tmp_path, whisper_cpp_binary())
     agent = make_agent({"transcriber": {"engine": "whisper_cpp", "whisper_cpp": {
-        "binary": str(wrapper), "model": str(whisper_cpp_model()), "threads": 2, "batch": "concat", "batch_max": 8}},
+        "binary": str(wrapper), "model": str(whisper_cpp_model()), "threads": 2, "batch_max": 8}},
         "summarizer": {"engine": "none"}}).start(probe)
     probe.wait_for(f"{agent.root}/state", lambda m: m.json["engines"]["transcriber"]["ready"], timeout=60,
                    what="whisper.cpp warmed up")
@@ -47,8 +47,9 @@ def test_waiting_files_are_transcribed_in_one_whisper_run(make_agent, probe, tmp
     wait_files(agent.inbox / "failed", "broken.wav.error.json", 1)
     runs = [json.loads(line) for line in log.read_text().splitlines()[runs_before:]]
     assert len(runs) == 1, f"expected one whisper.cpp run for the batch, got {runs}"
-    # `batch: concat`: the three files joined into ONE input (on stdin), split again from -ojf JSON
-    assert sum(arg == "-f" for arg in runs[0]) == 1 and runs[0][runs[0].index("-f") + 1] == "-"
+    # `batch: concat` (the default): the three files joined into ONE pack in tmpfs, split again
+    # from -ojf JSON
+    assert sum(arg == "-f" for arg in runs[0]) == 1 and runs[0][runs[0].index("-f") + 1].startswith("/dev/shm/")
     assert "-ojf" in runs[0]
     done = records(agent.inbox / "processed")
     for name, text in sentences.items():

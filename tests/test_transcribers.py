@@ -172,6 +172,7 @@ JOINED = (
     ("what is the weather like tomorrow morning", ("weather",)),
     ("every morning the old lighthouse keeper walks along the rocky shore counting the fishing boats "
      "that return from the sea before the storm arrives in the evening", ("lighthouse", "shore", "boats")),
+    ("set a timer for twenty minutes", ("timer",)),
 )
 
 
@@ -192,7 +193,8 @@ def count_runs(engine: object, monkeypatch: pytest.MonkeyPatch) -> list[list[str
 @needs_whisper_cpp
 def test_whisper_cpp_joined_batch_gives_each_input_its_own_words(
         whisper_cpp: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One real run over five joined inputs (1.4 to 7.8 s and a silence); the split must be right."""
+    """One real run over six inputs (1.4 to 7.8 s and a silence) joined into two packs; the split
+    must be right."""
     audios = []
     for i, (text, _) in enumerate(JOINED):
         if text is None:
@@ -201,7 +203,8 @@ def test_whisper_cpp_joined_batch_gives_each_input_its_own_words(
             audios.append(read_audio(speech_wav(text, tmp_path / f"joined{i}.wav"), keep_path=i % 2 == 0))
     runs = count_runs(whisper_cpp, monkeypatch)
     results = whisper_cpp.transcribe_batch(audios)
-    assert len(runs) == 1 and "-ojf" in runs[0], runs  # one joined run, nothing redone alone
+    assert len(runs) == 1 and "-ojf" in runs[0], runs  # one joined run, nothing redone
+    assert runs[0].count("-f") == 2, runs                 # [garage .. weather], [lighthouse, timer]
     every = {word for _, words_ in JOINED for word in words_}
     for (text, mine), result in zip(JOINED, results):
         assert isinstance(result, Transcript), result
@@ -238,8 +241,10 @@ def run_log(log: Path) -> list[list[str]]:
 
 
 def test_whisper_cpp_joined_batch_contract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Against the stand-in: one joined run with JSON out, empties answered without a run, a long
-    input alone, results in order; -ac sized for single runs, full window for the joined one."""
+    """Against the stand-in: the inputs joined into packs of at most PACK_MAX_S, every pack one -f
+    of ONE run with JSON out, -ac sized for the longest pack; empties answered without a run; an
+    input too long for a pack, and anything left over, redone together in one `files` run."""
+    from agent.engines.whisper_concat import PACK_MAX_S
     from tests.test_throughput import recording_wrapper
 
     monkeypatch.setenv("WHISPER_STANDIN_DELAY_S", "0")
@@ -247,22 +252,27 @@ def test_whisper_cpp_joined_batch_contract(tmp_path: Path, monkeypatch: pytest.M
     wrapper, log = recording_wrapper(tmp_path, exe)
     engine = standin_engine(tmp_path, wrapper)
     engine.load()
-    audios = [marked_clip(1.5, 300), Audio(np.zeros(0, dtype=np.int16)), marked_clip(26.0, 350),
-              marked_clip(3.0, 400), marked_clip(0.4, 450)]
+    # packs: [1.5 s, 3 s, 0.4 s] (7.4 s with gaps and tail), [10.5 s, 5.5 s] (17.5 s); 26 s and
+    # 4 s fit no pack with a neighbour
+    audios = [marked_clip(1.5, 300), Audio(np.zeros(0, dtype=np.int16)), marked_clip(3.0, 400),
+              marked_clip(0.4, 450), marked_clip(10.5, 500), marked_clip(5.5, 550), marked_clip(26.0, 350),
+              marked_clip(4.0, 600)]
     before = len(run_log(log))
     results = engine.transcribe_batch(audios)
     runs = run_log(log)[before:]
-    assert [r.text for r in results] == [standin_text(audios[0]), "", standin_text(audios[2]),
-                                        standin_text(audios[3]), standin_text(audios[4])]
+    assert [r.text for r in results] == [standin_text(a) if a.duration_s else "" for a in audios]
     joined = [r for r in runs if "-ojf" in r]
-    alone = [r for r in runs if "-ojf" not in r]
-    assert len(joined) == 1 and len(alone) == 1, runs
-    assert joined[0].count("-f") == 1 and joined[0][joined[0].index("-f") + 1] == "-"   # through stdin
-    assert joined[0][joined[0].index("-ac") + 1] == "0" and joined[0][joined[0].index("-mc") + 1] == "0"
-    out = Path(joined[0][joined[0].index("-of") + 1])
-    assert out.parent.parent == Path("/dev/shm") and not out.parent.exists()  # tmpfs, and cleaned up
-    assert alone[0][alone[0].index("-ac") + 1] == "1408"   # 26 s + 2 s margin, rounded up to 64
-    assert "-nt" not in joined[0] + alone[0]
+    rest = [r for r in runs if "-ojf" not in r]
+    assert len(joined) == 1 and len(rest) == 1, runs
+    packs = [joined[0][k + 1] for k, arg in enumerate(joined[0]) if arg == "-f"]
+    assert len(packs) == 2 and all(Path(p).parent.parent == Path("/dev/shm") for p in packs)
+    assert not Path(packs[0]).parent.exists()   # tmpfs, and cleaned up
+    assert joined[0][joined[0].index("-mc") + 1] == "0"
+    assert PACK_MAX_S == 18.0 and joined[0][joined[0].index("-ac") + 1] == "1024"   # 17.5 s + 2 s margin
+    assert rest[0].count("-f") == 2 and "-otxt" in rest[0]   # 26 s and 4 s in one files run
+    assert rest[0][rest[0].index("-ac") + 1] == "1408"       # 26 s + 2 s margin, rounded up to 64
+    assert "-nt" not in joined[0] + rest[0]
+    assert all(run[run.index("-bs") + 1] == "1" for run in runs)   # greedy unless configured
 
 
 def test_whisper_cpp_joined_run_failure_falls_back_one_by_one(tmp_path: Path,
@@ -338,8 +348,8 @@ def test_whisper_cpp_batch_setting_spellings(tmp_path: Path) -> None:
         data, lines = load_yaml_text(f"transcriber:\n  whisper_cpp:\n    {value}\n")
         return parse_settings(data, lines=lines, base_dir=tmp_path, environ={}).transcriber.whisper_cpp
 
-    assert WhisperCppSettings().batch == "files" and WhisperCppSettings().audio_ctx is None
-    assert batch_of("batch: true").batch == "files" and batch_of("batch: true") == WhisperCppSettings()
+    assert WhisperCppSettings().batch == "concat" and WhisperCppSettings().audio_ctx is None
+    assert batch_of("batch: true").batch == "concat" and batch_of("batch: true") == WhisperCppSettings()
     assert batch_of("batch: false").batch == "off" and batch_of('batch: "off"') == batch_of("batch: false")
     assert batch_of("batch: files").batch == "files"
     for bad in ("batch: sometimes", "audio_ctx: 2000", "audio_ctx: auto"):

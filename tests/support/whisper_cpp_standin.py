@@ -6,7 +6,7 @@ program honours the part of the whisper.cpp CLI contract the agent's `whisper_cp
 so the agent runs its real engine code (process per run, `-f -` on stdin, `-otxt -of` batches,
 `-oj -of` JSON for joined batches):
 
-    standin -m MODEL -f INPUT [-f INPUT ...] -l LANG -t N [-np] [-nt] [-ac N] [-mc N]
+    standin -m MODEL -f INPUT [-f INPUT ...] -l LANG -t N [-bs N] [-np] [-nt] [-ac N] [-mc N]
             [-otxt | -oj | -ojf] [-of OUT ...]
 
 INPUT is a WAV path or `-` (WAV on stdin). For each input it sleeps WHISPER_STANDIN_DELAY_S
@@ -22,7 +22,7 @@ offsets). A stretch is what lies between runs of at least
 STRETCH_GAP_S of exact zeros (the engine joins batch inputs with 1 s of them), and its digest is
 that of its own frames: an input whose first and last samples are not zero, joined with others,
 comes back as a segment whose text is exactly `pcm_digest(<that input's WAV>)`. Unlike the real
-program the offsets are exact. `-ac` and `-mc` are accepted and have no effect.
+program the offsets are exact. `-bs`, `-ac` and `-mc` are accepted and have no effect.
 
 `whisper_cpp_standin(tmp)` writes an executable wrapper (and a dummy model file) for the agent's
 config; `pcm_digest(wav_bytes)` computes the same digest in the test.
@@ -42,7 +42,7 @@ from pathlib import Path
 
 RATE = 16000
 STRETCH_GAP_S = 0.5
-_VALUE_FLAGS = ("-f", "-of", "-m", "-l", "-t", "-ac", "-mc")
+_VALUE_FLAGS = ("-f", "-of", "-m", "-l", "-t", "-bs", "-ac", "-mc")
 
 
 def _line(frames: bytes, rate: int = RATE) -> str:
