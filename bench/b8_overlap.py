@@ -82,7 +82,10 @@ def overlap(res: Results, work: Path, port: int, quick: bool, feats: dict[str, b
 
     def summarizer(threads: int) -> dict:
         cmd = llama_server_command()
+        # Prompt processing too: llama-cpp-python's server runs it on every core by default
+        # (--n_threads_batch), which overlapped with whisper.cpp oversubscribes the cores.
         cmd[cmd.index("--n_threads") + 1] = str(threads)
+        cmd += ["--n_threads_batch", str(threads)]
         # 64 tokens: room for the one or two sentences the default prompt asks for. With 16 the
         # summary took 0.5 s against 4.7 s of transcription, and overlap could not show.
         return {"engine": "llama_server", "max_tokens": 64, "min_words": 3,
@@ -106,7 +109,7 @@ def overlap(res: Results, work: Path, port: int, quick: bool, feats: dict[str, b
     }
     if not quick:
         variants["off-t2"] = agent_config(transcriber=transcriber(2), summarizer=summarizer(2), jobs=jobs(False))
-    n = 2 if quick else 10     # full: 2 rounds of 10 = 20 files per variant
+    n = 2 if quick else 20     # full: 2 rounds of 20 files per variant
     rounds = 1 if quick else 2
     files = [p.read_bytes() for p in speech_files()]
     agents: dict[str, Paused] = {}
