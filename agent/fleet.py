@@ -4,7 +4,7 @@ With `fleet.worker: true` the agent subscribes to `$share/<fleet.group>/<topic_p
 while it has a free job slot (and is neither paused, under memory pressure nor stopping), and
 UNSUBSCRIBES as soon as its slots are taken, so the broker hands the next job to a device that
 can start it at once. It subscribes again when a slot frees, whoever held it (the inbox, a
-request or a shared job); a light poll (`POLL_S`) notices slots freed by other parts.
+request or a shared job): the job slot, pause, memory levels and config changes all wake it.
 
 A job is one JSON object::
 
@@ -70,7 +70,6 @@ from agent.topics import Topics
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.5          # how often slot / pause / memory changes made elsewhere are noticed
 RESULTS_KEPT = 64     # finished results kept to answer a resent job id without a second run
 MAX_JOB_ID = 200
 FIELDS = {"job_id", "audio_b64", "url", "reply_to", "summarize", "transaction"}
@@ -108,7 +107,8 @@ class FleetWorker:
         self._intake = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-intake")
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="fleet", daemon=True)
+        self._thread = threading.Thread(target=self._follow, name="fleet", daemon=True)
+        slot.on_change(self.poke)
         self.taken = 0
         self.refused = 0
         self.done = 0
@@ -172,10 +172,9 @@ class FleetWorker:
                 self._routed, self._draining = wanted, None
                 log.debug("fleet: joined %s", topic_filter)
 
-    def _poll(self) -> None:
+    def _follow(self) -> None:
         while not self._stop.is_set():
-            # Not a worker: nothing to follow (a config change calls sync() itself).
-            self._wake.wait(POLL_S if self._settings().fleet.worker else 10 * POLL_S)
+            self._wake.wait()
             self._wake.clear()
             try:
                 self.sync()

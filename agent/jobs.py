@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from typing import Callable
 
 
 def new_job_id() -> str:
@@ -22,6 +23,16 @@ class JobSlot:
         self._cond = threading.Condition()
         self._limit = limit
         self._running = 0
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (quick, any thread) after every take, release or new limit: the fleet
+        worker leaves or rejoins its group at once instead of polling the slot."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     @property
     def limit(self) -> int:
@@ -35,13 +46,15 @@ class JobSlot:
         with self._cond:
             self._limit = limit
             self._cond.notify_all()
+        self._changed()
 
     def try_acquire(self) -> bool:
         with self._cond:
             if self._running >= self._limit:
                 return False
             self._running += 1
-            return True
+        self._changed()
+        return True
 
     def acquire(self, timeout: float | None = None) -> bool:
         """Wait for a slot (for work that waits on disk, not in memory)."""
@@ -49,12 +62,14 @@ class JobSlot:
             if not self._cond.wait_for(lambda: self._running < self._limit, timeout=timeout):
                 return False
             self._running += 1
-            return True
+        self._changed()
+        return True
 
     def release(self) -> None:
         with self._cond:
             self._running -= 1
             self._cond.notify_all()
+        self._changed()
 
     def wait_free(self, timeout: float | None = None) -> bool:
         with self._cond:

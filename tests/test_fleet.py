@@ -25,6 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tests.support.http_stub import HTTPStub, Reply
+from tests.test_inbox import drop
 from tests.support.probe import Probe
 from tests.support.whisper_cpp_standin import pcm_digest, whisper_cpp_standin
 from tests.support.wavs import tone_wav
@@ -306,6 +307,30 @@ def test_paused_worker_takes_no_shared_jobs_and_config_toggles_the_worker(make_a
         assert probe.request(agent.root, "config/set", {"config": {"fleet": {"worker": True}}})["status"] == "ok"
         sender.run_until_done(timeout=20)
         assert len(sender.ok("after-off")) == 1
+    finally:
+        sender.close()
+
+
+def test_worker_rejoins_the_group_as_soon_as_an_inbox_job_frees_the_slot(make_agent, broker, probe, tmp_path):
+    """The job slot wakes the fleet worker: a shared job sent 0.1 s after an inbox job ended
+    finds the device in its group (the worker once polled the slot every 0.5 s, so such a job
+    was mostly dropped by the broker as having no subscriber)."""
+    config = {**worker_config(tmp_path), "inbox": {"enabled": True}}
+    agent = make_agent(config, env={"WHISPER_STANDIN_DELAY_S": "0.4"}).start(probe)
+    probe.wait_for(f"{agent.root}/state", lambda m: m.json["engines"]["transcriber"]["ready"], timeout=30,
+                   what="transcriber ready")
+    sender = Sender(broker.host, broker.port, "controller/rejoin")
+    try:
+        for n in range(3):
+            drop(agent.inbox, f"local-{n}.wav", tone_wav(0.4, freq=300 + 50 * n))
+            probe.wait_for(f"{agent.root}/event/job", lambda m, n=n: m.json["state"] == "done"
+                           and m.json["source"]["name"] == f"local-{n}.wav", timeout=20, what=f"inbox job {n} done")
+            time.sleep(0.1)
+            sender.send(f"shared-{n}", {"audio_b64": base64.b64encode(tone_wav(0.3, freq=900 + 50 * n)).decode(),
+                                        "reply_to": sender.reply_to})
+            sender.run_until_done(timeout=20)
+        assert sender.unrouted == sender.busy == sender.silent == 0, (sender.unrouted, sender.busy, sender.silent)
+        assert all(len(sender.ok(f"shared-{n}")) == 1 for n in range(3))
     finally:
         sender.close()
 
