@@ -192,12 +192,20 @@ def run(res: Results, work: Path, port: int, quick: bool) -> dict:
             after[k].append((now - (t0s[k] + end_s + silence_ms / 1000)) * 1000)
             if k == 120:
                 offs.append((end_s - truth[1]) * 1000)
+        from agent.settings import ListenSettings
+        default_read_ms = ListenSettings().read_ms
         for k in (120, 30):
             ld = Dist(lat[k])
-            res.add(SECTION, f"end of utterance -> speech_end received (MQTT), read_ms {k}",
+            budget = f"<= silence_ms + 50 = {silence_ms + 50} ms"
+            within = bool(lat[k]) and ld.median <= silence_ms + 50
+            # The budget is the product's as shipped; another read_ms trades this latency for CPU.
+            res.add(SECTION, f"end of utterance -> speech_end received (MQTT), read_ms {k}"
+                    + (" (the default)" if k == default_read_ms else ""),
                     ld.spread("{:.0f}") + f" ms, max {ld.hi:.0f}" if lat[k] else "no events",
-                    f"<= silence_ms + 50 = {silence_ms + 50} ms", bool(lat[k]) and ld.median <= silence_ms + 50,
-                    note=f"{len(lat[k])} of {len(speech.truth)} utterances; VAD end - true end "
+                    budget if k == default_read_ms else "", within if k == default_read_ms else None,
+                    note=("" if k == default_read_ms else f"not the default: {'within' if within else 'over'} "
+                          f"the default's budget ({budget}); ")
+                         + f"{len(lat[k])} of {len(speech.truth)} utterances; VAD end - true end "
                          f"{Dist(offs).median:+.0f} ms; arrival - (VAD end + silence_ms) "
                          f"{Dist(after[k]).median:.0f} ms (block wait + processing + MQTT)")
         if agent_listens:
