@@ -60,8 +60,7 @@ class ConfigStore:
         self._overrides = deep_merge({}, overrides or {})
         self._lock = threading.RLock()
         self._revision_key: bytes | None = None
-        self._revision_of: Settings | None = None
-        self._revision = ""
+        self._revision_cache: tuple[Settings, str] | None = None
         self._settings: Settings | None = None
         self._base: dict = {}
         self._base_lines: dict[str, int] = {}
@@ -136,11 +135,18 @@ class ConfigStore:
 
     @property
     def revision(self) -> str:
-        """Computed once per loaded config: state is republished on every job change."""
+        """Computed once per loaded config: state is republished on every job change.
+
+        The cache is one (settings, revision) pair, replaced whole, and the answer is always the
+        revision of the settings this call read: another thread that was still hashing older
+        settings may overwrite the cache, but never this answer.
+        """
         settings = self.settings
-        if self._revision_of is not settings:
-            self._revision, self._revision_of = revision(settings, self.revision_key), settings
-        return self._revision
+        cached = self._revision_cache
+        if cached is None or cached[0] is not settings:
+            cached = (settings, revision(settings, self.revision_key))
+            self._revision_cache = cached
+        return cached[1]
 
     @property
     def revision_key(self) -> bytes:

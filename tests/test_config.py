@@ -544,6 +544,45 @@ def test_store_loads_relative_to_config_file(cfg: Path) -> None:
     assert ConfigStore is config_store.ConfigStore
 
 
+def test_store_revision_answers_for_the_settings_it_read(cfg: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread still hashing the settings from before a change must not hand its revision to a
+    caller that asked after it (seen in CI: `config/reset` answered the overlay's revision). The
+    other thread is made to store its result right after this caller's first write to the store."""
+    import threading
+
+    hashing, finish = threading.Event(), threading.Event()
+    real = config_store.revision
+    main = threading.current_thread()
+    armed = False
+
+    class Store(ConfigStore):
+        def __setattr__(self, name: str, value: object) -> None:
+            super().__setattr__(name, value)
+            if armed and threading.current_thread() is main:
+                finish.set()
+                stale.join(5)
+
+    store = Store(cfg, environ={})
+    store.set_overlay({"jobs": {"max_concurrent": 2}})
+    before = store.settings
+
+    def held_for_old(settings, key):   # e.g. the state publisher, hashing what it read earlier
+        if settings is before:
+            hashing.set()
+            finish.wait(5)
+        return real(settings, key)
+
+    monkeypatch.setattr(config_store, "revision", held_for_old)
+    stale = threading.Thread(target=lambda: store.revision)
+    stale.start()
+    assert hashing.wait(5)
+    after = store.reset_overlay()
+    armed = True
+    assert store.revision == real(after, store.revision_key) != real(before, store.revision_key)
+    armed = False
+    assert not stale.is_alive()
+
+
 def test_store_check_uses_file_signature(cfg: Path) -> None:
     store = ConfigStore(cfg, environ={})
     first = store.load()
