@@ -1,13 +1,12 @@
 """Several clips in one whisper.cpp run: joined with silence into packs, then split by timestamps.
 
-Why: whisper.cpp encodes at least a 10 s window per input (see whisper_cpp.audio_ctx_for) and runs
-its decoder with the text before as context, so ten short clips as ten inputs cost ten windows and
-lose the neighbours whisper does better with. Joined into packs of a few clips, they share
-windows. Splitting back is the risky part, because whisper's segment ends are loose (they run
-through gaps and silent inputs) and it often runs short commands into one sentence. So a segment
-goes to the input whose *sound* it covers, a merged segment is cut after the punctuation token
-nearest each gap, and any input whose split is doubtful is reported so that the caller
-transcribes it again by itself.
+Why: whisper.cpp encodes at least a 10 s window per input (see whisper_cpp.audio_ctx_for), so ten
+short clips as ten inputs cost ten windows; joined into packs of a few clips they share windows,
+and whisper makes fewer errors with neighbours around a short clip. Splitting back is the risky
+part, because whisper's segment ends are loose (they run through gaps and silent inputs) and it
+often runs short commands into one sentence. So a segment goes to the input whose *sound* it
+covers, a merged segment is cut after the punctuation token nearest each gap, and any input
+whose split is doubtful is reported so that the caller transcribes it again by itself.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ TAIL_S = 0.5              # silence after the last input. whisper.cpp encodes on
                           # second encoder pass for [BLANK_AUDIO] (and once, with 5 beams, 224 tokens
                           # of "..."); with 0.5 s none did, at the same or fewer word errors
 PACK_MAX_S = 18.0         # longest pack (inputs, gaps and tail): one encoder window of about 20 s.
-                          # 20 espeak sentences of 1-6 s, 10 per batch, against one run each:
+                          # 20 espeak sentences of 1-6 s, 10 per batch, 5 beams, against one run each:
                           # packs of 8 / 13 / 18 / 24 s took 1.42 / 1.44 / 1.53 / 1.11x less time,
                           # word error rate 0.08 / 0.10 / 0.03 / 0.03 against 0.20
 _FRAME_S = 0.02

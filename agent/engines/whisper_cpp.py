@@ -15,10 +15,10 @@ Speed and accuracy, as measured on 2 cores with the base model:
   of up to 18 s, with 1 s of silence between the clips, and all packs go to ONE run, one `-f`
   each, with `-ac` sized for the longest pack. Each pack's JSON output (`-ojf`, with token times)
   is split back by timestamps and sound (`whisper_concat`); an input the split is unsure of is
-  redone, all of them together in a `files` run. Ten waiting 1-6 s clips: 1.53x less time than
-  one run each, and a word error rate of 0.03 against 0.20 (whisper does better with neighbours
-  around a short clip). `batch: files` passes one `-f` per file to one run: the model loads
-  once, but each file still costs its own window (1.16x).
+  redone, all of them together in a `files` run. Ten waiting 2-5 s files: 1.5x one run each
+  (bench section 8); on 20 sentences of 1-6 s, a word error rate of 0.05 against 0.20 one by one
+  (whisper does better with neighbours around a short clip). `batch: files` passes one `-f` per
+  file to one run: the model loads once, but each file still costs its own window (1.1-1.2x).
 - Much of a run with whisper.cpp's own default of 5 beams is the beam search, so `beam_size`
   defaults to 1 (greedy, as for faster_whisper): the same batches took 0.55-0.75 of the time, at
   the same word error rate one by one on 20 sentences (0.20) and a slightly higher one joined
@@ -349,11 +349,10 @@ class WhisperCppTranscriber:
         empty, packs = packs_of([a.duration_s for a in audios])
         for i in empty:
             results[i] = self._transcript("")
-        if packs:
-            for pack, texts in zip(packs, self._packed_run([[audios[i] for i in pack] for pack in packs])):
-                for i, text in zip(pack, texts):
-                    if text is not None:
-                        results[i] = self._transcript(text)
+        for pack, texts in zip(packs, self._packed_run([[audios[i] for i in pack] for pack in packs])):
+            for i, text in zip(pack, texts):
+                if text is not None:
+                    results[i] = self._transcript(text)
         rest = [i for i, r in enumerate(results) if r is None]   # in no pack, doubtful, or failed
         redone = self._batch_files([audios[i] for i in rest]) if len(rest) > 1 else \
             [self._single_result(audios[i]) for i in rest]
@@ -368,9 +367,14 @@ class WhisperCppTranscriber:
         times) to its own `-of`. `-ac` covers the longest pack (see `packed_audio_ctx`). `-mc 0`:
         no pack's text is the prompt of the next, so one input's words cannot steer another's.
         """
+        if not packs:
+            return []
         failed: list[list[str | None]] = [[None] * len(pack) for pack in packs]
         with tempfile.TemporaryDirectory(prefix="whisper-cpp-", dir=_tmp_root()) as tmp:
-            layouts, inputs, extra, longest = [], [], ["-mc", "0", "-ojf"], 0.0
+            layouts: list[tuple[list[tuple[float, float]], list[np.ndarray]]] = []
+            inputs: list[str] = []
+            outputs: list[str] = []
+            longest = 0.0
             for k, pack in enumerate(packs):
                 parts = [audio.samples for audio in pack]
                 joined, spans = join_with_gaps(parts)
@@ -378,9 +382,9 @@ class WhisperCppTranscriber:
                 path = Path(tmp) / f"pack-{k}.wav"
                 path.write_bytes(_wav_of(joined))
                 inputs.append(str(path))
-                extra += ["-of", str(Path(tmp) / f"pack-{k}")]
+                outputs += ["-of", str(path.with_suffix(""))]
                 layouts.append((spans, [voiced_frames(p) for p in parts]))
-            extra = ["-ac", str(packed_audio_ctx(longest, self._cfg.audio_ctx)), *extra]
+            extra = ["-ac", str(packed_audio_ctx(longest, self._cfg.audio_ctx)), "-mc", "0", "-ojf", *outputs]
             timeout_s = self._timeout_s * sum(len(pack) for pack in packs)
             try:
                 run = self._run(self._args(inputs, extra), None, timeout_s)
