@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import typing
 from pathlib import Path
@@ -548,8 +549,6 @@ def test_store_revision_answers_for_the_settings_it_read(cfg: Path, monkeypatch:
     """A thread still hashing the settings from before a change must not hand its revision to a
     caller that asked after it (seen in CI: `config/reset` answered the overlay's revision). The
     other thread is made to store its result right after this caller's first write to the store."""
-    import threading
-
     hashing, finish = threading.Event(), threading.Event()
     real = config_store.revision
     main = threading.current_thread()

@@ -400,7 +400,7 @@ class WhisperCppTranscriber:
             out: list[list[str | None]] = []
             for k, (spans, voiced) in enumerate(layouts):
                 try:
-                    segments = parse_segments((Path(tmp) / f"pack-{k}.json").read_bytes())
+                    segments = parse_segments(Path(inputs[k]).with_suffix(".json").read_bytes())
                 except (OSError, ValueError) as exc:
                     log.warning("whisper.cpp wrote no usable JSON for a pack (%s); its inputs are redone", exc)
                     out.append(failed[k])
