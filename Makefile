@@ -3,7 +3,7 @@
 PYTHON ?= .venv/bin/python
 PYTEST ?= $(PYTHON) -m pytest
 
-.PHONY: test soak reliability
+.PHONY: test soak reliability homeassistant-test
 
 # The whole suite in its CI form (the soak test included, at SOAK_SCALE=1: 500 requests, 50 files).
 test:
@@ -16,3 +16,9 @@ soak:
 # Faults, hostile input, access and the short soak (docs/reliability.md), with their figures printed.
 reliability:
 	$(PYTEST) -q -s tests/test_faults.py tests/test_fuzz.py tests/test_security.py tests/test_soak.py
+
+# A real Home Assistant (2025.4 from PyPI, in .cache/homeassistant/venv with Python 3.13) discovers
+# the agent, restarts, and must show every entity with a value (docs/home-assistant.md).
+homeassistant-test:
+	scripts/homeassistant-venv
+	$(PYTEST) -q -s -m homeassistant tests/test_homeassistant_real.py

@@ -1,7 +1,8 @@
-"""Command line: run, check-config, devices, version.
+"""Command line: run, check-config, doctor, devices, version.
 
-Exit codes follow sysexits: 78 (EX_CONFIG) for a bad config, so systemd's
-RestartPreventExitStatus=78 stops a restart loop that could never succeed.
+Exit codes follow sysexits: 78 (EX_CONFIG) for a bad config (or a Python too old to run the
+agent), so systemd's RestartPreventExitStatus=78 stops a restart loop that could never succeed.
+`doctor` has its own codes (agent/doctor.py).
 """
 
 from __future__ import annotations
@@ -15,10 +16,17 @@ from typing import Any
 from agent import __version__
 
 EX_OK, EX_USAGE, EX_UNAVAILABLE, EX_CONFIG = 0, 64, 69, 78
+MIN_PYTHON = (3, 10)  # `X | Y` annotations are evaluated at run time into types.UnionType
 
 
 def main(argv: list[str] | None = None) -> int:
+    if sys.version_info < MIN_PYTHON:
+        # Before anything else is imported: on an older Python the config loader fails deep inside.
+        print(f"voice-agent needs Python {'.'.join(map(str, MIN_PYTHON))} or newer; "
+              f"{sys.executable} is Python {sys.version.split()[0]}", file=sys.stderr)
+        return EX_CONFIG
     parser = argparse.ArgumentParser(prog="voice-agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the agent")
     run.add_argument("--config", type=Path, help="YAML config; without it, embedded defaults (demo)")
@@ -26,8 +34,19 @@ def main(argv: list[str] | None = None) -> int:
                      help="listen to raw 16 kHz mono S16_LE PCM on standard input instead of a microphone")
     run.add_argument("--listen-wav", type=Path, help="listen to a WAV file instead of a microphone")
     run.add_argument("--fast", action="store_true", help="with --listen-wav: as fast as possible, not real time")
-    check = sub.add_parser("check-config", help="validate a config file and print the effective config")
+    check = sub.add_parser("check-config", help="validate a config file and print the effective config",
+                           description="Validate a config file (schema, and whether the chosen engines can "
+                                       "work: model files, grammar, API keys) and print the effective config "
+                                       "with secrets as ***. Exit 78 when it is refused.")
     check.add_argument("path", type=Path)
+    doctor = sub.add_parser("doctor", help="check that this machine can run the config (engines, broker, memory)",
+                            description="Check the config, the chosen engines' packages, programs and models, "
+                                        "the broker with the configured credentials, and the memory the "
+                                        "engines need. One line per check: OK, or PROBLEM with a fix.",
+                            epilog=_doctor_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    doctor.add_argument("--config", type=Path, help="YAML config; without it, embedded defaults (demo)")
+    doctor.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                        help="seconds to wait for the broker (default 5)")
     sub.add_parser("devices", help="list audio input devices")
     sub.add_parser("version", help="print the version")
     args = parser.parse_args(argv)
@@ -39,17 +58,33 @@ def cmd_version(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _doctor_help() -> str:
+    from agent.doctor import EXIT_CODES_HELP
+    return EXIT_CODES_HELP
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from agent import doctor
+    return doctor.run(args.config, timeout_s=args.timeout)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     import yaml
 
     from agent.config import ConfigError
+    from agent.config_checks import engine_problems
     from agent.config_store import ConfigStore
 
     try:
         store = ConfigStore(args.path)
-        store.load()
+        settings = store.load()
     except ConfigError as exc:
         for problem in exc.problems:
+            print(f"{args.path}: {problem}", file=sys.stderr)
+        return EX_CONFIG
+    refused = engine_problems(settings)
+    if refused:
+        for problem in refused:
             print(f"{args.path}: {problem}", file=sys.stderr)
         return EX_CONFIG
     print(yaml.safe_dump(store.effective(redact=True), sort_keys=False), end="")
@@ -84,8 +119,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"{args.config or '<defaults>'}: {problem}", file=sys.stderr)
         return EX_CONFIG
-    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from agent.logs import configure_logging
+    configure_logging(settings.log_level)
     from agent.app import App
 
     try:
@@ -104,7 +139,8 @@ def _listen_source(args: argparse.Namespace) -> dict[str, Any] | None:
     return None
 
 
-COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "devices": cmd_devices, "version": cmd_version}
+COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "doctor": cmd_doctor, "devices": cmd_devices,
+            "version": cmd_version}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -27,7 +27,7 @@ from agent.messages import envelope, utc_now_iso
 from agent.monitor import Alert, Monitor
 from agent.mqtt import MqttLink
 from agent.outbox import Outbox
-from agent import operations
+from agent import identity, operations
 from agent.pipeline import Pipeline
 from agent.publisher import Publisher
 from agent.settings import Settings
@@ -39,6 +39,9 @@ from handlers import build_registry
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0
+#: Exit code of a refused start that a restart cannot fix (sysexits EX_CONFIG; the unit's
+#: RestartPreventExitStatus=78 stops systemd from retrying it).
+EX_CONFIG = 78
 
 
 class App:
@@ -49,6 +52,7 @@ class App:
         self.started_at = utc_now_iso()
         self._t0 = time.monotonic()
         self.paused = False
+        self.mic_off = False   # the `listening` command closed the microphone (pause stops all work)
         # kind -> current retained alert body; the board keeps it, its events and retained copies consistent
         self.board = operations.AlertBoard(self.emit, lambda: self.link, lambda: self.topics,
                                            lambda: self.settings.device_id)
@@ -62,6 +66,7 @@ class App:
         s = self.settings
         state_dir = Path(s.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
+        self.install_id = identity.install_id(state_dir)
         self.broker = EmbeddedBroker(state_dir, s.mqtt.port) if s.mqtt.host is None else None
         self.outbox = Outbox(state_dir / "outbox.sqlite3", max_messages=s.outbox.max_messages,
                              max_bytes=s.outbox.max_bytes, on_overflow=self._outbox_overflow)
@@ -73,7 +78,9 @@ class App:
         self.pipeline = Pipeline(lambda: self.engines, self.emit, cache_size=s.jobs.cache_size,
                                  transcribe_concurrency=s.transcriber.concurrency,
                                  summarize_concurrency=s.summarizer.concurrency,
-                                 speech_seconds=self._speech_seconds)
+                                 speech_seconds=self._speech_seconds,
+                                 summarizer_settings=lambda: self.settings.summarizer,
+                                 on_summary=self._on_summary_outcome)
         from agent.control import Control   # the handlers' view of this app
         self.control = Control(self)
         self.link: MqttLink | None = None
@@ -112,7 +119,7 @@ class App:
             self.broker = None
         host, port = (s.mqtt.host, s.mqtt.port) if self.broker is None else ("127.0.0.1", self.broker.port)
         link = MqttLink(s.mqtt, self.topics, host=host, port=port, on_connect=self._on_connect,
-                        on_publish=self.publisher.on_puback)
+                        on_publish=self.publisher.on_puback, install_id=self.install_id)
         for topic_filter in self.topics.request_filters:
             link.route(topic_filter, self.dispatcher.on_message)
         return link
@@ -126,6 +133,14 @@ class App:
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        s = self.settings
+        log.info("device_id %s (topic root %s)", s.device_id, self.topics.root)
+        if s.mqtt.host is not None:   # the embedded broker is ours alone: nobody else to collide with
+            try:
+                identity.check_unique(s.mqtt, self.topics, s.mqtt.host, s.mqtt.port, self.install_id)
+            except identity.DuplicateDeviceError as exc:
+                log.error("%s", exc.message)
+                return EX_CONFIG
         self.start()
         try:
             self._main_loop()
@@ -243,13 +258,19 @@ class App:
 
     def _build_fleet_and_ha(self) -> None:
         from agent.fleet import FleetWorker
-        from agent.homeassistant import HomeAssistantDiscovery
+        from agent.homeassistant import Features, HomeAssistantDiscovery
+        from agent.last_values import LastValues
+        # retained copies of the latest transcript, summary, speech and telemetry (what HA's sensors read)
+        self.last = LastValues(lambda: self.link, lambda: self.topics, lambda: self.settings.device_id)
         self.fleet = FleetWorker(settings=lambda: self.settings, topics=lambda: self.topics, link=lambda: self.link,
                                  slot=self.slot, pipeline=self.pipeline, may_take=self.may_take_work,
                                  memory_critical=self.memory_critical, watch=self.watch_job)
         self.homeassistant = HomeAssistantDiscovery(settings=lambda: self.settings.homeassistant,
                                                     topics=lambda: self.topics, link=lambda: self.link,
-                                                    version=__version__)
+                                                    version=__version__, features=lambda: Features(
+                                                        microphone=self.settings.listen.enabled or bool(self.listen_source),
+                                                        telemetry=self.settings.telemetry.interval_s > 0,
+                                                        temperature=self.telemetry.temperature() is not None))
 
     def _sync_fleet_and_ha(self) -> None:
         """After a config change: join/leave the shared job group, publish/remove discovery."""
@@ -267,6 +288,7 @@ class App:
     def _on_connect(self) -> None:
         self.publisher.wake()
         self.publish_retained_facts()
+        self.last.on_connect()
         self.homeassistant.sync()
 
     def publish_retained_facts(self) -> None:
@@ -291,6 +313,9 @@ class App:
     def emit(self, event: str, body: dict[str, Any]) -> None:
         self._hold_abandoned_job(event, body)
         self.publisher.emit(self.topics.event(event), body)
+        self.last.observe(event, body)
+        if event == "alert":   # `alerts` in the retained state (Home Assistant's problem sensors)
+            self.state_publisher.publish_if_changed()
         if event == "job":
             self._observe_engine_health(body)
         if event == "job" and body.get("state") == "running":
@@ -358,7 +383,7 @@ class App:
         return Path(s.listen.spool_dir or Path(s.state_dir) / "spool")
 
     def _listening_wanted(self) -> bool:
-        return not self.paused and not self.monitor.critical and not self._stop.is_set()
+        return not self.paused and not self.mic_off and not self.monitor.critical and not self._stop.is_set()
 
     def _build_listening(self) -> None:
         """The listener, and the worker taking its segments (kept while its spool stays the same)."""
@@ -417,12 +442,34 @@ class App:
         if self.inbox is not None:
             self.inbox.poke()
         self._poke_listening()
+        self.settle_listening()
         self.publish_state()
         self.fleet.poke()
 
-    def watch_job(self, job_id: str) -> Any:
-        """A job must end within jobs.timeout_s (+ grace), or the systemd watchdog stops being fed."""
-        return self.gate.watching(f"job-{job_id}", operations.job_watch_allowance(self.settings.jobs.timeout_s))
+    def set_listening(self, on: bool) -> None:
+        """The microphone alone (`listening`, Home Assistant's switch): inbox, requests and fleet jobs go on."""
+        self.mic_off = not on
+        log.info("microphone switched %s", "on" if on else "off")
+        self._poke_listening()
+        self.settle_listening()
+        self.publish_state()
+
+    def settle_listening(self, timeout_s: float = 1.5) -> None:
+        """Wait (briefly, on the control thread) until the microphone is open or closed as wanted,
+        so an answer says what the retained state says a moment later. The capture thread looks
+        again after each read: 100 ms from a microphone, up to 1 s from a silent pipe."""
+        listener = self.listener
+        deadline = time.monotonic() + timeout_s
+        while (listener is not None and listener.active != self._listening_wanted()
+               and listener.state in ("starting", "listening", "paused") and time.monotonic() < deadline):
+            time.sleep(0.02)
+
+    def watch_job(self, job_id: str, jobs: int = 1) -> Any:
+        """A job must end within jobs.timeout_s (+ grace), or the systemd watchdog stops being fed.
+        A batch of `jobs` files in one engine run gets jobs.timeout_s for each, as whisper's own
+        limit does (its timeout x files): else a slow batch would be killed by systemd mid-run."""
+        allowance = operations.job_watch_allowance(self.settings.jobs.timeout_s * max(1, jobs))
+        return self.gate.watching(f"job-{job_id}", allowance)
 
     def memory_critical(self) -> bool:
         return self.monitor.critical
@@ -451,7 +498,9 @@ class App:
         link = self.link
         if link is not None and link.connected.is_set():
             self._last_telemetry = now
-            link.publish(self.topics.telemetry, envelope(self.settings.device_id, self.control.stats()), qos=0)
+            stats = self.control.stats()
+            link.publish(self.topics.telemetry, envelope(self.settings.device_id, stats), qos=0)
+            self.last.telemetry(stats)
 
     # --- operations (agent/operations.py): readiness, status, alerts, shutdown -------------
 
@@ -491,6 +540,7 @@ class App:
                 self.notifier.status(line)
                 self._status_sent = (line, now)
         self.outbox_watch.tick()
+        self.state_publisher.publish_if_changed()   # e.g. an outbox alert (raised directly, not by emit)
 
     def _alert_data(self, alert: Alert) -> dict[str, Any]:
         """The monitor's figures, plus swap for memory alerts."""
@@ -521,6 +571,16 @@ class App:
             self.raise_alert("engine", "critical", {**data, "engines": engines})
         else:
             self.clear_alert("engine", {**data, "engines": engines})
+
+    def _on_summary_outcome(self, fallback: dict[str, Any] | None) -> None:
+        """A job's summary fell back to extractive (raise the `engine` alert, unless one is up
+        already: a transcriber alert is not downgraded) or the summarizer answered again (clear
+        the alert, if it is the fallback's)."""
+        current = self.alerts.get("engine")
+        if fallback is not None and current is None:
+            self.raise_alert("engine", "warning", {"summary_fallback": fallback})
+        elif fallback is None and current is not None and "summary_fallback" in current:
+            self.clear_alert("engine", {"summary_fallback": None})
 
     def _finish_running_jobs(self) -> None:
         """SIGTERM: take no new work, give running jobs jobs.shutdown_grace_s to finish, then abandon

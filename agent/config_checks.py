@@ -7,13 +7,14 @@ lives here, keyed by the settings class it applies to.
 
 from __future__ import annotations
 
+import os
 import re
 import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
-from agent.config_problems import show_number
+from agent.config_problems import Problem, show_number
 from agent.settings import (
     FleetSettings,
     HomeAssistantSettings,
@@ -102,3 +103,77 @@ CROSS_CHECKS: Mapping[type, Callable[[dict[str, Any], Add], None]] = types.Mappi
     HomeAssistantSettings: _check_homeassistant,
     FleetSettings: _check_fleet,
 })
+
+
+# --- Semantic checks on the chosen engines -------------------------------------------------------
+#
+# Run by `voice-agent check-config` and `voice-agent doctor`, not by the parser: at `run` the same
+# gaps already surface as the engine slot's `engine_unavailable` error (logged at ERROR, shown in
+# `state`), while the agent stays reachable over MQTT so the config can be fixed remotely, and a
+# model that is copied onto the device after its config does not make the service exit. Only the
+# *chosen* engine is looked at: an unused section may hold anything.
+
+
+def engine_problems(settings: Settings) -> list[Problem]:
+    """Problems that make the chosen transcriber or summarizer unable to ever load.
+
+    Each message names the key to set, so the fix is in the line itself. Files are looked up as
+    the engine would (paths were already resolved against the config file's folder).
+    """
+    problems: list[Problem] = []
+
+    def add(path: str, message: str, value: Any = None) -> None:
+        problems.append(Problem(path, message, value))
+
+    t, s = settings.transcriber, settings.summarizer
+    if t.engine == "whisper_cpp":
+        _need_file("transcriber.whisper_cpp.model", t.whisper_cpp.model, "a ggml .bin model file", add,
+                   why="transcriber.engine is whisper_cpp")
+    elif t.engine == "whisper_server":
+        cfg = t.whisper_server
+        if not cfg.url and not cfg.command:
+            add("transcriber.whisper_server", "needs url (a running server) or command (to start one)")
+        elif not cfg.url and any("{model}" in str(part) for part in cfg.command or []):
+            _need_file("transcriber.whisper_cpp.model", t.whisper_cpp.model, "a ggml .bin model file", add,
+                       why="transcriber.whisper_server.command uses {model}")
+    elif t.engine == "faster_whisper":
+        model = t.faster_whisper.model
+        if os.sep in model or model.startswith(".") or _exists(model):
+            if not _is_dir(model):
+                add("transcriber.faster_whisper.model", "model folder not found", model)
+            elif not _is_file(os.path.join(model, "model.bin")):
+                add("transcriber.faster_whisper.model", "model folder has no model.bin", model)
+    elif t.engine == "pocketsphinx":
+        if t.language not in ("en", "en-us", "en-US", "auto"):
+            add("transcriber.language", "pocketsphinx ships only a US-English model (use en)", t.language)
+        if t.pocketsphinx.grammar and not _is_file(t.pocketsphinx.grammar):
+            add("transcriber.pocketsphinx.grammar", "JSGF grammar file not found", t.pocketsphinx.grammar)
+    elif t.engine == "openai" and not t.openai.api_key:
+        add("transcriber.openai.api_key", "is required when transcriber.engine is openai "
+                                          "(or set OPENAI_API_KEY)")
+
+    if s.engine == "llama_server":
+        cfg = s.llama_server
+        if not cfg.command and not cfg.oneshot_command:
+            add("summarizer.llama_server.command", "is required when summarizer.engine is llama_server "
+                                                   "(or set oneshot_command)")
+        elif any("{model}" in str(part) for part in (cfg.command or []) + (cfg.oneshot_command or [])):
+            _need_file("summarizer.llama_server.model", cfg.model, "a GGUF model file", add,
+                       why="its command uses {model}")
+        elif cfg.model and not _is_file(cfg.model):
+            add("summarizer.llama_server.model", "file not found", cfg.model)
+    elif s.engine in ("openai", "anthropic") and not getattr(s, s.engine).api_key:
+        env = "OPENAI_API_KEY" if s.engine == "openai" else "ANTHROPIC_API_KEY"
+        add(f"summarizer.{s.engine}.api_key", f"is required when summarizer.engine is {s.engine} (or set {env})")
+    return problems
+
+
+def _need_file(path: str, value: str | None, what: str, add: Callable[..., None], *, why: str) -> None:
+    if not value:
+        add(path, f"is required when {why} ({what})")
+    elif not _is_file(value):
+        add(path, "file not found", value)
+
+
+# os.path's predicates answer False where pathlib's raise (a folder the checker may not enter).
+_is_file, _is_dir, _exists = os.path.isfile, os.path.isdir, os.path.exists

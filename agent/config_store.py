@@ -10,6 +10,7 @@ re-parses when their signature (mtime_ns, size, inode) moves.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import threading
@@ -30,7 +31,10 @@ from agent.config import (
     revision,
     settings_to_dict,
 )
-from agent.settings import Settings
+from agent.config_remote import forbidden, strip_forbidden
+from agent.settings import DEVICE, Settings
+
+log = logging.getLogger(__name__)
 
 OVERLAY_NAME = "config-overlay.yaml"
 _DEFAULT_STATE_DIR = str(Settings.__dataclass_fields__["state_dir"].default)
@@ -42,6 +46,14 @@ _OVERLAY_HEADER = (
 # (st_mtime_ns, st_size, st_ino), None for a missing file, or ("error", errno) for an unreadable one.
 _Stat = Optional[tuple[Any, ...]]
 _Signature = tuple[_Stat, _Stat]
+
+
+class RemoteForbidden(Exception):
+    """A remote change named keys that only the local config file may set."""
+
+    def __init__(self, paths: list[str]) -> None:
+        super().__init__(", ".join(paths))
+        self.paths = paths
 
 
 class ConfigStore:
@@ -97,12 +109,19 @@ class ConfigStore:
 
     # --- writing the overlay ------------------------------------------------------------------
 
-    def set_overlay(self, partial: dict) -> Settings:
-        """Merge `partial` into the overlay; persist it only if base + overlay is valid."""
+    def set_overlay(self, partial: dict, scope: str = DEVICE) -> Settings:
+        """Merge `partial` into the overlay; persist it only if base + overlay is valid.
+
+        A key that `scope` may not change (see agent.config_remote) refuses the whole change with
+        RemoteForbidden before anything is merged, validated or written.
+        """
         with self._lock:
             self._ensure_loaded()
             if not isinstance(partial, Mapping):
                 raise ConfigError([Problem("", "the config change must be a mapping of keys")])
+            refused = forbidden(partial, scope)
+            if refused:
+                raise RemoteForbidden(refused)
             overlay = deep_merge(self._overlay, partial)
             settings = self._validate(self._base, self._base_lines, overlay)
             overlay_path = self._overlay_path  # state_dir cannot change through the overlay
@@ -198,6 +217,10 @@ class ConfigStore:
         base, base_lines, base_stat = self._read_base()
         overlay_path = Path(self._state_dir(deep_merge(base, self._overrides))) / OVERLAY_NAME
         overlay, overlay_stat = _read_overlay(overlay_path)
+        overlay, dropped = strip_forbidden(overlay)
+        if dropped:
+            log.warning("ignoring %s in %s: only the local config file may set %s",
+                        ", ".join(dropped), overlay_path, "it" if len(dropped) == 1 else "them")
         settings = self._validate(base, base_lines, overlay)
         self._base, self._base_lines = base, base_lines
         self._store(settings, overlay, overlay_path, (base_stat, overlay_stat))
@@ -213,9 +236,6 @@ class ConfigStore:
     def _validate(self, base: dict, base_lines: dict[str, int], overlay: dict) -> Settings:
         """base + CLI overrides + overlay; lines only for keys whose value still comes from the base file."""
         problems: list[Problem] = []
-        if "state_dir" in overlay:
-            problems.append(Problem("state_dir", "state_dir cannot be changed remotely", overlay["state_dir"]))
-            overlay = {k: v for k, v in overlay.items() if k != "state_dir"}
         merged = deep_merge(deep_merge(base, self._overrides), overlay)
         lines = _lines_not_overridden(base_lines, [self._overrides, overlay])
         try:

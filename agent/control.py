@@ -15,10 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.config import ConfigError, settings_to_dict
+from agent.config_remote import tunable
+from agent.config_store import RemoteForbidden
 from agent.errors import AgentError, RequestError
 from agent.inbox import is_candidate_name
 from agent.inbox_worker import load_audio_file
 from agent.pipeline import Loaded, Source
+from agent.settings import DEVICE, FLEET
 
 if TYPE_CHECKING:
     from agent.app import App
@@ -36,7 +39,13 @@ class Control:
                 "uptime_s": app.uptime_s(), "paused": app.paused, "listening": app.listening,
                 "jobs": {"running": app.slot.running, "limit": app.slot.limit},
                 "engines": app.engines.describe(), "config_revision": app.store.revision,
-                "memory_level": app.monitor.level}
+                "memory_level": app.monitor.level,
+                # the budget levels are computed against and which limit sets it (machine or cgroup);
+                # usage figures are in telemetry, so the retained state does not change every sample
+                "memory": {k: v for k, v in app.monitor.budget().items() if k in ("budget_mb", "limit_source")},
+                # kind -> level of every current alert: retained, so Home Assistant's problem sensors
+                # have a value after a restart (a cleared `alert/<kind>` leaves nothing retained)
+                "alerts": {kind: body.get("level") for kind, body in list(app.alerts.items())}}
 
     def stats(self) -> dict[str, Any]:
         app = self.app
@@ -63,12 +72,20 @@ class Control:
     # --- config --------------------------------------------------------------------------
 
     def config_get(self) -> dict[str, Any]:
-        return {"config": settings_to_dict(self.app.settings, redact=True), "revision": self.app.store.revision}
+        """The effective config, and which keys config/set may change from where (Node-RED and
+        Home Assistant users see the rules without reading the source)."""
+        return {"config": settings_to_dict(self.app.settings, redact=True), "revision": self.app.store.revision,
+                "remote_tunable": tunable(DEVICE), "fleet_tunable": tunable(FLEET)}
 
-    def config_set(self, partial: dict[str, Any]) -> dict[str, Any]:
-        self._remote_config_allowed()
+    def config_set(self, partial: dict[str, Any], scope: str = DEVICE) -> dict[str, Any]:
+        self._remote_config_allowed(scope)
         try:
-            new = self.app.store.set_overlay(partial)
+            new = self.app.store.set_overlay(partial, scope)
+        except RemoteForbidden as exc:
+            where = "the fleet-wide topic" if scope == FLEET else "MQTT"
+            raise RequestError(f"{', '.join(exc.paths)}: cannot be changed over {where}; "
+                               "only the local config file may set it; nothing was changed",
+                               code="forbidden", keys=exc.paths) from None
         except ConfigError as exc:
             raise _invalid(exc) from None
         except OSError as exc:   # disk full, read-only state_dir: the old overlay is untouched
@@ -76,17 +93,21 @@ class Control:
                                code="storage_error") from None
         return self._applied(new)
 
-    def config_reset(self) -> dict[str, Any]:
-        self._remote_config_allowed()
+    def config_reset(self, scope: str = DEVICE) -> dict[str, Any]:
+        self._remote_config_allowed(scope)
         try:
             new = self.app.store.reset_overlay()
         except ConfigError as exc:
             raise _invalid(exc) from None
         return self._applied(new)
 
-    def _remote_config_allowed(self) -> None:
-        if not self.app.settings.mqtt.remote_config:
+    def _remote_config_allowed(self, scope: str) -> None:
+        settings = self.app.settings
+        if not settings.mqtt.remote_config:
             raise RequestError("remote config changes are disabled (mqtt.remote_config: false)", code="forbidden")
+        if scope == FLEET and not settings.fleet.remote_config:
+            raise RequestError("fleet-wide config changes are disabled (fleet.remote_config: false)",
+                               code="forbidden")
 
     def _applied(self, new: Any) -> dict[str, Any]:
         restarted = self.app.apply(new)
@@ -97,6 +118,14 @@ class Control:
     def set_paused(self, paused: bool) -> dict[str, Any]:
         self.app.set_paused(paused)
         return {"paused": paused, "listening": self.app.listening}
+
+    def set_listening(self, on: bool) -> dict[str, Any]:
+        """The microphone only; pause / resume stop and restart all work."""
+        if self.app.listener is None:
+            raise RequestError("no microphone is configured (listen.enabled: false); pause and resume "
+                               "stop and restart all work", code="bad_request")
+        self.app.set_listening(on)
+        return {"paused": self.app.paused, "listening": self.app.listening}
 
     # --- heavy work (already holding a job slot) -----------------------------------------
 

@@ -2,16 +2,19 @@
 
 Cheap commands run one after another on a control thread (never on paho's network thread, which
 must keep reading); heavy ones take a job slot and a thread of their own, or are answered
-`busy` / `memory_pressure` at once. Any unexpected exception becomes an `internal` answer plus a
-log line with the traceback: users never see a traceback.
+`busy` / `memory_pressure` at once. The control thread's queue is bounded (CONTROL_QUEUE): a
+flood of requests gets `busy` answers at once instead of growing the agent's memory without
+limit. Any unexpected exception becomes an `internal` answer plus a log line with the traceback:
+users never see a traceback.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager
 
@@ -21,10 +24,17 @@ from agent.errors import AgentError, RequestError
 from agent.jobs import JobSlot, new_job_id
 from agent.messages import envelope, error_answer, ok_answer
 from agent.mqtt import MqttLink
-from agent.settings import Settings
+from agent.settings import DEVICE, FLEET, Settings
 from handlers.base import AgentContext, Command, Request
 
 log = logging.getLogger(__name__)
+
+#: Requests waiting for the control thread; more are answered `busy` on arrival. Cheap commands
+#: take milliseconds, so a full queue means a flood, not a backlog worth keeping.
+CONTROL_QUEUE = 64
+#: A request refused because the queue is full is parsed (for its `transaction`) only when this
+#: small: the refusal runs on paho's network thread, which must not decode megabytes.
+BUSY_PARSE_MAX = 65_536
 
 
 @dataclass
@@ -47,16 +57,65 @@ class Dispatcher:
         self._link = link
         self._memory_critical = memory_critical
         self._job_event = job_event
-        self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="control")
+        self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue(maxsize=CONTROL_QUEUE)
         self.stats = DispatchStats()
         self._lock = threading.Lock()
+        self._closed = False
+        self._control = threading.Thread(target=self._control_loop, name="control", daemon=True)
+        self._control.start()
 
     def on_message(self, msg: mqtt.MQTTMessage) -> None:
-        """Called on paho's network thread: hand off at once."""
-        self._control.submit(self._handle, msg)
+        """Called on paho's network thread: hand off at once, or refuse at once when the queue is full."""
+        if self._closed:
+            return
+        try:
+            self._queue.put_nowait(msg)
+        except queue.Full:
+            self._refuse_full(msg)
 
     def close(self) -> None:
-        self._control.shutdown(wait=False, cancel_futures=True)
+        """Stop the control thread; requests still queued are dropped (the agent is stopping)."""
+        self._closed = True
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            pass
+
+    def _control_loop(self) -> None:
+        while True:
+            msg = self._queue.get()
+            if msg is None or self._closed:
+                return
+            try:
+                self._handle(msg)
+            except Exception:   # _handle answers every error itself; this only keeps the thread alive
+                log.exception("control thread: request failed")
+
+    def _refuse_full(self, msg: mqtt.MQTTMessage) -> None:
+        link = self._link()
+        command = (link.topics.command_of(msg.topic) if link is not None else None) or ""
+        transaction = None
+        if len(msg.payload) <= BUSY_PARSE_MAX:
+            try:
+                body = json.loads(msg.payload.decode("utf-8"))
+                value = body.get("transaction") if isinstance(body, dict) else None
+                transaction = value if isinstance(value, str) else None
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                pass
+        with self._lock:
+            self.stats.requests += 1
+            self.stats.busy += 1
+        exc = RequestError(f"{CONTROL_QUEUE} requests are already waiting", code="busy",
+                           retry_after_s=self._settings().jobs.retry_after_s)
+        try:
+            self._answer_error(msg, command, exc, transaction)
+        except Exception:   # on paho's thread: never let an answer take the network loop down
+            log.exception("answering busy failed")
 
     # --- the one entry point -------------------------------------------------------------
 
@@ -76,7 +135,8 @@ class Dispatcher:
                 raise RequestError("field 'transaction' must be a string", code="bad_request", field="transaction")
             spec = self._lookup(command)
             spec.validate(body)
-            request = Request(command, body, transaction, self.ctx)
+            scope = FLEET if link.topics.is_fleet_wide(msg.topic) else DEVICE
+            request = Request(command, body, transaction, self.ctx, scope=scope)
             if spec.heavy:
                 self._start_heavy(spec, request, msg)
                 return
@@ -128,7 +188,7 @@ class Dispatcher:
             self._job_event(job_id, "rejected", source, error={"code": "busy"})
             raise RequestError(f"all {self.slot.limit} job slot(s) are taken", code="busy",
                                retry_after_s=self._settings().jobs.retry_after_s)
-        job = Request(request.command, request.body, request.transaction, request.ctx, job_id)
+        job = dataclasses.replace(request, job_id=job_id)
         threading.Thread(target=self._run_heavy, args=(spec, job, msg, source), name=f"job-{job_id}",
                          daemon=True).start()
 

@@ -1,66 +1,69 @@
-"""Shared transcription jobs spread over a fleet by an MQTT shared subscription.
+"""Shared transcription jobs spread over a fleet: a work queue on an MQTT shared subscription.
 
-With `fleet.worker: true` the agent subscribes to `$share/<fleet.group>/<topic_prefix>/jobs/transcribe`
-while it has a free job slot (and is neither paused, under memory pressure nor stopping), and
-UNSUBSCRIBES as soon as its slots are taken, so the broker hands the next job to a device that
-can start it at once. It subscribes again when a slot frees, whoever held it (the inbox, a
-request or a shared job): the job slot, pause, memory levels and config changes all wake it.
-
-A job is one JSON object::
+With `fleet.worker: true` the agent stays subscribed to
+`$share/<fleet.group>/<topic_prefix>/jobs/transcribe` (it leaves only when switched off or
+stopping). A job is one JSON object::
 
     {"job_id": "j-17", "audio_b64": "<WAV/FLAC/... bytes>", "reply_to": "ctl/results",
      "summarize": true, "transaction": "optional, echoed"}
 
-with exactly one of `audio_b64` or `url` (http/https only; the download is bounded by
-`mqtt.max_payload_bytes` and `fleet.fetch_timeout_s`). `reply_to` may be left out on MQTT 5 when
-the message carries a Response Topic; Correlation Data is echoed either way. It runs under the job
-slot through the same pipeline as every other job, with source `{"kind": "fleet", "name":
-<job_id>}`, so `event/job`, `event/transcript` and `event/summary` look as for any other source.
-Answers go to `reply_to` (QoS 1, in this order)::
+with exactly one of `audio_b64` or `url` (see agent/fleet_fetch.py: only hosts in
+`fleet.url_allow`). `reply_to` may be left out on MQTT 5 when the message carries a Response
+Topic; Correlation Data is echoed either way. Answers go to `reply_to` (QoS 1)::
 
-    {"job_id", "status": "accepted", "agent_job_id", "device_id", "ts"}     the job took a slot here
+    {"job_id", "status": "accepted", "agent_job_id", "device_id", "ts"}    it started here
     {"job_id", "status": "ok", "text", "language", "audio_s", "summary", "engines",
-     "timings_ms", "agent_job_id", "device_id", "ts"}                      the result
+     "timings_ms", "agent_job_id", "device_id", "ts"}                     the result
     {"job_id", "status": "error", "error": {"code", "message", ...}, "device_id", "ts"}
 
-A job that arrives while the device cannot start it (the broker delivered it before the
-UNSUBSCRIBE took effect) is NOT held in memory: it is answered at once with error code `busy`
-(or `memory_pressure`) and `retry_after_s`, and nothing of it was done. This keeps the rule the
-job slot lives by: work that finds no slot is refused, never queued in memory.
+A job published once (QoS 1) gets exactly one final answer, whoever else subscribes to the topic
+and however many arrive at once; the sender never resends. Why this holds on Mosquitto:
 
-What the sender does (each job is then run once): resend after `busy` / `memory_pressure`;
-resend when the QoS 1 PUBACK says *no matching subscribers* (MQTT 5 reason code 16: every
-worker was busy and the broker dropped the job); and resend when neither `accepted` nor any
-other answer came within a few seconds, because the broker also drops a job silently (PUBACK
-success) when every worker is busy but some other client subscribes to the topic, e.g. a
-monitor on `#`. Once `accepted` arrived, wait for the result. `transaction` (echoed) can tell
-one attempt's answers from another's. A job id seen again while it runs on this device is
-answered `accepted` and not started twice; one seen again after it finished gets the stored
-result again (the last `RESULTS_KEPT` results), not a second run.
+* Mosquitto hands each message of a shared subscription to the next member in turn, whether that
+  member is busy or not (`subs__shared_process`: no look at its inflight window or its session).
+  MQTT 5 Receive Maximum only makes the broker queue the surplus in that member's own session,
+  never pass it to another member, and a clean session drops that queue on a disconnect. So a
+  worker cannot refuse a job (the old `busy` answer) and flow control cannot spread the load:
+  the worker takes every job it is handed and decides itself.
+* Every job handed to the worker is first written to its spool (agent/fleet_spool.py, under
+  state_dir, fsynced): from then on a crash or stop does not lose it; the next start runs it.
+* A job starts at once when a slot is free. Otherwise up to `jobs.max_concurrent` jobs (one per
+  slot) wait here; every further one goes back to the group: published again, unchanged, to
+  the jobs topic while this device is still subscribed (so the broker always has a shared
+  subscriber to give it to, even if every other worker left), and removed from the spool only
+  once the broker acknowledged it. A job never waits here behind more than one job per slot
+  while another worker could take it. A job handed back and forth while every worker is full is
+  held a little longer at each return (HOLD_S, doubling, at most HOLD_MAX_S) before it goes
+  back again. Paused or under critical memory a device starts nothing and keeps nothing
+  waiting: it hands every job back the same way.
+* With no worker subscribed at all the broker answers the sender's publish with MQTT 5 PUBACK
+  reason 16 "no matching subscribers". When some other client also matches the topic (a monitor
+  on `#`) the broker acknowledges the publish as delivered and drops it for the group: MQTT has no
+  way to tell, so keep at least one worker subscribed.
 
-Error codes beside the pipeline's (`corrupt`, `too_long`, `engine_error`, ...): `bad_request`,
-`payload_too_large`, `fetch_failed`, `busy`, `memory_pressure`, `internal`.
+A job id seen again while this device holds it is not held twice; one seen after it finished
+gets the stored result again (the last RESULTS_KEPT results). Error codes beside the pipeline's
+(`corrupt`, `too_long`, `engine_error`, ...): `bad_request`, `payload_too_large`, `forbidden`,
+`fetch_failed`, `internal` (also for a job that was running when the device stopped twice).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ContextManager
-from urllib.parse import urlsplit
 
-import requests
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.errors import AgentError, RequestError
+from agent.errors import AgentError
+from agent.fleet_fetch import fetch
+from agent.fleet_jobs import FleetJob, Refused, Unanswerable, b64, parse_job
+from agent.fleet_spool import FleetSpool, Held
 from agent.jobs import JobSlot, new_job_id
 from agent.lru import LRUCache
 from agent.messages import envelope
@@ -71,19 +74,9 @@ from agent.topics import Topics
 log = logging.getLogger(__name__)
 
 RESULTS_KEPT = 64     # finished results kept to answer a resent job id without a second run
-MAX_JOB_ID = 200
-FIELDS = {"job_id", "audio_b64", "url", "reply_to", "summarize", "transaction"}
-
-
-@dataclass(frozen=True)
-class FleetJob:
-    job_id: str
-    reply_to: str
-    audio_b64: str | None
-    url: str | None
-    summarize: bool
-    transaction: str | None
-    correlation: bytes | None
+HOLD_S = 0.25         # a job seen here again waits this long (doubling) before it goes back
+HOLD_MAX_S = 2.0
+FORWARD_ACK_S = 10.0  # a hand-back the broker did not acknowledge within this stays here
 
 
 class FleetWorker:
@@ -91,37 +84,33 @@ class FleetWorker:
                  link: Callable[[], Any], slot: JobSlot, pipeline: Pipeline,
                  may_take: Callable[[], bool], memory_critical: Callable[[], bool],
                  watch: Callable[[str], ContextManager[None]]) -> None:
-        self._settings = settings
-        self._topics = topics
-        self._link = link
-        self._slot = slot
-        self._pipeline = pipeline
-        self._may_take = may_take
-        self._memory_critical = memory_critical
-        self._watch = watch
+        self._settings, self._topics, self._link = settings, topics, link
+        self._slot, self._pipeline, self._watch = slot, pipeline, watch
+        self._may_take, self._memory_critical = may_take, memory_critical
         self._lock = threading.RLock()
         self._routed: tuple[Any, str] | None = None     # (link, filter) subscribed now
-        self._draining: tuple[Any, str] | None = None   # unsubscribed, late deliveries still handled
-        self._running: dict[str, threading.Thread] = {}  # sender's job id -> its thread
+        self._draining: tuple[Any, str] | None = None   # unsubscribed, late deliveries still spooled
+        self._spool = FleetSpool(Path(settings().state_dir) / "fleet")
+        self._running: dict[str, threading.Thread] = {}
         self._results = LRUCache(RESULTS_KEPT)
+        self._seen = LRUCache(1024)                      # job id -> times handed to this device
         self._intake = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-intake")
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="fleet", daemon=True)
         slot.on_change(self.poke)
-        self.taken = 0
-        self.refused = 0
-        self.done = 0
-        self.failed = 0
+        self.taken = self.refused = self.done = self.failed = self.forwarded = 0
 
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
+        if len(self._spool):
+            log.info("fleet: %d shared job(s) from the last run are waiting", len(self._spool))
         self._thread.start()
         self.sync()
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """Leave the group, then give running shared jobs `grace_s` to finish and answer."""
+        """Leave the group; give running jobs `grace_s`. Waiting jobs stay spooled for the next start."""
         self._stop.set()
         self._wake.set()
         self.sync()
@@ -130,65 +119,115 @@ class FleetWorker:
             running = list(self._running.values())
         for thread in running:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        self._intake.shutdown(wait=False, cancel_futures=True)
+        self._intake.shutdown(wait=True)   # what arrived is written to the spool, not dropped
 
     def poke(self) -> None:
         self._wake.set()
 
     def stats(self) -> dict[str, Any]:
         return {"subscribed": self._routed is not None, "taken": self.taken, "done": self.done,
-                "failed": self.failed, "refused": self.refused}
+                "failed": self.failed, "refused": self.refused, "held": len(self._spool),
+                "forwarded": self.forwarded}
 
-    # --- the subscription follows the free slots -----------------------------------------
-
-    def _wanted(self) -> bool:
-        s = self._settings()
-        return (s.fleet.worker and not self._stop.is_set() and self._may_take()
-                and self._slot.running < self._slot.limit)
+    # --- the subscription and the queue --------------------------------------------------
 
     def sync(self) -> None:
-        """Subscribe while a job could start now, unsubscribe otherwise. Idempotent."""
+        """Subscribed while `fleet.worker` is on and the device is not stopping. Idempotent."""
         with self._lock:
             link = self._link()
             topic_filter = self._topics().shared_jobs(self._settings().fleet.group)
-            wanted = (link, topic_filter) if link is not None and self._wanted() else None
+            on = link is not None and self._settings().fleet.worker and not self._stop.is_set()
+            wanted = (link, topic_filter) if on else None
             if self._routed == wanted:
                 return
             if self._routed is not None:
                 old_link, old_filter = self._routed
-                # Same link: keep answering what the broker already sent (busy); else drop it.
                 same = old_link is link and old_filter == topic_filter
-                old_link.unroute(old_filter, drain=same)
-                self._routed = None
-                if same:
-                    self._draining = (old_link, old_filter)
-                log.debug("fleet: left %s", old_filter)
+                old_link.unroute(old_filter, drain=same)   # late deliveries are still spooled
+                self._routed, self._draining = None, (old_link, old_filter) if same else None
+                log.info("fleet: left %s", old_filter)
             if self._draining is not None and self._draining != (link, topic_filter):
-                old_link, old_filter = self._draining
-                old_link.unroute(old_filter)
+                self._draining[0].unroute(self._draining[1])
                 self._draining = None
             if wanted is not None:
                 link.route(topic_filter, self.on_message)
                 self._routed, self._draining = wanted, None
-                log.debug("fleet: joined %s", topic_filter)
+                log.info("fleet: joined %s", topic_filter)
 
     def _follow(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait()
-            self._wake.clear()
             try:
                 self.sync()
+                wait = self._dispatch()
             except Exception:
-                log.exception("fleet: subscription update failed")
+                log.exception("fleet: queue update failed")
+                wait = 1.0
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def _dispatch(self) -> float:
+        """Start what can start, keep one waiting job per slot, hand the rest back to the group.
+        Returns how long until a held job is due to go back."""
+        can_start = self._may_take() and not self._memory_critical() and not self._stop.is_set()
+        waiting = self._spool.waiting()
+        while waiting and can_start and self._slot.try_acquire():
+            self._start(waiting.pop(0))
+        keep = self._slot.limit if can_start else 0
+        now, due = time.monotonic(), 1.0
+        for held in waiting[keep:]:
+            if held.attempt or self._routed is None:
+                continue   # interrupted jobs run here; without a subscription nothing can go back
+            if held.hold_until > now:
+                due = min(due, held.hold_until - now)
+            elif not self._stop.is_set():
+                self._forward(held)
+        return max(0.01, due)
+
+    def _forward(self, held: Held) -> None:
+        """Publish the job again to the group; drop it here once the broker has it."""
+        try:
+            payload, response_topic, correlation = self._spool.read(held)
+        except (OSError, ValueError) as exc:
+            log.error("fleet: spooled job %s is unreadable (%s); dropped", held.job_id, exc)
+            self._spool.drop(held)
+            return
+        # detached first: a copy the broker hands straight back is a new job here
+        if self._hand_back(payload, response_topic, correlation, lambda: self._spool.detach(held)):
+            self._spool.drop(held)
+            log.debug("fleet: job %s handed back to the group", held.job_id)
+        else:
+            held.hold_until = time.monotonic() + HOLD_MAX_S
+            self._spool.attach(held)
+
+    def _hand_back(self, payload: bytes, response_topic: str | None, correlation: bytes | None,
+                   before: Callable[[], None] = lambda: None) -> bool:
+        """Publish a job again to the group while this device is still in it; True once the broker has it."""
+        props = _props(correlation, response_topic) or Properties(PacketTypes.PUBLISH)
+        props.UserProperty = ("voice-agent-handed-back-by", self._topics().device_id)
+        try:
+            with self._lock:   # still subscribed when the broker routes it (sync() takes this lock)
+                link = self._link()
+                if self._routed is None or self._routed[0] is not link or not link.connected.is_set():
+                    return False
+                before()
+                info = link.publish(f"{self._topics().prefix}/jobs/transcribe", payload, qos=1, properties=props)
+            info.wait_for_publish(timeout=FORWARD_ACK_S)
+            ok = info.is_published() and link.puback_failure(info.mid) is None
+        except (RuntimeError, ValueError) as exc:
+            log.warning("fleet: a job could not go back to the group (%s)", exc)
+            ok = False
+        self.forwarded += ok
+        return ok
 
     # --- jobs ----------------------------------------------------------------------------
 
     def on_message(self, msg: Any) -> None:
-        """paho's network thread: hand over at once."""
+        """paho's network thread: hand over at once (after stop(), spool it right here)."""
+        args = (bytes(msg.payload), getattr(msg, "properties", None))
         try:
-            self._intake.submit(self._take, bytes(msg.payload), getattr(msg, "properties", None))
-        except RuntimeError:   # shutting down: the job was not started; the sender resends
-            pass
+            self._intake.submit(self._take, *args)
+        except RuntimeError:
+            self._take(*args)
 
     def _take(self, payload: bytes, props: Any) -> None:
         try:
@@ -197,64 +236,75 @@ class FleetWorker:
             log.exception("fleet: a shared job could not be handled")
 
     def _take_one(self, payload: bytes, props: Any) -> None:
-        try:
-            job = self._parse(payload, props)
-        except _Unanswerable as exc:
-            log.warning("fleet: dropped a job that names no reply topic: %s", exc)
+        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        job = self._parse(payload, response_topic, correlation)
+        if job is None:
             return
-        except _Refused as exc:
-            self.refused += 1
-            log.info("fleet: job %s refused: %s", exc.job_id, exc.error.message)
-            self._reply(exc.reply_to, exc.job_id, {"status": "error", "error": exc.error.as_dict()},
-                        exc.transaction, exc.correlation)
-            return
-        with self._lock:
-            running = job.job_id in self._running
-        if running:
-            log.info("fleet: job %s is already running here; not started twice", job.job_id)
-            self._reply(job.reply_to, job.job_id, {"status": "accepted"}, job.transaction, job.correlation)
+        if self._spool.holds(job.job_id) is not None:
+            log.info("fleet: job %s is held here already; not taken twice", job.job_id)
             return
         cached = self._results.get(job.job_id)
         if cached is not None:
             log.info("fleet: job %s was done here already; its result is sent again", job.job_id)
-            self._reply(job.reply_to, job.job_id, cached, job.transaction, job.correlation)
+            self._reply(job, cached)
             return
-        error = self._cannot_start()
-        if error is not None:
+        seen = self._seen.get(job.job_id) or 0
+        self._seen.put(job.job_id, seen + 1)
+        hold = min(HOLD_MAX_S, HOLD_S * 2 ** (seen - 1)) if seen else 0.0
+        try:
+            self._spool.add(job.job_id, payload, response_topic, correlation, time.monotonic() + hold)
+        except OSError as exc:   # disk full or read-only: the group may take it, else say so
+            log.error("fleet: job %s cannot be spooled: %s", job.job_id, exc)
+            if not self._hand_back(payload, response_topic, correlation):
+                self._reply(job, {"status": "error", "error": AgentError(
+                    "the device cannot store the job (disk); it was not run", code="storage_error").as_dict()})
+        self.poke()
+
+    def _parse(self, payload: bytes, response_topic: str | None, correlation: bytes | None) -> FleetJob | None:
+        s = self._settings()
+        try:
+            return parse_job(payload, response_topic, correlation, max_bytes=s.mqtt.max_payload_bytes,
+                             url_allow=s.fleet.url_allow)
+        except Unanswerable as exc:
+            log.warning("fleet: dropped a job that names no reply topic: %s", exc)
+        except Refused as exc:
             self.refused += 1
-            log.debug("fleet: job %s answered %s", job.job_id, error.code)
-            self._reply(job.reply_to, job.job_id, {"status": "error", "error": error.as_dict()},
-                        job.transaction, job.correlation)
-            self.sync()
+            log.info("fleet: job %s refused: %s", exc.job_id, exc.error.message)
+            self._send(exc.reply_to, exc.job_id, {"status": "error", "error": exc.error.as_dict()},
+                       exc.transaction, exc.correlation)
+        return None
+
+    def _start(self, held: Held) -> None:
+        """Holding a slot: run the job in its own thread (or answer why it cannot run)."""
+        try:
+            payload, response_topic, correlation = self._spool.read(held)
+            job = self._parse(payload, response_topic, correlation)   # settings may have changed
+            if job is not None and held.attempt >= 2:
+                self.failed += 1
+                self._reply(job, {"status": "error", "error": AgentError(
+                    "the device stopped twice while running this job; it is not run again").as_dict()})
+                job = None
+            if job is None:
+                self._spool.drop(held)
+                self._slot.release()
+                return
+            self._spool.start(held)
+        except Exception:
+            log.exception("fleet: spooled job %s could not start; dropped", held.job_id)
+            self._spool.drop(held)
+            self._slot.release()
             return
         self.taken += 1
         agent_job_id = new_job_id()
-        log.debug("fleet: job %s taken as %s", job.job_id, agent_job_id)
-        thread = threading.Thread(target=self._run, args=(job, agent_job_id), name=f"fleet-{job.job_id[:32]}",
-                                  daemon=True)
+        thread = threading.Thread(target=self._run, args=(job, held, agent_job_id),
+                                  name=f"fleet-{job.job_id[:32]}", daemon=True)
         with self._lock:
             self._running[job.job_id] = thread
-        # Before the job can answer: the sender stops waiting to resend once it has this.
-        self._reply(job.reply_to, job.job_id, {"status": "accepted", "agent_job_id": agent_job_id},
-                    job.transaction, job.correlation)
+        self._reply(job, {"status": "accepted", "agent_job_id": agent_job_id})
         thread.start()
-        self.sync()   # slots full now: leave the group before the broker picks this device again
 
-    def _cannot_start(self) -> AgentError | None:
-        """None after taking a slot; else why not (nothing of the job was done)."""
-        retry = self._settings().jobs.retry_after_s
-        if self._memory_critical():
-            return RequestError("memory is critical; send the job again later", code="memory_pressure",
-                                retry_after_s=retry)
-        if self._stop.is_set() or not self._may_take():
-            return RequestError("this device takes no work now; send the job again", code="busy",
-                                retry_after_s=retry)
-        if not self._slot.try_acquire():
-            return RequestError(f"all {self._slot.limit} job slot(s) are taken; send the job again",
-                                code="busy", retry_after_s=retry)
-        return None
-
-    def _run(self, job: FleetJob, agent_job_id: str) -> None:
+    def _run(self, job: FleetJob, held: Held, agent_job_id: str) -> None:
         try:
             with self._watch(agent_job_id):
                 record = self._pipeline.run(agent_job_id, Source("fleet", job.job_id),
@@ -274,151 +324,48 @@ class FleetWorker:
             self.failed += 1
         try:
             self._results.put(job.job_id, result)
-            self._reply(job.reply_to, job.job_id, result, job.transaction, job.correlation)
+            self._reply(job, result)
+            self._spool.drop(held)
         finally:
             with self._lock:
                 self._running.pop(job.job_id, None)
             self._slot.release()
-            self.sync()
 
     def _load(self, job: FleetJob) -> Loaded:
         s = self._settings()
         if job.audio_b64 is not None:
-            data = _b64(job.audio_b64)
+            data = b64(job.audio_b64)
         else:
             assert job.url is not None
-            data = fetch(job.url, max_bytes=s.mqtt.max_payload_bytes, timeout_s=s.fleet.fetch_timeout_s)
+            data = fetch(job.url, allow=s.fleet.url_allow, max_bytes=s.mqtt.max_payload_bytes,
+                         timeout_s=s.fleet.fetch_timeout_s)
         from agent.audio.wav import decode_bytes  # numpy: loaded with the first audio
 
         audio = decode_bytes(data, max_bytes=s.inbox.max_bytes, max_duration_s=s.inbox.max_duration_s)
         return Loaded(audio, hashlib.blake2b(data, digest_size=16).hexdigest())
 
-    def _reply(self, reply_to: str, job_id: str | None, body: dict[str, Any], transaction: str | None,
-               correlation: bytes | None) -> None:
+    def _reply(self, job: FleetJob, body: dict[str, Any]) -> None:
+        self._send(job.reply_to, job.job_id, body, job.transaction, job.correlation)
+
+    def _send(self, reply_to: str, job_id: str | None, body: dict[str, Any], transaction: str | None,
+              correlation: bytes | None) -> None:
         link = self._link()
         if link is None:
-            log.warning("fleet: no broker link; the result of job %s is lost", job_id)
+            log.warning("fleet: no broker link; the answer to job %s is lost", job_id)
             return
-        props = None
-        if correlation is not None:
-            props = Properties(PacketTypes.PUBLISH)
-            props.CorrelationData = correlation
         answer = {"job_id": job_id, **body}
         if transaction is not None:
             answer["transaction"] = transaction
-        link.publish(reply_to, envelope(self._topics().device_id, answer), qos=1, properties=props)
-
-    # --- validation ----------------------------------------------------------------------
-
-    def _parse(self, payload: bytes, props: Any) -> FleetJob:
-        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
-        correlation = getattr(props, "CorrelationData", None) if props is not None else None
-        try:
-            body = json.loads(payload.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            if response_topic:
-                raise _Refused(RequestError("a job must be a JSON object", code="bad_request"),
-                               response_topic, None, None, correlation) from None
-            raise _Unanswerable(f"not JSON ({type(exc).__name__})") from None
-        if not isinstance(body, dict):
-            if response_topic:
-                raise _Refused(RequestError("a job must be a JSON object", code="bad_request"),
-                               response_topic, None, None, correlation)
-            raise _Unanswerable("not a JSON object")
-        reply_to = body.get("reply_to", response_topic)
-        if not _valid_topic(reply_to):
-            if response_topic and _valid_topic(response_topic):
-                raise _Refused(RequestError("'reply_to' must be a topic name without wildcards",
-                                            code="bad_request", field="reply_to"),
-                               response_topic, None, None, correlation)
-            raise _Unanswerable(f"reply_to {str(reply_to)[:80]!r}")
-        job_id = body.get("job_id")
-        transaction = body.get("transaction") if isinstance(body.get("transaction"), str) else None
-
-        def refuse(message: str, code: str = "bad_request", **details: Any) -> _Refused:
-            jid = job_id if isinstance(job_id, str) else None
-            return _Refused(RequestError(message, code=code, **details), reply_to, jid, transaction, correlation)
-
-        limit = self._settings().mqtt.max_payload_bytes
-        if len(payload) > limit:
-            raise refuse(f"job of {len(payload)} bytes exceeds mqtt.max_payload_bytes ({limit})",
-                         code="payload_too_large")
-        if not isinstance(job_id, str) or not job_id or len(job_id) > MAX_JOB_ID:
-            raise refuse(f"'job_id' must be a non-empty string of at most {MAX_JOB_ID} characters", field="job_id")
-        unknown = sorted(set(body) - FIELDS)
-        if unknown:
-            raise refuse(f"unknown field '{unknown[0]}'", field=unknown[0])
-        audio_b64, url = body.get("audio_b64"), body.get("url")
-        if (audio_b64 is None) == (url is None):
-            raise refuse("give exactly one of 'audio_b64' or 'url'")
-        for name, value in (("audio_b64", audio_b64), ("url", url)):
-            if value is not None and not isinstance(value, str):
-                raise refuse(f"field '{name}' must be a string", field=name)
-        if url is not None:   # refuse a file:// or ftp:// URL before taking a slot
-            try:
-                _check_url(url)
-            except RequestError as exc:
-                raise refuse(exc.message, field="url") from None
-        summarize = body.get("summarize", True)
-        if not isinstance(summarize, bool):
-            raise refuse("field 'summarize' must be a boolean", field="summarize")
-        if "transaction" in body and transaction is None:
-            raise refuse("field 'transaction' must be a string", field="transaction")
-        return FleetJob(job_id, reply_to, audio_b64, url, summarize, transaction, correlation)
+        link.publish(reply_to, envelope(self._topics().device_id, answer), qos=1,
+                     properties=_props(correlation))
 
 
-class _Unanswerable(Exception):
-    """A job without a usable reply topic: logged and dropped (there is nobody to tell)."""
-
-
-class _Refused(Exception):
-    def __init__(self, error: AgentError, reply_to: str, job_id: str | None, transaction: str | None,
-                 correlation: bytes | None) -> None:
-        super().__init__(error.message)
-        self.error, self.reply_to, self.job_id = error, reply_to, job_id
-        self.transaction, self.correlation = transaction, correlation
-
-
-def _valid_topic(topic: Any) -> bool:
-    return (isinstance(topic, str) and 0 < len(topic.encode("utf-8")) <= 65535
-            and not any(c in topic for c in "+#\0"))
-
-
-def _b64(text: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestError("'audio_b64' is not valid base64", code="bad_request") from None
-
-
-def _check_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise RequestError("'url' must be an http:// or https:// URL", code="bad_request", field="url")
-
-
-def fetch(url: str, *, max_bytes: int, timeout_s: float) -> bytes:
-    """GET `url` (http/https), refusing more than `max_bytes` and taking at most `timeout_s` in all."""
-    _check_url(url)
-    deadline = time.monotonic() + timeout_s
-    try:
-        with requests.get(url, stream=True, timeout=timeout_s) as response:
-            if response.status_code != 200:
-                raise RequestError(f"fetching the audio failed: HTTP {response.status_code}",
-                                   code="fetch_failed", http_status=response.status_code)
-            length = response.headers.get("Content-Length", "")
-            if length.isdigit() and int(length) > max_bytes:
-                raise RequestError(f"the audio at the URL is {length} bytes, more than {max_bytes}",
-                                   code="payload_too_large")
-            data = bytearray()
-            for chunk in response.iter_content(chunk_size=65536):
-                data += chunk
-                if len(data) > max_bytes:
-                    raise RequestError(f"the audio at the URL is more than {max_bytes} bytes",
-                                       code="payload_too_large")
-                if time.monotonic() > deadline:
-                    raise RequestError(f"fetching the audio took longer than {timeout_s:g} s",
-                                       code="fetch_failed")
-            return bytes(data)
-    except requests.RequestException as exc:
-        raise RequestError(f"fetching the audio failed: {type(exc).__name__}", code="fetch_failed") from None
+def _props(correlation: bytes | None, response_topic: str | None = None) -> Properties | None:
+    if correlation is None and response_topic is None:
+        return None
+    props = Properties(PacketTypes.PUBLISH)
+    if correlation is not None:
+        props.CorrelationData = correlation
+    if response_topic is not None:
+        props.ResponseTopic = response_topic
+    return props

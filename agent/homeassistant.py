@@ -1,31 +1,45 @@
 """Home Assistant MQTT discovery: one retained device config, bound to `<root>/availability`.
 
-`discovery_config` is a pure function of the topics and the version: it returns Home Assistant's
-*device-based* discovery document (`dev`, `o`, `cmps`), published retained at
-`<discovery_prefix>/device/<device_id>/config`. Every entity reads topics the agent publishes
-anyway; nothing is published for Home Assistant alone except this one document:
+`discovery_config` is a pure function of the topics, the version and what the device has
+(`Features`): it returns Home Assistant's *device-based* discovery document (`dev`, `o`, `cmps`),
+published retained at `<discovery_prefix>/device/<device_id>/config`. Every entity reads a
+*retained* topic the agent publishes anyway (`state`, `last/*`, see agent/last_values.py), so
+each one has a value right after Home Assistant restarts; only the two event entities read events
+(an event entity fed a retained message would fire again on every restart):
 
 | entity | platform | reads / writes |
 | --- | --- | --- |
-| Voice activity | event (`speech_start`, `speech_end`) | `<root>/event/vad` |
-| Transcript | event (`transcript`, the text and job as attributes) | `<root>/event/transcript` |
-| Last transcript | sensor (state cut to 255 characters, full text as attribute) | `<root>/event/transcript` |
-| Last summary | sensor (same) | `<root>/event/summary` |
+| Transcript | event (`transcript`, bounded text and job as attributes) | `<root>/event/transcript` |
+| Last transcript / Last summary | sensor (state cut to 255 characters, bounded text as attribute) | `<root>/last/transcript` / `summary` |
 | Memory level | sensor, enum ok/warning/critical | `<root>/state` `memory_level` |
 | Jobs running | sensor | `<root>/state` `jobs.running` |
-| Speech | binary sensor, on at speech_start, off at speech_end | `<root>/event/vad` |
+| Started | sensor, timestamp (the uptime) | `<root>/state` `started_at` |
+| Paused | binary sensor | `<root>/state` `paused` |
+| `<Kind>` alert | binary sensor, problem, one per alert kind | `<root>/state` `alerts.<kind>` |
 | Pause / Resume | buttons | `<root>/request/pause` / `resume`, payload `{}` |
-| Listening | switch, state `<root>/state` `listening` | `<root>/request/listening` `{"listening": bool}` |
+| Jobs failed / rejected, Inbox backlog, Outbox queued, Memory used, CPU temperature | sensors (telemetry on; temperature where the device reports one) | `<root>/last/telemetry` |
+| Voice activity | event (`speech_start`, `speech_end`), microphone only | `<root>/event/vad` |
+| Speech | binary sensor, microphone only | `<root>/last/speech` `speaking` |
+| Listening | switch, microphone only: the microphone alone, not a pause | `<root>/state` `listening`; `<root>/request/listening` |
+
+A component the device lacks (no microphone, no thermometer, telemetry off) is sent as its
+platform alone (`{"p": "switch"}`): Home Assistant's documented way to remove a component of a
+device, so an entity goes away when the config changes instead of staying `unknown`.
+
+Long text: a transcript can be any length, and Home Assistant's recorder stores no attributes
+above 16 KiB. Retained copies are bounded by the agent (agent/last_values.py); the transcript
+event entity cuts the text to ATTR_TEXT_MAX characters and sets `truncated`.
 
 Home Assistant's event entities need a JSON payload carrying `event_type`; the agent's events do
 not, so a `value_template` builds it from the `event` field of a `vad` event (`speech_start` /
 `speech_end`, see agent/listener.py) or the text of a transcript.
 
 `HomeAssistantDiscovery` holds the little state the wiring needs: it publishes the document on
-every (re)connect and whenever Home Assistant announces `online` on `<discovery_prefix>/status`,
-and, when discovery is switched off live (or the device id or prefix changes), removes the
-document it published with an empty retained payload. An agent that *starts* with discovery
-disabled publishes nothing, so it never clobbers a document another process owns.
+every (re)connect, whenever Home Assistant announces `online` on `<discovery_prefix>/status`, and
+when the document changes (a microphone configured, telemetry switched on...), and, when
+discovery is switched off live (or the device id or prefix changes), removes the document it
+published with an empty retained payload. An agent that *starts* with discovery disabled publishes
+nothing, so it never clobbers a document another process owns.
 """
 
 from __future__ import annotations
@@ -33,8 +47,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from dataclasses import dataclass
 from typing import Any, Callable
 
+from agent.last_values import TEXT_MAX_CHARS, last_topic
 from agent.settings import HomeAssistantSettings
 from agent.topics import Topics
 
@@ -42,68 +58,104 @@ log = logging.getLogger(__name__)
 
 ORIGIN_NAME = "voice-agent"
 STATE_MAX = 255   # Home Assistant refuses sensor states longer than this
+ATTR_TEXT_MAX = TEXT_MAX_CHARS   # characters of text in an entity's attributes (recorder: 16 KiB)
+
+#: Every alert kind the agent raises (agent/operations.py, agent/listener.py for `capture`).
+ALERT_KINDS = ("engine", "disk", "capture", "outbox", "config", "memory")
 
 _VAD_KIND = "value_json.event"   # "speech_start" | "speech_end" (agent/listener.py)
 
 
+@dataclass(frozen=True)
+class Features:
+    """What the device has, which decides the optional entities."""
+
+    microphone: bool = False    # listen.enabled (or a test source): VAD, speech and the listening switch
+    telemetry: bool = False     # telemetry.interval_s > 0: the health sensors read <root>/last/telemetry
+    temperature: bool = False   # the host reports a CPU temperature
+
+
 def _text_sensor(name: str, topic: str, icon: str, unique: str) -> dict[str, Any]:
-    """A sensor whose state is the event's text (cut to 255) and whose attributes hold all of it."""
+    """A sensor whose state is the copy's text (cut to 255) and whose attributes hold the bounded text."""
     return {
         "p": "sensor", "name": name, "unique_id": unique, "icon": icon,
         "state_topic": topic,
         "value_template": "{{ (value_json.text | default(''))[:%d] }}" % STATE_MAX,
         "json_attributes_topic": topic,
         "json_attributes_template": (
-            "{{ {'text': value_json.text | default(''), 'job_id': value_json.job_id | default(none), "
-            "'source': value_json.source | default(none), 'engine': value_json.engine | default(none), "
-            "'ts': value_json.ts | default(none)} | tojson }}"),
+            "{{ {'text': (value_json.text | default(''))[:%d], "
+            "'truncated': value_json.truncated | default(false), 'chars': value_json.chars | default(none), "
+            "'job_id': value_json.job_id | default(none), 'source': value_json.source | default(none), "
+            "'engine': value_json.engine | default(none), 'ts': value_json.ts | default(none)} | tojson }}"
+            % ATTR_TEXT_MAX),
     }
 
 
-def discovery_config(topics: Topics, version: str) -> dict[str, Any]:
+def _telemetry_sensor(name: str, unique: str, icon: str, value: str, **extra: Any) -> dict[str, Any]:
+    return {"p": "sensor", "name": name, "unique_id": unique, "icon": icon, "entity_category": "diagnostic",
+            "value_template": "{{ %s }}" % value, **extra}
+
+
+def _problem_sensor(kind: str, state: str, unique: str) -> dict[str, Any]:
+    """On while `state.alerts` names this kind (its level as attribute); `state` is always retained."""
+    level = "((value_json.alerts | default({}))['%s'] | default('ok'))" % kind
+    return {
+        "p": "binary_sensor", "name": f"{kind.capitalize()} alert", "unique_id": unique,
+        "device_class": "problem", "entity_category": "diagnostic",
+        "state_topic": state, "payload_on": "ON", "payload_off": "OFF",
+        "value_template": "{{ 'OFF' if %s == 'ok' else 'ON' }}" % level,
+        "json_attributes_topic": state,
+        "json_attributes_template": "{{ {'level': %s} | tojson }}" % level,
+    }
+
+
+def discovery_config(topics: Topics, version: str, features: Features = Features()) -> dict[str, Any]:
     """Home Assistant's device-based discovery document for one agent (pure; unit-testable)."""
-    root, device = topics.root, topics.device_id
-    vad, transcript, summary = topics.event("vad"), topics.event("transcript"), topics.event("summary")
+    root, device, state = topics.root, topics.device_id, topics.state
+    telemetry = last_topic(topics, "telemetry")
 
     def uid(key: str) -> str:
         return f"voice_agent_{device}_{key}"
 
     components: dict[str, dict[str, Any]] = {
-        "vad": {
-            "p": "event", "name": "Voice activity", "unique_id": uid("vad"), "icon": "mdi:account-voice",
-            "state_topic": vad, "event_types": ["speech_start", "speech_end"],
-            "value_template": "{{ {'event_type': %s, 'segment_id': value_json.segment_id | default(none)}"
-                              " | tojson }}" % _VAD_KIND,
-        },
         "transcript": {
             "p": "event", "name": "Transcript", "unique_id": uid("transcript"), "icon": "mdi:text-to-speech",
-            "state_topic": transcript, "event_types": ["transcript"],
-            "value_template": "{{ {'event_type': 'transcript', 'text': value_json.text | default(''), "
+            "state_topic": topics.event("transcript"), "event_types": ["transcript"],
+            "value_template": "{%% set text = value_json.text | default('') %%}"
+                              "{{ {'event_type': 'transcript', 'text': text[:%d], "
+                              "'truncated': text | length > %d, "
                               "'job_id': value_json.job_id | default(none), "
                               "'language': value_json.language | default(none), "
-                              "'source': value_json.source | default(none)} | tojson }}",
+                              "'source': value_json.source | default(none)} | tojson }}"
+                              % (ATTR_TEXT_MAX, ATTR_TEXT_MAX),
         },
-        "last_transcript": _text_sensor("Last transcript", transcript, "mdi:card-text-outline",
-                                        uid("last_transcript")),
-        "last_summary": _text_sensor("Last summary", summary, "mdi:text-box-check-outline", uid("last_summary")),
+        "last_transcript": _text_sensor("Last transcript", last_topic(topics, "transcript"),
+                                        "mdi:card-text-outline", uid("last_transcript")),
+        "last_summary": _text_sensor("Last summary", last_topic(topics, "summary"),
+                                     "mdi:text-box-check-outline", uid("last_summary")),
         "memory_level": {
             "p": "sensor", "name": "Memory level", "unique_id": uid("memory_level"), "icon": "mdi:memory",
             "device_class": "enum", "options": ["ok", "warning", "critical"], "entity_category": "diagnostic",
-            "state_topic": topics.state, "value_template": "{{ value_json.memory_level | default('ok') }}",
+            "state_topic": state, "value_template": "{{ value_json.memory_level | default('ok') }}",
         },
         "jobs_running": {
             "p": "sensor", "name": "Jobs running", "unique_id": uid("jobs_running"), "icon": "mdi:cog-sync",
             "state_class": "measurement", "entity_category": "diagnostic",
-            "state_topic": topics.state, "value_template": "{{ value_json.jobs.running }}",
-            "json_attributes_topic": topics.state,
+            "state_topic": state, "value_template": "{{ value_json.jobs.running }}",
+            "json_attributes_topic": state,
             "json_attributes_template": "{{ {'limit': value_json.jobs.limit} | tojson }}",
         },
-        "speech": {
-            "p": "binary_sensor", "name": "Speech", "unique_id": uid("speech"), "device_class": "sound",
-            "state_topic": vad, "payload_on": "ON", "payload_off": "OFF",
-            "value_template": "{% set kind = " + _VAD_KIND + " %}"
-                              "{{ 'ON' if kind == 'speech_start' else 'OFF' if kind == 'speech_end' else '' }}",
+        "started": {
+            "p": "sensor", "name": "Started", "unique_id": uid("started"), "icon": "mdi:timer-outline",
+            "device_class": "timestamp", "entity_category": "diagnostic",
+            "state_topic": state, "value_template": "{{ value_json.started_at }}",
         },
+        "paused": {
+            "p": "binary_sensor", "name": "Paused", "unique_id": uid("paused"), "icon": "mdi:pause-circle-outline",
+            "state_topic": state, "payload_on": "ON", "payload_off": "OFF",
+            "value_template": "{{ 'ON' if value_json.paused else 'OFF' }}",
+        },
+        **{f"{kind}_alert": _problem_sensor(kind, state, uid(f"{kind}_alert")) for kind in ALERT_KINDS},
         "pause": {
             "p": "button", "name": "Pause", "unique_id": uid("pause"), "icon": "mdi:pause",
             "command_topic": f"{root}/request/pause", "payload_press": "{}",
@@ -112,14 +164,52 @@ def discovery_config(topics: Topics, version: str) -> dict[str, Any]:
             "p": "button", "name": "Resume", "unique_id": uid("resume"), "icon": "mdi:play",
             "command_topic": f"{root}/request/resume", "payload_press": "{}",
         },
+    }
+    health: dict[str, dict[str, Any]] = {
+        "jobs_failed": _telemetry_sensor("Jobs failed", uid("jobs_failed"), "mdi:alert-circle-outline",
+                                         "value_json.jobs.failed", state_class="total_increasing"),
+        "jobs_rejected": _telemetry_sensor("Jobs rejected", uid("jobs_rejected"), "mdi:cancel",
+                                           "value_json.jobs.rejected", state_class="total_increasing"),
+        "inbox_waiting": _telemetry_sensor("Inbox backlog", uid("inbox_waiting"), "mdi:inbox-arrow-down",
+                                           "value_json.inbox.waiting", state_class="measurement",
+                                           unit_of_measurement="files"),
+        "outbox_queued": _telemetry_sensor("Outbox queued", uid("outbox_queued"), "mdi:tray-full",
+                                           "value_json.outbox.queued", state_class="measurement",
+                                           unit_of_measurement="messages"),
+        "memory_used": _telemetry_sensor("Memory used", uid("memory_used"), "mdi:memory",
+                                         "value_json.memory.used_percent", state_class="measurement",
+                                         unit_of_measurement="%"),
+    }
+    for sensor in health.values():
+        sensor["state_topic"] = telemetry
+    temperature = _telemetry_sensor("CPU temperature", uid("temperature"), "mdi:thermometer",
+                                    "value_json.temperature_c", state_class="measurement",
+                                    device_class="temperature", unit_of_measurement="°C", state_topic=telemetry)
+    microphone: dict[str, dict[str, Any]] = {
+        "vad": {
+            "p": "event", "name": "Voice activity", "unique_id": uid("vad"), "icon": "mdi:account-voice",
+            "state_topic": topics.event("vad"), "event_types": ["speech_start", "speech_end"],
+            "value_template": "{{ {'event_type': %s, 'segment_id': value_json.segment_id | default(none)}"
+                              " | tojson }}" % _VAD_KIND,
+        },
+        "speech": {
+            "p": "binary_sensor", "name": "Speech", "unique_id": uid("speech"), "device_class": "sound",
+            "state_topic": last_topic(topics, "speech"), "payload_on": "ON", "payload_off": "OFF",
+            "value_template": "{{ 'ON' if value_json.speaking else 'OFF' }}",
+        },
         "listening": {
             "p": "switch", "name": "Listening", "unique_id": uid("listening"), "icon": "mdi:microphone",
-            "state_topic": topics.state, "state_on": "ON", "state_off": "OFF",
+            "state_topic": state, "state_on": "ON", "state_off": "OFF",
             "value_template": "{{ 'ON' if value_json.listening else 'OFF' }}",
             "command_topic": f"{root}/request/listening", "payload_on": "ON", "payload_off": "OFF",
             "command_template": '{"listening": {{ "true" if value == "ON" else "false" }}}',
         },
     }
+    optional = [(health, features.telemetry), ({"temperature": temperature}, features.telemetry and features.temperature),
+                (microphone, features.microphone)]
+    for group, present in optional:
+        for key, component in group.items():
+            components[key] = component if present else {"p": component["p"]}
     return {
         "dev": {"ids": [f"voice_agent_{device}"], "name": device, "mf": "voice-agent",
                 "mdl": "voice-agent edge device", "sw": version},
@@ -132,30 +222,35 @@ def discovery_config(topics: Topics, version: str) -> dict[str, Any]:
     }
 
 
-def discovery_payload(topics: Topics, version: str) -> bytes:
-    return json.dumps(discovery_config(topics, version), separators=(",", ":"), ensure_ascii=False).encode()
+def discovery_payload(topics: Topics, version: str, features: Features = Features()) -> bytes:
+    return json.dumps(discovery_config(topics, version, features), separators=(",", ":"),
+                      ensure_ascii=False).encode()
 
 
 class HomeAssistantDiscovery:
     """Publishes, republishes and removes the discovery document as config and broker change.
 
     `sync()` is called on every (re)connect and after every config change; it is idempotent.
-    `link()` returns the current MqttLink (replaced by the app when the mqtt section changes).
+    `link()` returns the current MqttLink (replaced by the app when the mqtt section changes);
+    `features()` what the device has now (it decides the optional entities).
     """
 
     def __init__(self, *, settings: Callable[[], HomeAssistantSettings], topics: Callable[[], Topics],
-                 link: Callable[[], Any], version: str) -> None:
+                 link: Callable[[], Any], version: str, features: Callable[[], Features] = Features) -> None:
         self._settings = settings
         self._topics = topics
         self._link = link
+        self._features = features
         self._version = version
         self._lock = threading.RLock()
         self._owned: str | None = None        # discovery topic this process publishes (to remove later)
+        self._sent: bytes | None = None       # the document last published there
         self._routed: tuple[Any, str] | None = None   # (link, status topic) subscribed
         self.published = 0
 
     def sync(self, *, force: bool = True) -> None:
-        """Make the broker match the config: document present (republished when `force`) or removed."""
+        """Make the broker match the config: document present (republished when `force` or when it
+        changed) or removed."""
         with self._lock:
             link = self._link()
             cfg = self._settings()
@@ -169,11 +264,13 @@ class HomeAssistantDiscovery:
                     return   # removed (and the new one published) on connect: sync runs on every connect
                 link.publish(self._owned, b"", retain=True)
                 log.info("home assistant: discovery removed from %s", self._owned)
-                self._owned = None
+                self._owned, self._sent = None, None
             if wanted is None:
                 return
-            if connected and (force or self._owned != wanted):
-                link.publish(wanted, discovery_payload(topics, self._version), retain=True)
+            payload = discovery_payload(topics, self._version, self._features())
+            if connected and (force or self._owned != wanted or self._sent != payload):
+                link.publish(wanted, payload, retain=True)
+                self._sent = payload
                 self.published += 1
                 log.info("home assistant: discovery published at %s", wanted)
             self._owned = wanted

@@ -2,10 +2,14 @@
 
 A file is taken only when complete: after close-after-write, after a move into the folder, or
 once its size and mtime have been stable for `settle_ms` (writers that never signal). It is
-claimed by an atomic rename into `.processing/`, so a crash can never process it twice, and
+claimed by an atomic rename into `.processing/` (two workers can never take the same file), and
 finished with one fsync (see `Inbox.finish`): a crash at any point of a finish either leaves the
 file claimed, so the job runs again under the same job id, or is completed on restart; the file
-is never lost and never in two places. Nothing is ever deleted, except where the owner asks
+is never lost and never in two places. Processing is at-least-once with one record: a crash
+before the finish runs the job again (its events may be published twice, with the same job id,
+so consumers can drop the repeat), but the file ends up with exactly one record. The finish
+comes after the job's events are stored durably in the outbox (synchronous=FULL: fsynced), so a
+power cut can never leave a file in processed/ whose events were lost. Nothing is ever deleted, except where the owner asks
 for it with `keep_processed=False` (the microphone spool: successfully processed segments are
 removed by one unlink, failed ones stay in `failed/` with their reason).
 """

@@ -47,7 +47,7 @@ def file_hash(path: Path) -> str:
 class InboxWorker:
     def __init__(self, settings: InboxSettings, slot: JobSlot, pipeline: Pipeline, *, kind: str = "inbox",
                  may_take: Callable[[], bool], job_event: Callable[..., None],
-                 watch: Callable[[str], ContextManager[None]], batch_size: Callable[[], int] = lambda: 1,
+                 watch: Callable[[str, int], ContextManager[None]], batch_size: Callable[[], int] = lambda: 1,
                  keep_processed: bool = True) -> None:
         """`keep_processed=False` deletes a file once processed (the mic spool); failed ones are kept."""
         self.inbox = Inbox(settings, self.on_ready, keep_processed=keep_processed)
@@ -153,7 +153,7 @@ class InboxWorker:
     def _jobs(self, batch: list[tuple[Claimed, str]]) -> None:
         jobs = [Job(job_id, self._source(c.original), self._loader(c)) for c, job_id in batch]
         try:
-            with self._watch(jobs[0].job_id):
+            with self._watch(jobs[0].job_id, len(jobs)):   # one allowance per file of the batch
                 if len(jobs) == 1:
                     results: list[dict | AgentError] = [self._run_one(jobs[0])]
                 else:

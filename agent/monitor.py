@@ -6,6 +6,10 @@ memory is critical. Levels use hysteresis so a value hovering at a threshold doe
 broker with alerts, and a critical level is re-announced every `repeat_s` so a dashboard that
 missed the change still learns about it. Trackers are pure (samples in, alerts out) so they are
 tested with synthetic samples; `Monitor` is the thin thread around them. No MQTT here.
+
+Percentages and "available" are of the budget that really applies (agent/memory_budget.py): the
+machine's memory, or the agent's cgroup limit (systemd `MemoryMax=`, a container) when that is
+tighter, so alerts and shedding happen before the kernel's OOM killer acts on that limit.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import psutil
 
+from agent.memory_budget import MACHINE, BudgetReader
 from agent.settings import MemorySettings
 
 log = logging.getLogger(__name__)
@@ -33,7 +38,11 @@ _GONE = (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess)
 
 @dataclass(frozen=True)
 class MemorySample:
-    """One look at system memory and at who uses it."""
+    """One look at the memory budget and at who uses it.
+
+    used_percent / available_mb are of the budget (budget_mb, from `limit_source`), not
+    necessarily of the whole machine.
+    """
 
     used_percent: float
     available_mb: float
@@ -41,6 +50,14 @@ class MemorySample:
     agent_rss_mb: float
     children_rss_mb: float
     top_process: dict[str, Any] = field(default_factory=dict)  # {"pid", "name", "rss_mb"}
+    budget_mb: float = 0.0
+    used_mb: float = 0.0
+    limit_source: str = MACHINE
+
+    def budget(self) -> dict[str, Any]:
+        """The budget figures that `state` and alerts report."""
+        return {"budget_mb": self.budget_mb, "used_mb": self.used_mb, "available_mb": self.available_mb,
+                "used_percent": self.used_percent, "limit_source": self.limit_source}
 
 
 @dataclass(frozen=True)
@@ -53,39 +70,52 @@ class Alert:
     repeat: bool = False
 
 
-def sample_memory(pid: int | None = None) -> MemorySample:
-    """Sample system memory, the agent's RSS, its children's (engine servers) and the largest process.
+_READER = BudgetReader()
 
-    `used_percent` is psutil's (total - available) / total, which ignores reclaimable page cache:
-    that is what runs out before the OOM killer strikes. Processes that vanish or are not ours to
-    read while we look are skipped.
+
+def sample_memory(pid: int | None = None, reader: BudgetReader | None = None) -> MemorySample:
+    """Sample the memory budget, the agent's RSS, its children's (engine servers) and the largest process.
+
+    The used share ignores reclaimable page cache (psutil's `available` for the machine, inactive
+    file cache for a cgroup): that is what runs out before the OOM killer strikes. Under a cgroup
+    limit the largest process is looked for in the agent's own process tree, the only processes
+    whose memory that limit holds against it. Processes that vanish or are not ours to read while
+    we look are skipped.
     """
-    vm = psutil.virtual_memory()
+    budget = (reader or _READER).read()
     swap = psutil.swap_memory()
     agent = psutil.Process(pid)
     agent_rss = agent.memory_info().rss
+    children = agent.children(recursive=True)
     children_rss = 0
-    for child in agent.children(recursive=True):
+    for child in children:
         try:
             children_rss += child.memory_info().rss
         except _GONE:
             continue
     return MemorySample(
-        used_percent=round(vm.percent, 1),
-        available_mb=round(vm.available / MB, 1),
+        used_percent=budget.used_percent,
+        available_mb=round(budget.available_bytes / MB, 1),
         swap_used_percent=round(swap.percent, 1) if swap.total else 0.0,
         agent_rss_mb=round(agent_rss / MB, 1),
         children_rss_mb=round(children_rss / MB, 1),
-        top_process=top_process(),
+        top_process=top_process([agent, *children] if budget.from_cgroup else None),
+        budget_mb=round(budget.limit_bytes / MB, 1),
+        used_mb=round(budget.used_bytes / MB, 1),
+        limit_source=budget.source,
     )
 
 
-def top_process() -> dict[str, Any]:
-    """The process with the largest RSS system-wide, {} when none could be read."""
+def top_process(among: list[psutil.Process] | None = None) -> dict[str, Any]:
+    """The process with the largest RSS (system-wide, or among `among`), {} when none could be read."""
     best: dict[str, Any] = {}
     best_rss = -1
-    for proc in psutil.process_iter(["pid", "name", "memory_info"]):
-        info = proc.info
+    procs = psutil.process_iter(["pid", "name", "memory_info"]) if among is None else among
+    for proc in procs:
+        try:
+            info = proc.info if among is None else proc.as_dict(["pid", "name", "memory_info"])
+        except _GONE:
+            continue
         mem = info.get("memory_info")
         if mem is None or mem.rss <= best_rss:
             continue
@@ -184,6 +214,9 @@ class LevelTracker:
             "agent_rss_mb": sample.agent_rss_mb,
             "children_rss_mb": sample.children_rss_mb,
             "top_process": dict(sample.top_process),
+            "budget_mb": sample.budget_mb,
+            "used_mb": sample.used_mb,
+            "limit_source": sample.limit_source,
             "threshold": threshold,
             "threshold_unit": unit,
             "previous": previous,
@@ -243,14 +276,16 @@ class Monitor:
         settings: MemorySettings,
         paths: Callable[[], list[Path]],
         on_alert: Callable[[Alert], None],
-        sampler: Callable[[], MemorySample] = sample_memory,
+        sampler: Callable[[], MemorySample] | None = None,
         disk_free: Callable[[Path], float] = disk_free_mb,
         clock: Callable[[], float] = time.monotonic,
+        reader: BudgetReader | None = None,
     ) -> None:
         self._settings = settings
+        self._reader = reader or _READER
         self._paths = paths
         self._on_alert = on_alert
-        self._sampler = sampler
+        self._sampler = sampler or (lambda: sample_memory(reader=self._reader))
         self._clock = clock
         self._memory = LevelTracker(settings)
         self._disk = DiskTracker(settings, disk_free)
@@ -269,6 +304,19 @@ class Monitor:
     @property
     def critical(self) -> bool:
         return self._memory.level == "critical"
+
+    def budget(self) -> dict[str, Any]:
+        """{"budget_mb", "used_mb", "available_mb", "used_percent", "limit_source"} for `state`.
+
+        From the last sample, so it matches the level; read afresh (a few small files) before
+        the first one.
+        """
+        sample = self.last_sample
+        if sample is not None:
+            return sample.budget()
+        figures = self._reader.read().as_dict()
+        figures.pop("cgroup", None)
+        return figures
 
     def start(self) -> None:
         if self._thread is not None:

@@ -33,8 +33,11 @@ MessageHandler = Callable[[mqtt.MQTTMessage], None]
 
 class MqttLink:
     def __init__(self, settings: MQTTSettings, topics: Topics, *, host: str, port: int,
-                 on_connect: Callable[[], None], on_publish: Callable[[int], None]) -> None:
+                 on_connect: Callable[[], None], on_publish: Callable[[int], None],
+                 install_id: str | None = None) -> None:
+        """`install_id` goes with every `online` as the MQTT 5 user property `install` (see agent.identity)."""
         self.settings = settings
+        self.install_id = install_id
         self.topics = topics
         self.host, self.port = host, port
         self._on_connect_cb = on_connect
@@ -45,6 +48,7 @@ class MqttLink:
         self.connected = threading.Event()
         self.connects = 0
         self.last_error: str | None = None
+        self._puback_failures: dict[int, int] = {}   # mid -> PUBACK reason >= 0x80 (see puback_failure)
         self.client = self._make_client()
 
     @property
@@ -166,12 +170,20 @@ class MqttLink:
         with self._lock:
             for f in self._handlers:
                 client.subscribe(f, qos=1)
-            client.publish(self.topics.availability, b"online", qos=1, retain=True)
+            client.publish(self.topics.availability, b"online", qos=1, retain=True,
+                           properties=self._birth_properties())
             self.connected.set()
         try:
             self._on_connect_cb()
         except Exception:
             log.exception("mqtt: on-connect hook failed")
+
+    def _birth_properties(self) -> Properties | None:
+        if not (self.v5 and self.install_id):
+            return None
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = ("install", self.install_id)
+        return props
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         # paho calls this inside its `except OSError`: the exception (refused, TLS verification
@@ -192,7 +204,15 @@ class MqttLink:
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any,
                     properties: Any) -> None:
+        if getattr(reason_code, "is_failure", False):
+            if len(self._puback_failures) >= 64:   # nobody asked for the oldest: forget it
+                self._puback_failures.pop(next(iter(self._puback_failures)), None)
+            self._puback_failures[mid] = reason_code.value
         self._on_publish_cb(mid)
+
+    def puback_failure(self, mid: int) -> int | None:
+        """The broker's refusal of a QoS 1 publish (e.g. 135 not authorized), once, after its PUBACK."""
+        return self._puback_failures.pop(mid, None)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:

@@ -5,10 +5,14 @@ it, so a broker outage or an agent crash loses nothing. The store is bounded: wh
 oldest events are dropped and counted, because a device that is offline for a week must not
 fill its SD card.
 
-Each `put` is its own commit, so an event survives a kill -9 as soon as `put` returns (WAL with
-synchronous=NORMAL: a commit is a write into the WAL file, without fsync). What is batched is the
-publisher's side: acknowledged rows go in one DELETE per round, and a round with nothing new to
-send does not query at all.
+Each `put` is its own commit with synchronous=FULL, so an event is stored once `put` returns in the
+strongest sense: SQLite has fsynced the WAL, and the event survives a power cut, not only a kill -9
+(with NORMAL a commit is only a write into the WAL file; a power cut can roll back the last ones,
+while the inbox had already moved the file to processed/ on the strength of them). That is one
+fsync per event. Deletes of acknowledged rows run with synchronous=NORMAL: losing one to a power
+cut only sends that event again (at-least-once, as after any crash), and the next `put` makes it
+durable anyway. Acknowledged rows go in one DELETE per round, and a round with nothing new to
+send does not query at all. Costs, measured: docs/reliability.md (bench/outbox_durability.py).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: Ids per DELETE statement (SQLite before 3.32 allows 999 parameters per statement).
 DELETE_CHUNK = 500
+#: SQLite `synchronous` for storing events (durable on return) and for deleting delivered ones.
+PUT_SYNC, ACK_SYNC = "FULL", "NORMAL"
 
 
 class OutboxError(Exception):
@@ -43,8 +49,8 @@ class Outbox:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode never corrupts the database; a power cut may lose the last commit.
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        # FULL: the WAL is fsynced at every commit, so a stored event survives a power cut (see above).
+        self._db.execute(f"PRAGMA synchronous={PUT_SYNC}")
         self._db.execute("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                          "topic TEXT NOT NULL, payload BLOB NOT NULL)")
         self._lock = threading.Lock()
@@ -120,7 +126,11 @@ class Outbox:
             return True
         with self._lock:
             try:
-                deleted = self._delete(ids)
+                self._db.execute(f"PRAGMA synchronous={ACK_SYNC}")
+                try:
+                    deleted = self._delete(ids)
+                finally:
+                    self._db.execute(f"PRAGMA synchronous={PUT_SYNC}")
             except sqlite3.Error as exc:
                 # SQLITE_FULL on COMMIT rolls back by itself; a second ROLLBACK would raise.
                 if self._db.in_transaction:

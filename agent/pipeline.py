@@ -1,5 +1,12 @@
 """Jobs: audio -> transcript -> summary -> events, with their lifecycle on `event/job`.
 
+The transcript is published the moment it exists, before any summary is attempted: a summarizer
+that fails or hangs must never cost the user a good transcript. The summary step as a whole
+(engine loading, the engine's own retries, a hung server) is bounded by `summarizer.timeout_s`;
+past that, or on any error, the extractive summarizer answers instead (it needs no model and
+cannot hang), the `summary` event says so (`fallback: true` plus the original error) and the
+`on_summary` observer is told, which raises the `engine` alert.
+
 Every source (inbox file, microphone segment, request) goes through here, so a transcript
 looks the same whatever produced it. Each stage has its own bounded concurrency, so with two
 job slots job N can be summarized while job N+1 is transcribed without two transcriptions
@@ -16,13 +23,34 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from agent.engines.base import Audio, Summary, Transcript
+from agent.engines.extractive import ExtractiveSummarizer
 from agent.engines.runtime import Engines
-from agent.errors import AgentError
+from agent.errors import AgentError, EngineError
 from agent.lru import LRUCache
+from agent.settings import SummarizerSettings
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[str, dict], None]
+#: Told after every summary attempt of a job: None when the configured summarizer answered,
+#: else the fallback's details (`engine`, `error`, `job_id`). The app raises / clears the alert.
+SummaryObserver = Callable[[dict[str, Any] | None], None]
+
+#: Summarizers that run in the job's own thread: pure Python, no I/O, they cannot hang.
+_INLINE_SUMMARIZERS = frozenset({"extractive", "none"})
+
+
+@dataclass(frozen=True)
+class SummaryOutcome:
+    """What the summary step produced: the summary, and why it is not the configured engine's."""
+
+    summary: Summary | None
+    fallback_from: str | None = None          # the configured engine that failed
+    error: dict[str, Any] | None = None       # its error (code, message)
+
+    @property
+    def fallback(self) -> bool:
+        return self.fallback_from is not None
 
 
 @dataclass(frozen=True)
@@ -72,13 +100,23 @@ class Stage:
     def __exit__(self, *exc: object) -> None:
         self._sem.release()
 
+    def acquire(self, timeout: float) -> bool:
+        return self._sem.acquire(timeout=timeout)
+
+    def release(self) -> None:
+        self._sem.release()
+
 
 class Pipeline:
     def __init__(self, engines: Callable[[], Engines], emit: Emit, *, cache_size: int,
                  transcribe_concurrency: int = 1, summarize_concurrency: int = 1,
-                 speech_seconds: Callable[[Audio], float] = lambda audio: audio.duration_s) -> None:
+                 speech_seconds: Callable[[Audio], float] = lambda audio: audio.duration_s,
+                 summarizer_settings: Callable[[], SummarizerSettings] = SummarizerSettings,
+                 on_summary: SummaryObserver = lambda fallback: None) -> None:
         self._engines = engines
         self._emit = emit
+        self._summarizer_settings = summarizer_settings
+        self._on_summary = on_summary
         self._speech_seconds = speech_seconds
         self.transcripts = LRUCache(cache_size)
         self.summaries = LRUCache(cache_size)
@@ -195,43 +233,123 @@ class Pipeline:
         return found  # type: ignore[return-value]
 
     def _finish(self, job: Job, transcript: Transcript) -> dict[str, Any]:
-        summary = self._summarize(transcript.text, job.timings) if job.summarize else None
-        job.timings["total"] = _ms(job.t0)
         loaded = job.loaded
         assert loaded is not None
         src = job.source.as_dict()
         audio_s = round(loaded.audio.duration_s, 3)
+        # Out first: whatever the summarizer does next, the transcript is already stored.
+        job.timings["total"] = _ms(job.t0)   # up to the transcript; the summary's `total` covers both
         self._emit("transcript", {"job_id": job.job_id, "source": src, "text": transcript.text,
                                   "language": transcript.language, "audio_s": audio_s, "speech_s": job.speech_s,
-                                  "engine": transcript.engine, "timings_ms": job.timings})
+                                  "engine": transcript.engine, "timings_ms": dict(job.timings)})
+        outcome = self._summary_outcome(transcript.text, job.timings, job.job_id) if job.summarize \
+            else SummaryOutcome(None)
+        summary = outcome.summary
+        job.timings["total"] = _ms(job.t0)
         if summary is not None and summary.text:
-            self._emit("summary", {"job_id": job.job_id, "source": src, "text": summary.text,
-                                   "engine": summary.engine, "timings_ms": job.timings})
+            body: dict[str, Any] = {"job_id": job.job_id, "source": src, "text": summary.text,
+                                    "engine": summary.engine, "timings_ms": job.timings}
+            if outcome.fallback:
+                body.update(fallback=True, fallback_from=outcome.fallback_from, error=outcome.error)
+            self._emit("summary", body)
         self.done += 1
         self.job_event(job.job_id, "done", src, audio_s=audio_s, timings_ms=job.timings)
-        return {"job_id": job.job_id, "content_hash": loaded.content_hash, "source": src, "audio_s": audio_s,
-                "speech_s": job.speech_s,
-                "transcript": transcript.text, "language": transcript.language,
-                "summary": summary.text if summary else None,
-                "engines": {"transcriber": transcript.engine, "summarizer": summary.engine if summary else None},
-                "timings_ms": job.timings}
+        record = {"job_id": job.job_id, "content_hash": loaded.content_hash, "source": src, "audio_s": audio_s,
+                  "speech_s": job.speech_s,
+                  "transcript": transcript.text, "language": transcript.language,
+                  "summary": summary.text if summary else None,
+                  "engines": {"transcriber": transcript.engine, "summarizer": summary.engine if summary else None},
+                  "timings_ms": job.timings}
+        if outcome.fallback:
+            record["summary_fallback"] = {"from": outcome.fallback_from, "error": outcome.error}
+        return record
 
     def summarize_text(self, text: str, timings: dict[str, float]) -> Summary | None:
-        return self._summarize(text, timings)
-
-    def _summarize(self, text: str, timings: dict[str, float]) -> Summary | None:
+        """A `summarize` request: the configured engine only (the caller asked for it by name of
+        the device's config, and gets its error rather than a silent substitute), still bounded
+        by summarizer.timeout_s."""
         engines = self._engines()
         if not engines.summarizes or not text.strip():
             return None
         t0 = time.monotonic()
-        key = (engines.summarizer.name, text)
-        summary = self.summaries.get(key)
-        if summary is None:
-            with self.summarize_stage:
-                summary = engines.summarize(text)
-            self.summaries.put(key, summary)
+        summary = self._summarize_bounded(engines, text, self._summarizer_settings().timeout_s)
         timings["summarize"] = _ms(t0)
         return summary
+
+    def _summary_outcome(self, text: str, timings: dict[str, float], job_id: str) -> SummaryOutcome:
+        """The configured summarizer's answer, or the extractive fallback's on any failure."""
+        engines = self._engines()
+        if not engines.summarizes or not text.strip():
+            return SummaryOutcome(None)
+        t0 = time.monotonic()
+        settings = self._summarizer_settings()
+        try:
+            summary = self._summarize_bounded(engines, text, settings.timeout_s)
+        except Exception as exc:   # any failure of the summarizer: the job still succeeds
+            error = exc.as_dict() if isinstance(exc, AgentError) else \
+                {"code": "engine_error", "message": f"internal error: {type(exc).__name__}"}
+            if not isinstance(exc, AgentError):
+                log.exception("job %s: summarizer %s failed unexpectedly", job_id, engines.summarizer.name)
+            log.warning("job %s: summarizer %s failed (%s: %s); using the extractive summary", job_id,
+                        engines.summarizer.name, error.get("code"), error.get("message"))
+            summary = ExtractiveSummarizer(settings).summarize(text)
+            timings["summarize"] = _ms(t0)
+            self._notify({"job_id": job_id, "engine": engines.summarizer.name, "fallback": summary.engine,
+                          "error": error})
+            return SummaryOutcome(summary, engines.summarizer.name, error)
+        timings["summarize"] = _ms(t0)
+        self._notify(None)
+        return SummaryOutcome(summary)
+
+    def _notify(self, fallback: dict[str, Any] | None) -> None:
+        try:
+            self._on_summary(fallback)
+        except Exception:   # an observer must not fail the job
+            log.exception("summary observer failed")
+
+    def _summarize_bounded(self, engines: Engines, text: str, timeout_s: float) -> Summary:
+        """The configured summarizer's answer within `timeout_s` in total, or EngineError.
+
+        The total covers waiting for the stage, the engine still loading, and every retry the
+        engine makes on its own (HTTP 429/5xx back-off, a llama server restarted mid-request).
+        An engine that overruns keeps its thread (and its stage place) until its own per-request
+        timeout ends it; the job does not wait for that.
+        """
+        key = (engines.summarizer.name, text)
+        cached = self.summaries.get(key)
+        if cached is not None:
+            return cached
+        deadline = time.monotonic() + timeout_s
+        stage = self.summarize_stage
+        if engines.summarizer.name in _INLINE_SUMMARIZERS:
+            with stage:
+                summary = engines.summarize(text)
+            self.summaries.put(key, summary)
+            return summary
+        if not stage.acquire(timeout=timeout_s):
+            raise EngineError(f"no summarizer free within summarizer.timeout_s ({timeout_s:g} s)",
+                              code="engine_timeout")
+        done = threading.Event()
+        result: list[Summary | BaseException] = []
+
+        def call() -> None:
+            try:
+                result.append(engines.summarize(text))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting job
+                result.append(exc)
+            finally:
+                stage.release()
+                done.set()
+
+        threading.Thread(target=call, name="summarize", daemon=True).start()
+        if not done.wait(max(0.0, deadline - time.monotonic())):
+            raise EngineError(f"summarizer {engines.summarizer.name} gave no summary within "
+                              f"summarizer.timeout_s ({timeout_s:g} s)", code="engine_timeout")
+        outcome = result[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        self.summaries.put(key, outcome)
+        return outcome
 
 
 def _raise(result: Transcript | Exception) -> Transcript:

@@ -16,6 +16,7 @@ from typing import Any
 
 import psutil
 
+from agent.memory_budget import BudgetReader
 from agent.monitor import MB, disk_free_mb
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,10 @@ class TelemetryCollector:
         paths: Callable[[], list[Path]] = lambda: [],
         pid: int | None = None,
         thermal_zone: Path = THERMAL_ZONE,
+        reader: BudgetReader | None = None,
     ) -> None:
         self._paths = paths
+        self._reader = reader or BudgetReader()
         self._thermal_zone = thermal_zone
         self._process = psutil.Process(pid)
         # The first cpu_percent() call only sets the baseline and returns 0.0; take it now so the
@@ -47,14 +50,18 @@ class TelemetryCollector:
 
         cpu_percent is the agent's own use since the previous call (100 = one full core);
         system_cpu_percent is all cores together (100 = all busy). temperature_c is null when the
-        host does not report one (containers, most VMs).
+        host does not report one (containers, most VMs). memory is of the budget that applies
+        (agent/memory_budget.py): budget_mb and limit_source say whether that is the machine or
+        the agent's cgroup limit; machine_available_mb is the whole machine's either way.
         """
         vm = psutil.virtual_memory()
+        memory = self._reader.read().as_dict()
+        memory["machine_available_mb"] = round(vm.available / MB, 1)
         figures: dict[str, Any] = {
             "cpu_percent": round(self._process.cpu_percent(None), 1),
             "system_cpu_percent": round(psutil.cpu_percent(None), 1),
             "load_avg": [round(value, 2) for value in os.getloadavg()],
-            "memory": {"used_percent": round(vm.percent, 1), "available_mb": round(vm.available / MB, 1)},
+            "memory": memory,
             "agent_rss_mb": round(self._process.memory_info().rss / MB, 1),
             "children_rss_mb": round(self._children_rss() / MB, 1),
             "temperature_c": self.temperature(),

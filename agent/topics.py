@@ -48,14 +48,22 @@ class Topics:
 
     @property
     def request_filters(self) -> tuple[str, str]:
-        return f"{self.root}/request/#", f"{self.prefix}/all/request/#"
+        return f"{self.root}/request/#", f"{self.fleet_request}/#"
 
     def command_of(self, topic: str) -> str | None:
         """The command named by a request topic (device or fleet-wide), or None."""
-        for base in (f"{self.root}/request/", f"{self.prefix}/all/request/"):
+        for base in (f"{self.root}/request/", f"{self.fleet_request}/"):
             if topic.startswith(base) and len(topic) > len(base):
                 return topic[len(base):]
         return None
+
+    @property
+    def fleet_request(self) -> str:
+        """Requests every device takes: one publish reaches the whole fleet, so they are trusted less."""
+        return f"{self.prefix}/all/request"
+
+    def is_fleet_wide(self, topic: str) -> bool:
+        return topic.startswith(f"{self.fleet_request}/")
 
     def shared_jobs(self, group: str) -> str:
         return f"$share/{group}/{self.prefix}/jobs/transcribe"

@@ -2,6 +2,7 @@
 
     python -m bench            # full run (about 10-15 min on 2 shared cores)
     python -m bench --quick    # every benchmark, fewer rounds (under about 2 min)
+    python -m bench envelope   # the Pi envelope: agent + engines in a 448 MB, 0.4-core cgroup (bench/envelope.py)
     python bench/run.py --only roundtrip,outbox --json out.json --doc docs/performance.md
 
 Every comparison is measured side by side in the same run, alternating, and reported as a
@@ -26,10 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import Broker, Results, machine, table  # noqa: E402
 
-ORDER = ("roundtrip", "footprint", "inbox", "outbox", "pipeline", "listen", "server", "overlap")
+ORDER = ("roundtrip", "footprint", "inbox", "outbox", "pipeline", "listen", "server", "overlap", "speech")
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["envelope"]:   # the Pi envelope (issue #17): its own runner and options
+        from bench import envelope
+        return envelope.main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer rounds: a run under about two minutes")
     ap.add_argument("--only", default="", help=f"comma-separated subset of: {','.join(ORDER)}")
@@ -112,6 +117,9 @@ def _run_one(name: str, res: Results, work: Path, broker: Broker, quick: bool) -
     elif name == "overlap":
         from bench import b8_overlap
         b8_overlap.run(res, work, broker.port, quick)
+    elif name == "speech":   # word error rate on real speech beside the bare engines (bench/speech_accuracy.py)
+        from bench import speech_accuracy
+        speech_accuracy.run(res, work, broker.port, quick)
 
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"

@@ -1,6 +1,7 @@
 """`config/get`, `config/set`, `config/reset`: remote config lives in an overlay file.
 
-The overlay survives a fleet tool rewriting the base file; `config/reset` drops it.
+The overlay survives a fleet tool rewriting the base file; `config/reset` drops it. Only the keys
+the schema marks remote-tunable may be set (agent.config_remote); the fleet-wide topic is narrower.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ def get(req: Request) -> dict[str, Any]:
 
 
 def set_(req: Request) -> dict[str, Any]:
-    return req.ctx.config_set(req.body["config"])
+    return req.ctx.config_set(req.body["config"], req.scope)
 
 
 def reset(req: Request) -> dict[str, Any]:
-    return req.ctx.config_reset()
+    return req.ctx.config_reset(req.scope)
 
 
 COMMANDS = [

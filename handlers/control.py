@@ -1,4 +1,4 @@
-"""`pause` and `resume`: stop and restart taking work (inbox files wait on disk)."""
+"""`pause` and `resume`: stop and restart taking work (inbox files wait on disk); `listening`: the microphone."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ def resume(req: Request) -> dict[str, Any]:
 
 
 def listening(req: Request) -> dict[str, Any]:
-    """`{"listening": true}` = resume, false = pause: one topic for an on/off switch (Home Assistant)."""
-    return req.ctx.set_paused(not req.body["listening"])
+    """`{"listening": bool}` opens or closes the microphone only (Home Assistant's switch); the
+    inbox, requests and fleet jobs go on. `bad_request` where no microphone is configured."""
+    return req.ctx.set_listening(req.body["listening"])
 
 
 COMMANDS = [Command("pause", pause), Command("resume", resume),

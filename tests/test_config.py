@@ -23,6 +23,8 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from agent import config_store
+from agent.config_store import RemoteForbidden
+from agent.settings import DEVICE, FLEET
 from agent.config import (
     ConfigError,
     ConfigStore,
@@ -644,25 +646,25 @@ def test_store_without_file_uses_defaults_and_cwd(tmp_path: Path, monkeypatch: p
 
 
 def test_store_overrides_sit_between_base_and_overlay(cfg: Path) -> None:
-    store = ConfigStore(cfg, environ={}, overrides={"mqtt": {"port": 2000}, "log_level": "DEBUG"})
+    store = ConfigStore(cfg, environ={}, overrides={"mqtt": {"keepalive_s": 20}, "log_level": "DEBUG"})
     settings = store.load()
-    assert (settings.mqtt.port, settings.mqtt.host, settings.log_level) == (2000, "broker.lan", "DEBUG")
-    assert store.set_overlay({"mqtt": {"port": 3000}}).mqtt.port == 3000
+    assert (settings.mqtt.keepalive_s, settings.mqtt.host, settings.log_level) == (20, "broker.lan", "DEBUG")
+    assert store.set_overlay({"mqtt": {"keepalive_s": 30}}).mqtt.keepalive_s == 30
 
 
 def test_set_overlay_persists_atomically(cfg: Path) -> None:
     store = ConfigStore(cfg, environ={})
     store.load()
-    settings = store.set_overlay({"mqtt": {"port": 1999}})
+    settings = store.set_overlay({"mqtt": {"keepalive_s": 99}})
     settings = store.set_overlay({"jobs": {"cache_size": 7}})  # merged with the earlier change
-    assert (settings.mqtt.port, settings.jobs.cache_size) == (1999, 7)
-    assert store.overlay == {"mqtt": {"port": 1999}, "jobs": {"cache_size": 7}}
-    store.overlay["mqtt"]["port"] = 1  # a copy
-    assert store.overlay["mqtt"]["port"] == 1999
+    assert (settings.mqtt.keepalive_s, settings.jobs.cache_size) == (99, 7)
+    assert store.overlay == {"mqtt": {"keepalive_s": 99}, "jobs": {"cache_size": 7}}
+    store.overlay["mqtt"]["keepalive_s"] = 1  # a copy
+    assert store.overlay["mqtt"]["keepalive_s"] == 99
 
     path = store.overlay_path
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert yaml.safe_load(path.read_text()) == {"mqtt": {"port": 1999}, "jobs": {"cache_size": 7}}
+    assert yaml.safe_load(path.read_text()) == {"mqtt": {"keepalive_s": 99}, "jobs": {"cache_size": 7}}
     assert [p.name for p in path.parent.iterdir()] == ["config-overlay.yaml"]  # no temp files left
 
     hits = store.hits
@@ -676,8 +678,8 @@ def test_set_overlay_invalid_writes_nothing(cfg: Path) -> None:
     store = ConfigStore(cfg, environ={})
     good = store.load()
     with pytest.raises(ConfigError) as info:
-        store.set_overlay({"mqtt": {"port": 0, "prot": 1}, "memory": {"critical_percent": 10}})
-    assert {p.path for p in info.value.problems} == {"mqtt.port", "mqtt.prot", "memory.critical_percent"}
+        store.set_overlay({"mqtt": {"keepalive_s": 0, "prot": 1}, "memory": {"critical_percent": 10}})
+    assert {p.path for p in info.value.problems} == {"mqtt.keepalive_s", "mqtt.prot", "memory.critical_percent"}
     assert not store.overlay_path.exists()
     assert store.settings is good and store.overlay == {}
 
@@ -691,15 +693,17 @@ def test_set_overlay_invalid_writes_nothing(cfg: Path) -> None:
         store.set_overlay(["not", "a", "mapping"])  # type: ignore[arg-type]
 
 
-def test_set_overlay_cannot_move_state_dir(cfg: Path) -> None:
+def test_set_overlay_refuses_local_keys_before_validating(cfg: Path) -> None:
     store = ConfigStore(cfg, environ={})
-    store.load()
-    with pytest.raises(ConfigError) as info:
-        store.set_overlay({"state_dir": "/tmp/elsewhere", "jobs": {"cache_size": -1}})
-    first = info.value.problems[0]
-    assert (first.path, first.message) == ("state_dir", "state_dir cannot be changed remotely")
-    assert {p.path for p in info.value.problems} == {"state_dir", "jobs.cache_size"}
-    assert not store.overlay_path.exists()
+    good = store.load()
+    with pytest.raises(RemoteForbidden) as info:
+        store.set_overlay({"state_dir": "/tmp/elsewhere", "jobs": {"cache_size": -1},
+                           "mqtt": {"host": "evil.example", "keepalive_s": 30}})
+    assert info.value.paths == ["state_dir", "mqtt.host"]
+    assert not store.overlay_path.exists() and store.settings is good
+    with pytest.raises(RemoteForbidden):   # the fleet-wide scope is narrower
+        store.set_overlay({"jobs": {"max_concurrent": 2}}, FLEET)
+    assert store.set_overlay({"jobs": {"max_concurrent": 2}}, DEVICE).jobs.max_concurrent == 2
 
 
 def test_overlay_problem_does_not_point_at_base_line(cfg: Path) -> None:
@@ -715,13 +719,13 @@ def test_overlay_problem_does_not_point_at_base_line(cfg: Path) -> None:
 def test_overlay_survives_base_rewrite_and_reset(cfg: Path) -> None:
     store = ConfigStore(cfg, environ={})
     store.load()
-    store.set_overlay({"mqtt": {"port": 1999}})
+    store.set_overlay({"mqtt": {"keepalive_s": 99}})
     write(cfg, BASE.replace("host: broker.lan", "host: other.lan").replace("port: 1883", "port: 1000"))
     settings = store.check()
-    assert (settings.mqtt.host, settings.mqtt.port) == ("other.lan", 1999)
+    assert (settings.mqtt.host, settings.mqtt.port, settings.mqtt.keepalive_s) == ("other.lan", 1000, 99)
 
     settings = store.reset_overlay()
-    assert (settings.mqtt.host, settings.mqtt.port) == ("other.lan", 1000)
+    assert (settings.mqtt.host, settings.mqtt.keepalive_s) == ("other.lan", 60)
     assert not store.overlay_path.exists() and store.overlay == {}
     assert store.check() is None
     assert store.reset_overlay() == settings  # nothing to remove is fine
@@ -735,9 +739,9 @@ def test_hand_edited_overlay_is_validated(cfg: Path) -> None:
     with pytest.raises(ConfigError, match="jobs.cache_size"):
         store.check()
     assert store.check() is None and store.settings.jobs.cache_size == 9
-    write(store.overlay_path, "state_dir: /elsewhere\n")
-    with pytest.raises(ConfigError, match="cannot be changed remotely"):
-        store.check()
+    write(store.overlay_path, "state_dir: /elsewhere\njobs:\n  cache_size: 10\n")
+    settings = store.check()   # a local key in the overlay is ignored, not trusted
+    assert settings.state_dir == str(cfg.parent / "state") and settings.jobs.cache_size == 10
     write(store.overlay_path, "jobs:\n  cache_size: 11\n")
     assert store.check().jobs.cache_size == 11
 

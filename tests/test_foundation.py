@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 import time
 
@@ -136,13 +138,17 @@ def test_config_set_valid_invalid_persisted_and_reset(make_agent, probe):
     assert paths == {"jobs.max_concurrent", "jobs.bogus", "mqtt.prot"}
     assert probe.request(agent.root, "config/get")["data"]["revision"] == rev0   # nothing changed
 
+    secret = probe.request(agent.root, "config/set", {"config": {"mqtt": {"password": SECRET}}})
+    assert secret["error"]["code"] == "forbidden" and secret["error"]["keys"] == ["mqtt.password"]
+    assert SECRET not in json.dumps(secret)   # credentials are local only, and never echoed
+
     ok = probe.request(agent.root, "config/set", {"config": {"jobs": {"max_concurrent": 2},
-                                                             "mqtt": {"password": SECRET}}})
+                                                             "mqtt": {"keepalive_s": 30}}})
     assert ok["status"] == "ok", ok
     assert ok["data"]["revision"] != rev0 and ok["data"]["restarted"] == ["mqtt"]
     probe.wait_for(f"{agent.root}/state", lambda m: m.json["jobs"]["limit"] == 2, what="state with limit 2")
     config = probe.wait_for(f"{agent.root}/config", lambda m: m.json["revision"] == ok["data"]["revision"])[0].json
-    assert config["config"]["mqtt"]["password"] == "***"
+    assert config["config"]["mqtt"]["keepalive_s"] == 30
     assert config["config"]["jobs"]["max_concurrent"] == 2
 
     agent.terminate()

@@ -206,9 +206,9 @@ def test_mqtt_fuzz_every_request_answered_agent_stays_up_memory_flat(fuzz_agent,
 
 
 def test_config_set_fuzz_on_its_own_agent_only_ok_or_invalid_config(make_agent, probe):
-    """Unrestricted config/set bodies, mqtt section included: answers are only ok or invalid_config
-    (or bad_request for a non-object), and the agent never ends up unreachable by accident because
-    every change that validates is reverted at once."""
+    """Unrestricted config/set bodies, mqtt section included: answers are only ok, invalid_config,
+    forbidden (a key only the local file may set) or bad_request (a non-object), and the agent never
+    ends up unreachable by accident because every change that validates is reverted at once."""
     agent = make_agent({"log_level": "INFO"}, name="config-fuzz").start(probe)
     asker = Asker(probe, agent.root)
     sections = st.sampled_from(["mqtt", "jobs", "inbox", "listen", "vad", "transcriber", "summarizer", "memory",
@@ -227,7 +227,7 @@ def test_config_set_fuzz_on_its_own_agent_only_ok_or_invalid_config(make_agent, 
         answer = asker.ask("config/set", json.dumps({"config": config}).encode())
         code = "ok" if answer["status"] == "ok" else answer["error"]["code"]
         seen[code] = seen.get(code, 0) + 1
-        assert code in ("ok", "invalid_config", "bad_request"), (config, answer)
+        assert code in ("ok", "invalid_config", "bad_request", "forbidden"), (config, answer)
         if code == "ok":
             assert asker.ask("config/reset", b"{}")["status"] == "ok"
 

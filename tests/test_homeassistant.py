@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import time
 
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from agent.homeassistant import discovery_config
+from agent.homeassistant import ALERT_KINDS, ATTR_TEXT_MAX, Features, discovery_config
+from agent.last_values import TEXT_MAX_BYTES, TEXT_MAX_CHARS, bounded_text, copy_of
+from agent.messages import envelope
+from agent.telemetry import TelemetryCollector
 from agent.topics import Topics
-from tests.support.probe import retained
+from agent.audio.wav import write_wav
+from tests.support.http_stub import HTTPStub, json_reply
+from tests.support.probe import Msg, Probe, retained
+from tests.support.speech import UTTERANCES, build_speech
+from tests.support.wavs import tone_wav
+from tests.test_inbox import drop
 
 DISCOVERY = "homeassistant/device/test-dev/config"
 TOPICS = Topics("voice", "test-dev")
@@ -22,9 +32,23 @@ def render(template: str, payload: dict | None = None, **variables) -> str:
     return ENV.from_string(template).render(value_json=payload, **variables).strip()
 
 
+ALL = Features(microphone=True, telemetry=True, temperature=True)
+OPTIONAL = {"vad", "speech", "listening", "jobs_failed", "jobs_rejected", "inbox_waiting", "outbox_queued",
+            "memory_used", "temperature"}
+ALWAYS = {"transcript": "event", "last_transcript": "sensor", "last_summary": "sensor", "memory_level": "sensor",
+          "jobs_running": "sensor", "started": "sensor", "paused": "binary_sensor", "pause": "button",
+          "resume": "button", **{f"{kind}_alert": "binary_sensor" for kind in ALERT_KINDS}}
+RECORDER_ATTRS_MAX = 16 * 1024   # Home Assistant's recorder stores no attributes above this (and warns)
+
+
 @pytest.fixture(scope="module")
 def doc() -> dict:
-    return discovery_config(TOPICS, "9.9.9")
+    return discovery_config(TOPICS, "9.9.9", ALL)
+
+
+def attributes_size(attributes: dict) -> int:
+    """Bytes of the attributes as the recorder stores them (JSON, UTF-8)."""
+    return len(json.dumps(attributes, ensure_ascii=False, separators=(",", ":")).encode())
 
 
 def test_device_document_shape(doc):
@@ -32,16 +56,37 @@ def test_device_document_shape(doc):
     assert doc["o"]["name"] == "voice-agent"
     assert doc["availability_topic"] == "voice/test-dev/availability"
     assert (doc["payload_available"], doc["payload_not_available"]) == ("online", "offline")
+    assert set(ALERT_KINDS) == {"engine", "disk", "capture", "outbox", "config", "memory"}
     platforms = {key: c["p"] for key, c in doc["cmps"].items()}
-    assert platforms == {"vad": "event", "transcript": "event", "last_transcript": "sensor",
-                         "last_summary": "sensor", "memory_level": "sensor", "jobs_running": "sensor",
-                         "speech": "binary_sensor", "pause": "button", "resume": "button", "listening": "switch"}
+    assert platforms == {**ALWAYS, "vad": "event", "speech": "binary_sensor", "listening": "switch",
+                         **{k: "sensor" for k in OPTIONAL - {"vad", "speech", "listening"}}}
     unique = [c["unique_id"] for c in doc["cmps"].values()]
     assert len(set(unique)) == len(unique) and all("test-dev" in u for u in unique)
     json.dumps(doc)   # serialisable as is
 
 
-def test_event_entities_get_an_event_type(doc):
+def test_what_the_device_lacks_is_sent_as_platform_only():
+    """No microphone, telemetry off: those components are Home Assistant's removal stubs {"p": ...}."""
+    bare = discovery_config(TOPICS, "1", Features())["cmps"]
+    assert {k for k, c in bare.items() if set(c) == {"p"}} == OPTIONAL
+    assert all(len(bare[k]) > 1 for k in ALWAYS)
+    no_thermometer = discovery_config(TOPICS, "1", Features(telemetry=True))["cmps"]
+    assert no_thermometer["temperature"] == {"p": "sensor"} and "state_topic" in no_thermometer["memory_used"]
+    assert no_thermometer["listening"] == {"p": "switch"} and no_thermometer["speech"] == {"p": "binary_sensor"}
+
+
+def test_sensors_read_retained_topics_only_events_read_events(doc):
+    """Every stateful entity reads `state` or `last/*` (retained); only event entities read events."""
+    for key, c in doc["cmps"].items():
+        if "state_topic" not in c:
+            continue
+        if c["p"] == "event":
+            assert "/event/" in c["state_topic"], key
+        else:
+            assert c["state_topic"] == "voice/test-dev/state" or c["state_topic"].startswith("voice/test-dev/last/"), key
+
+
+def test_event_entities_get_an_event_type_and_bounded_text(doc):
     vad = doc["cmps"]["vad"]
     assert vad["state_topic"] == "voice/test-dev/event/vad"
     assert vad["event_types"] == ["speech_start", "speech_end"]
@@ -53,28 +98,62 @@ def test_event_entities_get_an_event_type(doc):
     out = json.loads(render(transcript["value_template"], {"job_id": "j", "text": 'he said "hi" <b>', "language": "en",
                                                            "source": {"kind": "inbox", "name": "a.wav"}}))
     assert out["event_type"] == "transcript" and out["text"] == 'he said "hi" <b>' and out["job_id"] == "j"
+    assert out["truncated"] is False
+    long_text = "Zwölf Boxkämpfer jagen Viktor quer über den großen Sylter Deich. " * 500   # 33,000 characters
+    out = json.loads(render(transcript["value_template"], {"job_id": "j", "text": long_text}))
+    assert out["truncated"] is True and long_text.startswith(out["text"]) and len(out["text"]) == ATTR_TEXT_MAX
+    assert attributes_size(out) < RECORDER_ATTRS_MAX
 
 
-def test_text_sensors_cut_state_and_keep_full_text_as_attribute(doc):
-    long_text = "word " * 200
-    for key, topic in (("last_transcript", "transcript"), ("last_summary", "summary")):
+def test_text_sensors_read_the_bounded_retained_copies(doc):
+    long_text = "word \"quoted\" ünïcödé 🎙 " * 2000
+    for key, event in (("last_transcript", "transcript"), ("last_summary", "summary")):
         sensor = doc["cmps"][key]
-        assert sensor["state_topic"] == sensor["json_attributes_topic"] == f"voice/test-dev/event/{topic}"
-        payload = {"job_id": "j1", "text": long_text, "engine": "x", "ts": "t"}
+        assert sensor["state_topic"] == sensor["json_attributes_topic"] == f"voice/test-dev/last/{event}"
+        name, copy = copy_of(event, {"job_id": "j1", "text": long_text, "engine": "x", "source": {"kind": "inbox"},
+                                     "timings_ms": {"total": 1.0}})
+        assert name == event and copy["truncated"] is True and copy["chars"] == len(long_text)
+        assert "timings_ms" not in copy and long_text.startswith(copy["text"])
+        payload = json.loads(envelope("test-dev", copy))   # as published
         state = render(sensor["value_template"], payload)
-        assert len(state) <= 255 and long_text.startswith(state)
+        assert 0 < len(state) <= 255 and long_text.startswith(state)
         attributes = json.loads(render(sensor["json_attributes_template"], payload))
-        assert attributes["text"] == long_text and attributes["job_id"] == "j1"
+        assert attributes["text"] == copy["text"] and attributes["truncated"] is True and attributes["job_id"] == "j1"
+        assert attributes["chars"] == len(long_text) and attributes_size(attributes) < RECORDER_ATTRS_MAX
+    short = copy_of("transcript", {"job_id": "j2", "text": "Turn on the light.", "language": "en"})[1]
+    assert short == {"job_id": "j2", "language": "en", "text": "Turn on the light.", "truncated": False, "chars": 18}
 
 
-def test_state_sensors_binary_sensor_buttons_and_switch(doc):
+def test_bounded_text_counts_escaped_bytes():
+    for text in ("\x01" * 5000, '"' * 9000, "🎙" * 5000, "a" * 100):
+        cut, truncated = bounded_text(text)
+        assert text.startswith(cut) and truncated == (cut != text)
+        assert len(cut) <= TEXT_MAX_CHARS and len(json.dumps(cut, ensure_ascii=False).encode()) <= TEXT_MAX_BYTES
+    assert bounded_text("a" * 100) == ("a" * 100, False)
+
+
+def test_state_sensors_problem_sensors_buttons_and_switch(doc):
     c = doc["cmps"]
-    state = {"memory_level": "warning", "jobs": {"running": 1, "limit": 2}, "listening": True, "paused": False}
+    state = {"memory_level": "warning", "jobs": {"running": 1, "limit": 2}, "listening": True, "paused": False,
+             "started_at": "2026-11-24T11:47:17.520Z", "alerts": {"disk": "critical", "engine": "warning"}}
     assert c["memory_level"]["state_topic"] == "voice/test-dev/state"
     assert render(c["memory_level"]["value_template"], state) == "warning" in c["memory_level"]["options"]
     assert render(c["jobs_running"]["value_template"], state) == "1"
-    assert render(c["speech"]["value_template"], {"event": "speech_start"}) == "ON"
-    assert render(c["speech"]["value_template"], {"event": "speech_end"}) == "OFF"
+    assert render(c["started"]["value_template"], state) == "2026-11-24T11:47:17.520Z"
+    assert c["started"]["device_class"] == "timestamp"
+    assert render(c["paused"]["value_template"], state) == "OFF" == c["paused"]["payload_off"]
+    assert render(c["paused"]["value_template"], {**state, "paused": True}) == "ON" == c["paused"]["payload_on"]
+    for kind in ALERT_KINDS:
+        sensor = c[f"{kind}_alert"]
+        assert sensor["device_class"] == "problem" and sensor["state_topic"] == "voice/test-dev/state"
+        expected = state["alerts"].get(kind, "ok")
+        assert render(sensor["value_template"], state) == ("OFF" if expected == "ok" else "ON")
+        assert json.loads(render(sensor["json_attributes_template"], state)) == {"level": expected}
+        assert render(sensor["value_template"], {**state, "alerts": {}}) == "OFF"
+        assert render(sensor["value_template"], {"paused": False}) == "OFF"   # an older agent: no `alerts`
+    assert render(c["speech"]["value_template"], {"speaking": True}) == "ON"
+    assert render(c["speech"]["value_template"], {"speaking": False}) == "OFF"
+    assert c["speech"]["state_topic"] == "voice/test-dev/last/speech"
     assert (c["pause"]["command_topic"], c["pause"]["payload_press"]) == ("voice/test-dev/request/pause", "{}")
     assert (c["resume"]["command_topic"], c["resume"]["payload_press"]) == ("voice/test-dev/request/resume", "{}")
     switch = c["listening"]
@@ -83,6 +162,21 @@ def test_state_sensors_binary_sensor_buttons_and_switch(doc):
     assert switch["command_topic"] == "voice/test-dev/request/listening"
     assert json.loads(render(switch["command_template"], value="ON")) == {"listening": True}
     assert json.loads(render(switch["command_template"], value="OFF")) == {"listening": False}
+
+
+def test_health_sensors_read_telemetry_as_the_agent_builds_it(doc, tmp_path):
+    """Rendered against a real telemetry body from TelemetryCollector (the figures of this machine)."""
+    collector = TelemetryCollector(lambda: [tmp_path])
+    body = collector.collect({"uptime_s": 12.5, "memory_level": "ok", "alerts": []})
+    body.update({"jobs": {"done": 3, "failed": 2, "rejected": 1, "running": 0, "limit": 1},
+                 "inbox": {"waiting": 7}, "outbox": {"queued": 4}})
+    c = doc["cmps"]
+    expected = {"jobs_failed": "2", "jobs_rejected": "1", "inbox_waiting": "7", "outbox_queued": "4",
+                "memory_used": str(body["memory"]["used_percent"]), "temperature": str(body["temperature_c"])}
+    for key, value in expected.items():
+        assert c[key]["state_topic"] == "voice/test-dev/last/telemetry"
+        assert render(c[key]["value_template"], body) == value, key
+    assert c["temperature"]["unit_of_measurement"] == "°C" and c["memory_used"]["unit_of_measurement"] == "%"
 
 
 # --- on a real broker ------------------------------------------------------------------------
@@ -95,8 +189,9 @@ def test_discovery_retained_republished_on_ha_online_and_removed_when_disabled(m
     assert kept is not None, "discovery document not retained"
     doc = kept.json
     assert doc["availability_topic"] == f"{agent.root}/availability"
-    assert {"vad", "transcript", "last_transcript", "last_summary", "memory_level", "jobs_running", "speech",
-            "pause", "resume", "listening"} <= set(doc["cmps"])
+    assert set(ALWAYS) <= set(doc["cmps"])
+    # no microphone, telemetry off (the test default): no listening switch, speech or health sensors
+    assert {k for k, c in doc["cmps"].items() if set(c) == {"p"}} == OPTIONAL
     assert doc["dev"]["ids"] and doc["o"]["name"] == "voice-agent"
 
     # Home Assistant restarts: it announces `online` and gets the document again
@@ -107,13 +202,30 @@ def test_discovery_retained_republished_on_ha_online_and_removed_when_disabled(m
     time.sleep(0.3)
     assert len(probe.on(DISCOVERY)) == before + 1
 
-    # the switch's command reaches the agent through the `listening` command
-    probe.publish(doc["cmps"]["listening"]["command_topic"], json.dumps({"listening": False}))
-    probe.wait_for(f"{agent.root}/state", lambda m: m.json["paused"] is True, what="paused by the switch")
+    # the buttons reach the agent; the Paused binary sensor follows the retained state
+    paused = doc["cmps"]["paused"]
+    probe.publish(doc["cmps"]["pause"]["command_topic"], doc["cmps"]["pause"]["payload_press"])
+    probe.wait_for(paused["state_topic"], lambda m: render(paused["value_template"], m.json) == "ON",
+                   what="Paused on after the pause button")
     resumed = len([m for m in probe.on(f"{agent.root}/state") if m.json["paused"] is False])
     probe.publish(doc["cmps"]["resume"]["command_topic"], doc["cmps"]["resume"]["payload_press"])
-    probe.wait_for(f"{agent.root}/state", lambda m: m.json["paused"] is False, count=resumed + 1,
-                   what="resumed by the button")
+    probe.wait_for(f"{agent.root}/state", lambda m: render(paused["value_template"], m.json) == "OFF",
+                   count=resumed + 1, what="Paused off after the resume button")
+
+    # the state is checked for changes every second (an outbox alert does not pass through events),
+    # but an idle agent publishes none
+    time.sleep(0.5)
+    idle = len(probe.on(f"{agent.root}/state"))
+    time.sleep(2.5)
+    assert len(probe.on(f"{agent.root}/state")) == idle, [m.payload for m in probe.on(f"{agent.root}/state")][-3:]
+
+    # telemetry switched on live: the document changes (health sensors) and is published again at once
+    answer = probe.request(agent.root, "config/set", {"config": {"telemetry": {"interval_s": 5}}})
+    assert answer["status"] == "ok", answer
+    changed = probe.wait_for(DISCOVERY, lambda m: bool(m.payload) and "state_topic" in m.json["cmps"]["jobs_failed"],
+                             what="discovery with the health sensors")[0].json
+    assert changed["cmps"]["jobs_failed"]["state_topic"] == f"{agent.root}/last/telemetry"
+    before = len([m for m in probe.on(DISCOVERY) if m.payload])
 
     # switched off live: the document is removed with an empty retained payload
     answer = probe.request(agent.root, "config/set", {"config": {"homeassistant": {"enabled": False}}})
@@ -128,7 +240,7 @@ def test_discovery_retained_republished_on_ha_online_and_removed_when_disabled(m
 
     # switched on again: published again
     assert probe.request(agent.root, "config/set", {"config": {"homeassistant": {"enabled": True}}})["status"] == "ok"
-    probe.wait_for(DISCOVERY, lambda m: bool(m.payload), count=before + 2, what="discovery after re-enabling")
+    probe.wait_for(DISCOVERY, lambda m: bool(m.payload), count=before + 1, what="discovery after re-enabling")
 
 
 def test_disabled_at_start_publishes_nothing(make_agent, broker, probe):
@@ -155,10 +267,152 @@ def test_custom_prefix_and_memory_level_in_state(make_agent, broker, probe):
 def test_device_id_change_moves_the_document(make_agent, broker, probe):
     agent = make_agent({"homeassistant": {"enabled": True}}).start(probe)
     probe.wait_for(DISCOVERY, what="discovery document")
-    answer = probe.request(agent.root, "config/set", {"config": {"device_id": "test-dev-2"}},
-                           response_topic="reply/ha-test")   # the answer leaves from the new link
-    assert answer["status"] == "ok", answer
+    # device_id is set in the local config file only (not over MQTT); the agent applies the change live
+    agent.write_config({**agent.config, "device_id": "test-dev-2"})
+    agent.proc.send_signal(signal.SIGHUP)
     moved = probe.wait_for("homeassistant/device/test-dev-2/config", what="document of the new id")[0].json
     assert moved["availability_topic"] == "voice/test-dev-2/availability"
     probe.wait_for(DISCOVERY, lambda m: m.payload == b"", what="old document removed")
     assert retained(broker.host, broker.port, DISCOVERY, timeout=1.0) is None
+
+
+# --- what Home Assistant sees after it restarts ----------------------------------------------
+
+LONG_TRANSCRIPT = ("Zwölf Boxkämpfer jagen Viktor quer über den großen Sylter Deich, sagte sie \"heute\" 🎙. " * 400)
+
+
+def retained_snapshot(broker, topic_filter: str, settle_s: float = 1.5) -> dict[str, Msg]:
+    """What a fresh subscriber (Home Assistant after a restart) gets as retained messages, by topic."""
+    fresh = Probe(broker.host, broker.port, subscribe=(topic_filter,))
+    try:
+        time.sleep(settle_s)
+        return {m.topic: m for m in fresh.messages if m.retain and m.payload}
+    finally:
+        fresh.close()
+
+
+def entity_values(doc: dict, snapshot: dict[str, Msg]) -> dict[str, tuple[str, dict | None]]:
+    """(state, attributes) of every stateful entity, rendered from the retained messages as Home Assistant does."""
+    values: dict[str, tuple[str, dict | None]] = {}
+    for key, c in doc["cmps"].items():
+        if c["p"] in ("event", "button") or "state_topic" not in c:
+            continue
+        msg = snapshot.get(c["state_topic"])
+        assert msg is not None, f"{key}: nothing retained on {c['state_topic']}"
+        state = render(c["value_template"], msg.json)
+        attributes = None
+        if "json_attributes_template" in c:
+            attributes = json.loads(render(c["json_attributes_template"], snapshot[c["json_attributes_topic"]].json))
+        values[key] = (state, attributes)
+    return values
+
+
+def test_every_entity_has_a_value_after_a_home_assistant_restart(make_agent, broker, probe, tmp_path):
+    """A long transcript, speech heard, an alert raised and the agent paused; then a fresh subscriber
+    (Home Assistant restarting) gets a value for every entity, bounded attributes included."""
+    speech = build_speech(UTTERANCES[:1], lead_s=0.5, trail_s=1.0)
+    write_wav(tmp_path / "speech.wav", speech.samples)
+    with HTTPStub() as stub:
+        stub.route("POST", "/v1/audio/transcriptions", lambda req: json_reply({"text": LONG_TRANSCRIPT}))
+        agent = make_agent({
+            "homeassistant": {"enabled": True}, "telemetry": {"interval_s": 1},
+            "transcriber": {"engine": "openai", "openai": {"base_url": stub.url + "/v1", "api_key": "sk-test",
+                                                           "model": "whisper-test"}},
+        }, args=["--listen-wav", str(tmp_path / "speech.wav")]).start(probe)
+        doc = probe.wait_for(DISCOVERY, what="discovery document")[0].json
+        # a microphone (here a WAV file) and telemetry: the optional entities are there
+        assert doc["cmps"]["listening"]["p"] == "switch" and "state_topic" in doc["cmps"]["listening"]
+        assert "state_topic" in doc["cmps"]["speech"] and "state_topic" in doc["cmps"]["jobs_failed"]
+        has_thermometer = TelemetryCollector().temperature() is not None
+        assert ("state_topic" in doc["cmps"]["temperature"]) == has_thermometer
+
+        probe.wait_for(f"{agent.root}/event/vad", lambda m: m.json["event"] == "speech_end", timeout=30,
+                       what="speech_end from the WAV")
+        transcript = probe.wait_for(f"{agent.root}/event/transcript", timeout=60, what="transcript")[0].json
+        assert transcript["text"] == LONG_TRANSCRIPT.strip() or transcript["text"] == LONG_TRANSCRIPT
+        probe.wait_for(f"{agent.root}/event/summary", timeout=60, what="summary")
+        answer = probe.request(agent.root, "config/set", {"config": {"memory": {"min_disk_free_mb": 1e9}}})
+        assert answer["status"] == "ok", answer
+        probe.wait_for(f"{agent.root}/state", lambda m: m.json.get("alerts", {}).get("disk") == "critical",
+                       what="the disk alert in the retained state")
+        assert probe.request(agent.root, "pause")["status"] == "ok"
+        probe.wait_for(f"{agent.root}/state", lambda m: m.json["paused"] is True, what="paused state")
+        probe.wait_for(f"{agent.root}/last/telemetry", lambda m: m.json["jobs"]["done"] >= 1,
+                       what="telemetry copy after the job")
+
+        # Home Assistant restarts: a new subscriber, nothing but retained messages
+        snapshot = retained_snapshot(broker, f"{agent.root}/#")
+        values = entity_values(doc, snapshot)
+        stateful = {k for k, c in doc["cmps"].items() if c["p"] not in ("event", "button") and "state_topic" in c}
+        assert set(values) == stateful and len(stateful) >= 19
+        for key, (state, _) in values.items():
+            assert state not in ("", "None") or (key == "temperature" and not has_thermometer), (key, state)
+        assert values["paused"][0] == "ON" and values["disk_alert"][0] == "ON"
+        assert values["disk_alert"][1] == {"level": "critical"}
+        assert all(values[f"{kind}_alert"][0] == "OFF" for kind in ALERT_KINDS if kind != "disk")
+        assert values["speech"][0] == "OFF" and values["listening"][0] == "OFF"   # paused: not listening
+        assert int(values["jobs_failed"][0]) == 0 and int(values["inbox_waiting"][0]) == 0
+        assert 0 < float(values["memory_used"][0]) <= 100
+        text, attributes = values["last_transcript"]
+        assert LONG_TRANSCRIPT.startswith(text) and 250 <= len(text) <= 255   # HA strips the rendered state
+        assert attributes["truncated"] is True and LONG_TRANSCRIPT.startswith(attributes["text"])
+        assert attributes["chars"] == len(transcript["text"]) and attributes["job_id"] == transcript["job_id"]
+        assert attributes_size(attributes) < RECORDER_ATTRS_MAX
+        assert values["last_summary"][0] and attributes_size(values["last_summary"][1]) < RECORDER_ATTRS_MAX
+        # bounded on the broker too: the retained copy is far below the full text
+        assert len(snapshot[f"{agent.root}/last/transcript"].payload) < TEXT_MAX_BYTES + 1000 < len(
+            LONG_TRANSCRIPT.encode())
+
+        # the agent restarts (without the WAV: no new transcript): the copies survive it, speech starts `false`
+        agent.terminate()
+        agent.args = []
+        agent.start(probe)
+        after = retained_snapshot(broker, f"{agent.root}/#")
+        assert after[f"{agent.root}/last/transcript"].json["job_id"] == transcript["job_id"]
+        assert after[f"{agent.root}/last/speech"].json["speaking"] is False
+
+
+# --- pause and listening are separate ----------------------------------------------------------
+
+
+def test_listening_switch_closes_the_microphone_only_and_answers_match_the_state(make_agent, broker, probe):
+    """The switch's command closes the microphone; the inbox goes on and nothing is paused. Every
+    answer says what the retained state says right after it (the microphone opens asynchronously)."""
+    agent = make_agent({"homeassistant": {"enabled": True}}, args=["--listen-stdin"])
+    agent.start(probe, stdin=subprocess.PIPE)   # raw audio that never comes: the stream stays open
+    try:
+        doc = probe.wait_for(DISCOVERY, what="discovery document")[0].json
+        switch, paused = doc["cmps"]["listening"], doc["cmps"]["paused"]
+        state = f"{agent.root}/state"
+        probe.wait_for(state, lambda m: m.json["listening"] is True, what="listening at start")
+
+        n = len(probe.on(f"{agent.root}/response/listening"))
+        probe.publish(switch["command_topic"], render(switch["command_template"], value="OFF"))
+        answer = probe.wait_for(f"{agent.root}/response/listening", count=n + 1, what="answer to the switch")[-1].json
+        assert answer["status"] == "ok" and answer["data"] == {"paused": False, "listening": False}
+        latest = probe.wait_for(state, lambda m: render(switch["value_template"], m.json) == "OFF",
+                                what="switch off in the state")[-1].json
+        assert render(paused["value_template"], latest) == "OFF"   # the agent is not paused
+        drop(agent.inbox, "while-mic-off.wav", tone_wav(0.5))
+        probe.wait_for(f"{agent.root}/event/transcript", lambda m: m.json["source"]["name"] == "while-mic-off.wav",
+                       what="the inbox still working with the microphone off")
+
+        # every answer says what the retained state says a moment later
+        for command, body, expected in (("listening", {"listening": True}, {"paused": False, "listening": True}),
+                                        ("pause", {}, {"paused": True, "listening": False}),
+                                        ("resume", {}, {"paused": False, "listening": True})):
+            answer = probe.request(agent.root, command, body)
+            assert answer["data"] == expected, (command, answer)
+            time.sleep(0.5)
+            kept = retained(broker.host, broker.port, state).json
+            assert {k: kept[k] for k in expected} == expected, (command, kept)
+    finally:
+        agent.stop()
+
+
+def test_listening_without_a_microphone_is_refused(make_agent, probe):
+    agent = make_agent().start(probe)
+    answer = probe.request(agent.root, "listening", {"listening": False})
+    assert answer["status"] == "error" and answer["error"]["code"] == "bad_request"
+    assert "microphone" in answer["error"]["message"]
+    assert probe.request(agent.root, "state")["data"]["paused"] is False

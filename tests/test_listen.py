@@ -20,7 +20,7 @@ import pytest
 from agent.audio.wav import write_wav
 from tests.support.agent import voice_agent_cmd
 from tests.support.alsa import fake_microphone_env
-from tests.support.models import whisper_cpp_binary, whisper_cpp_model
+from tests.support.models import needs_whisper_cpp, whisper_cpp_binary, whisper_cpp_model
 from tests.support.probe import Probe, retained
 from tests.support.speech import (
     LONG_SENTENCES,
@@ -123,6 +123,7 @@ def stdin_agent(make_agent, tmp_path: Path, samples: np.ndarray, config: dict | 
 
 
 @pytest.mark.slow
+@needs_whisper_cpp
 def test_microphone_speech_becomes_vad_events_and_transcripts(make_agent, probe, mic_env, speech):
     agent = make_agent({**MIC, "transcriber": WHISPER, "summarizer": {"min_words": 3}}, env=mic_env).start(probe)
     ends = wait_vad(probe, agent.root, "speech_end", len(UTTERANCES))

@@ -67,7 +67,8 @@ def test_alert_data_names_the_culprits() -> None:
     assert alert is not None and alert.level == "critical"
     assert alert.data == {
         "used_percent": 95, "available_mb": 20, "agent_rss_mb": 45.0, "children_rss_mb": 250.0,
-        "top_process": TOP, "threshold": 92.0, "threshold_unit": "percent", "previous": "ok",
+        "top_process": TOP, "budget_mb": 0.0, "used_mb": 0.0, "limit_source": "machine",
+        "threshold": 92.0, "threshold_unit": "percent", "previous": "ok",
     }
 
 

@@ -258,3 +258,21 @@ def test_server_dies_with_a_killed_agent(script: Path, tmp_path: Path) -> None:
         agent.wait()
         if server_pid is not None and alive(server_pid):
             os.killpg(server_pid, signal.SIGKILL)  # do not leak the server if the test failed
+
+
+def test_a_oneshot_run_leaves_no_background_child_behind(tmp_path: Path) -> None:
+    """A one-shot summarizer that forks a helper into the background and exits: the helper is
+    killed with the run (it shares the run's process group), not left running."""
+    from agent.engines.llama_server import LlamaServerSummarizer
+    from agent.settings import LlamaServerSettings, SummarizerSettings
+
+    pid_file = tmp_path / "child.pid"
+    script = ("import subprocess; p = subprocess.Popen(['sleep', '300'], stdout=subprocess.DEVNULL, "
+              f"stderr=subprocess.DEVNULL); open({str(pid_file)!r}, 'w').write(str(p.pid)); print('a summary')")
+    summarizer = LlamaServerSummarizer(SummarizerSettings(
+        engine="llama_server", llama_server=LlamaServerSettings(oneshot_command=[sys.executable, "-c", script])))
+    try:
+        assert summarizer._oneshot("some words to summarize") == "a summary"
+        assert wait_gone(int(pid_file.read_text())), "the background child outlived the one-shot run"
+    finally:
+        summarizer.close()

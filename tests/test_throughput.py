@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from tests.support.http_stub import HTTPStub, json_reply
-from tests.support.models import speech_wav, whisper_cpp_binary, whisper_cpp_model
+from tests.support.models import needs_whisper_cpp, speech_wav, whisper_cpp_binary, whisper_cpp_model
 from tests.test_inbox import drop, records, wait_files, words_found
 
 
@@ -27,10 +27,12 @@ os.execv({str(real)!r}, [{str(real)!r}, *sys.argv[1:]])
     return wrapper, log
 
 
+@needs_whisper_cpp
 def test_waiting_files_are_transcribed_in_one_whisper_run(make_agent, probe, tmp_path):
     wrapper, log = recording_wrapper(tmp_path, whisper_cpp_binary())
     agent = make_agent({"transcriber": {"engine": "whisper_cpp", "whisper_cpp": {
-        "binary": str(wrapper), "model": str(whisper_cpp_model()), "threads": 2, "batch_max": 8}},
+        "binary": str(wrapper), "model": str(whisper_cpp_model()), "threads": 2, "batch_max": 8,
+        "batch": "concat"}},
         "summarizer": {"engine": "none"}}).start(probe)
     probe.wait_for(f"{agent.root}/state", lambda m: m.json["engines"]["transcriber"]["ready"], timeout=60,
                    what="whisper.cpp warmed up")
@@ -47,7 +49,7 @@ def test_waiting_files_are_transcribed_in_one_whisper_run(make_agent, probe, tmp
     wait_files(agent.inbox / "failed", "broken.wav.error.json", 1)
     runs = [json.loads(line) for line in log.read_text().splitlines()[runs_before:]]
     assert len(runs) == 1, f"expected one whisper.cpp run for the batch, got {runs}"
-    # `batch: concat` (the default): the three files joined into ONE pack in tmpfs, split again
+    # `batch: concat` (opt-in): the three files joined into ONE pack in tmpfs, split again
     # from -ojf JSON
     assert sum(arg == "-f" for arg in runs[0]) == 1 and runs[0][runs[0].index("-f") + 1].startswith("/dev/shm/")
     assert "-ojf" in runs[0]

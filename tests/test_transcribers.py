@@ -39,6 +39,7 @@ from tests.support.http_stub import HTTPStub, Reply, json_reply, sequence, whisp
 from tests.support.models import (
     REPO_ROOT,
     faster_whisper_model_dir,
+    needs_whisper_cpp,
     speech_wav,
     whisper_cpp_binary,
     whisper_cpp_model,
@@ -100,16 +101,11 @@ def whisper_cpp_settings(**overrides: object) -> TranscriberSettings:
     return TranscriberSettings(engine="whisper_cpp", whisper_cpp=cpp, **top)
 
 
-needs_whisper_cpp = pytest.mark.skipif(
-    not whisper_cpp_binary().exists() or not whisper_cpp_model().exists(),
-    reason="whisper-cpp binary or ../shared/models/ggml-base.bin missing",
-)
-
-
 @pytest.fixture(scope="module")
 def whisper_cpp() -> object:
-    """The real engine with `batch: concat` (tests of the `files` mode ask for it themselves)."""
-    engine = make_transcriber(whisper_cpp_settings(batch="concat"))
+    """The real engine with `batch: concat`, greedy, auto window (the opt-in speed settings; tests of
+    the `files` mode ask for it themselves)."""
+    engine = make_transcriber(whisper_cpp_settings(batch="concat", beam_size=1, audio_ctx=None))
     engine.load()
     yield engine
     engine.close()
@@ -219,7 +215,7 @@ def test_whisper_cpp_joined_batch_gives_each_input_its_own_words(
 def standin_engine(tmp_path: Path, binary: Path | None = None, **overrides: object) -> object:
     exe, model = whisper_cpp_standin(tmp_path / "standin")
     cpp = WhisperCppSettings(binary=str(binary or exe), model=str(model), threads=1,
-                             **{"batch": "concat", **overrides})
+                             **{"batch": "concat", "beam_size": 1, "audio_ctx": None, **overrides})
     return make_transcriber(TranscriberSettings(engine="whisper_cpp", language="en", timeout_s=30, whisper_cpp=cpp))
 
 
@@ -272,7 +268,7 @@ def test_whisper_cpp_joined_batch_contract(tmp_path: Path, monkeypatch: pytest.M
     assert rest[0].count("-f") == 2 and "-otxt" in rest[0]   # 26 s and 4 s in one files run
     assert rest[0][rest[0].index("-ac") + 1] == "1408"       # 26 s + 2 s margin, rounded up to 64
     assert "-nt" not in joined[0] + rest[0]
-    assert all(run[run.index("-bs") + 1] == "1" for run in runs)   # greedy unless configured
+    assert all(run[run.index("-bs") + 1] == "1" for run in runs)   # greedy, as configured
 
 
 def test_whisper_cpp_joined_run_failure_falls_back_one_by_one(tmp_path: Path,
@@ -348,8 +344,8 @@ def test_whisper_cpp_batch_setting_spellings(tmp_path: Path) -> None:
         data, lines = load_yaml_text(f"transcriber:\n  whisper_cpp:\n    {value}\n")
         return parse_settings(data, lines=lines, base_dir=tmp_path, environ={}).transcriber.whisper_cpp
 
-    assert WhisperCppSettings().batch == "concat" and WhisperCppSettings().audio_ctx is None
-    assert batch_of("batch: true").batch == "concat" and batch_of("batch: true") == WhisperCppSettings()
+    assert WhisperCppSettings().batch == "files" and WhisperCppSettings().audio_ctx == 0
+    assert batch_of("batch: true").batch == "concat" and batch_of("batch: true") == WhisperCppSettings(batch="concat")
     assert batch_of("batch: false").batch == "off" and batch_of('batch: "off"') == batch_of("batch: false")
     assert batch_of("batch: files").batch == "files"
     for bad in ("batch: sometimes", "audio_ctx: 2000", "audio_ctx: auto"):

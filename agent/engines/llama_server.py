@@ -25,6 +25,7 @@ from agent.engines.base import Summary
 from agent.engines.extractive import count_words
 from agent.engines.loopback_json import LoopbackJson
 from agent.engines.chat_format import chat_body, completion_text, render_prompt
+from agent.engines.process import sweep_group
 from agent.engines.supervisor import ServerProcess, kill_group, spawn
 from agent.errors import EngineError
 from agent.settings import SummarizerSettings
@@ -249,6 +250,8 @@ class LlamaServerSummarizer:
             kill_group(proc)
             proc.communicate()
             raise EngineError(f"oneshot_command took longer than {timeout:g} s", code="engine_timeout") from exc
+        finally:
+            sweep_group(proc)
         if proc.returncode != 0:
             lines = err.decode("utf-8", "replace").strip().splitlines()
             raise EngineError(f"oneshot_command exited with code {proc.returncode}: "

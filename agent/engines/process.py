@@ -85,6 +85,12 @@ def kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def sweep_group(proc: subprocess.Popen) -> None:
+    """SIGKILL whatever a finished run left behind in its process group (a program that forked a
+    helper into the background and exited); the leader itself is already reaped."""
+    _signal_group(proc.pid, signal.SIGKILL)
+
+
 def term_group(proc: subprocess.Popen, grace_s: float) -> bool:
     """Ask a `spawn`ed process group to exit: SIGTERM, wait up to `grace_s`; whether it did.
 

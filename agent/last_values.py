@@ -1,0 +1,116 @@
+"""Retained copies of the latest transcript, summary, speech state and telemetry: `<root>/last/<name>`.
+
+Why: events are not retained (a late subscriber must not take an old event for a new one), so a
+dashboard or Home Assistant that (re)starts saw `unknown` until something new happened. These
+copies are facts ("the last transcript was ...", "speech is / is not going on"), retained, and
+what Home Assistant's sensors read (agent/homeassistant.py):
+
+| topic | body |
+| --- | --- |
+| `last/transcript` | `job_id`, `source`, `text` (bounded), `truncated`, `chars`, `language`, `engine` |
+| `last/summary` | `job_id`, `source`, `text` (bounded), `truncated`, `chars`, `engine` |
+| `last/speech` | `speaking` (bool), `segment_id`: from the latest `vad` event; `false` at start |
+| `last/telemetry` | the latest `telemetry` message, as is |
+
+Long text is cut to TEXT_MAX_CHARS characters and, JSON-encoded, TEXT_MAX_BYTES bytes, with
+`truncated: true` and the full length in `chars`: Home Assistant's recorder stores no attributes
+above 16 KiB (and warns), and a retained message stays in the broker's memory. The full text is
+in the event (and the inbox record).
+
+Copies are published straight on the connection (retained, QoS 1), not through the outbox: only
+the latest value matters. While offline the latest one is remembered and sent on (re)connect,
+under the current root (a new device id gets them too). The events themselves stay durable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any, Callable
+
+from agent.messages import envelope
+
+log = logging.getLogger(__name__)
+
+TEXT_MAX_CHARS = 4000
+TEXT_MAX_BYTES = 12_000
+NAMES = ("transcript", "summary", "speech", "telemetry")
+_TEXT_FIELDS = {"transcript": ("job_id", "source", "language", "engine", "audio_s"),
+                "summary": ("job_id", "source", "engine")}
+
+
+def last_topic(topics: Any, name: str) -> str:
+    """`<root>/last/<name>` of these topics."""
+    return f"{topics.root}/last/{name}"
+
+
+def bounded_text(text: str, max_chars: int = TEXT_MAX_CHARS, max_bytes: int = TEXT_MAX_BYTES) -> tuple[str, bool]:
+    """`text` cut so it has at most `max_chars` characters and its JSON string at most `max_bytes`
+    UTF-8 bytes (escapes counted); True when anything was cut."""
+    cut = text[:max_chars]
+    while cut and len(json.dumps(cut, ensure_ascii=False).encode("utf-8", "backslashreplace")) > max_bytes:
+        cut = cut[: len(cut) * 3 // 4]   # a few rounds at most: each removes a quarter
+    return cut, cut != text
+
+
+def copy_of(event: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """(name, retained body) for an event worth a retained copy, else None."""
+    if event in _TEXT_FIELDS:
+        raw = body.get("text")
+        full = raw if isinstance(raw, str) else ""
+        text, truncated = bounded_text(full)
+        kept = {k: body[k] for k in _TEXT_FIELDS[event] if k in body}
+        return event, {**kept, "text": text, "truncated": truncated, "chars": len(full)}
+    if event == "vad" and body.get("event") in ("speech_start", "speech_end"):
+        return "speech", {"speaking": body["event"] == "speech_start", "segment_id": body.get("segment_id")}
+    return None
+
+
+class LastValues:
+    """Keeps the latest copy of each name and publishes it retained (now when connected, else on connect).
+
+    `link()` and `topics()` are the current connection and topic names (both change with the config);
+    `device_id()` goes into the envelope.
+    """
+
+    def __init__(self, link: Callable[[], Any], topics: Callable[[], Any], device_id: Callable[[], str]) -> None:
+        self._link = link
+        self._topics = topics
+        self._device_id = device_id
+        self._lock = threading.Lock()
+        # Nothing is known about speech at start: not in a segment (the retained value of an
+        # earlier run may say `speaking: true` from a crash mid-segment).
+        self._latest: dict[str, dict[str, Any]] = {"speech": {"speaking": False, "segment_id": None}}
+
+    def observe(self, event: str, body: dict[str, Any]) -> None:
+        """Called with every event the agent emits; keeps (and sends) copies of the ones that matter."""
+        try:
+            copy = copy_of(event, body)
+        except Exception:   # noqa: BLE001 - a copy must never fail the event it copies
+            log.exception("last %s: cannot copy the event", event)
+            return
+        if copy is not None:
+            self._set(*copy)
+
+    def telemetry(self, body: dict[str, Any]) -> None:
+        self._set("telemetry", body)
+
+    def on_connect(self) -> None:
+        with self._lock:
+            for name, body in self._latest.items():
+                self._send(name, body)
+
+    def _set(self, name: str, body: dict[str, Any]) -> None:
+        with self._lock:   # held while sending: two copies of one name go out in the order made
+            self._latest[name] = body
+            self._send(name, body)
+
+    def _send(self, name: str, body: dict[str, Any]) -> None:
+        link = self._link()
+        if link is None or not link.connected.is_set():
+            return   # sent by on_connect
+        try:
+            link.publish(last_topic(self._topics(), name), envelope(self._device_id(), body), qos=1, retain=True)
+        except Exception as exc:   # noqa: BLE001 - e.g. the link was just replaced: on_connect sends it
+            log.debug("last %s: publish failed: %s", name, exc)

@@ -1,0 +1,474 @@
+"""The Pi envelope (issue #17): the agent and its engines inside a Raspberry Pi Zero 2W-sized cgroup.
+
+    python -m bench envelope                      # every engine variant, full workload (~10 min)
+    python -m bench envelope --quick              # the Pi profile only, small workload (~1 min)
+    python -m bench envelope --engines pocketsphinx,whisper_cpp --doc docs/performance.md
+    python -m bench envelope --calibrate          # the CPU quota's calibration (sysbench)
+
+Each engine variant gets a fresh cgroup (tests/support/cgroup.py) with `memory.max` = 448 MB,
+no swap, and a CPU quota of 0.4 of one core (calibrated below), and inside it
+`voice-agent run --listen-stdin` with config.pi.yaml (the variant only swaps the transcriber).
+Mosquitto and this process stay outside, as on a Pi where the broker is another unit. Then, at the same time:
+
+- a live stream: espeak-ng utterances with pauses, written to the agent's standard input as
+  16 kHz S16_LE PCM in real time (100 ms blocks), as `arecord | voice-agent run --listen-stdin`;
+- a burst of inbox files, all dropped at once (espeak-ng sentences of 2-5 s, unique copies);
+- requests arriving meanwhile: `transcribe` with base64 audio and `state`, one every few seconds.
+
+It reports per variant: real-time factor (engine time / audio time, from the jobs' own
+`timings_ms.transcribe`), peak memory of the cgroup (working set polled 10 times a second, and the
+kernel's high-water mark, which includes page cache the kernel may drop), jobs done per source,
+refusals (`busy`, `memory_pressure`), failed and lost jobs (a file without a record, a request
+without an answer), memory alerts, CPU throttling, and OOM kills (the cgroup's own count). A
+variant passes when nothing was OOM-killed, lost or failed and the agent is still running.
+
+CPU calibration (`--calibrate`): `sysbench cpu` (1.0.20, primes up to 10000) gives 2459 events/s
+on a Pi 3B+'s four Cortex-A53 cores at 1.4 GHz (published runs); the Zero 2W has the same cores and
+memory system at 1.0 GHz, so 2459 / 1.4 = 1756 events/s for all four of its cores. One thread here
+does 4358-4540 events per CPU second (AMD EPYC, measured twice, counted in CPU time so that other
+work on the shared cores does not lower it): the Zero 2W's four cores are 0.39-0.40 of one core
+here. The issue's first guess was 0.6; `--cpu 0.6` still runs that. Two limits of the model:
+a quota caps the total, so a single-threaded engine (pocketsphinx) still runs on one fast core
+here, about 0.4 / 0.11 = 3.6 times faster than on one A53 (491 events/s); and sysbench is an integer
+benchmark, while NEON vs AVX2 matrix code (whisper.cpp, CTranslate2) is relatively slower on an
+A53. Real-time factors inside the envelope are therefore a lower bound of the Pi's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.common import REPO, Watcher, machine, speech_files, unique_copy, wait_engines_ready
+from tests.support.agent import AgentProcess
+from tests.support.broker import Broker
+from tests.support.cgroup import Box, CgroupUnavailable
+
+MB = 1024 * 1024
+PI_MEMORY_MB = 448
+PI_CPU = 0.4  # see the calibration above
+PI_SYSBENCH_4_CORES = 2459.22 / 1.4  # Pi 3B+ 4 x A53 @ 1.4 GHz, scaled to the Zero 2W's 1.0 GHz
+PROFILE = REPO / "config.pi.yaml"
+ENGINES = ("pocketsphinx", "whisper_cpp", "faster_whisper")
+
+
+@dataclass(frozen=True)
+class Workload:
+    files: int
+    stream_texts: tuple[str, ...]
+    requests: int
+    request_every_s: float
+    timeout_s: float
+
+
+def workloads() -> dict[str, Workload]:
+    from tests.support.speech import LONG_SENTENCES, UTTERANCES
+    return {
+        "quick": Workload(files=4, stream_texts=UTTERANCES[:2], requests=4, request_every_s=2.0, timeout_s=120),
+        "full": Workload(files=12, stream_texts=UTTERANCES + LONG_SENTENCES, requests=10, request_every_s=3.0,
+                         timeout_s=480),
+    }
+
+
+@dataclass
+class Outcome:
+    """What one engine variant did inside the envelope."""
+
+    engine: str
+    memory_mb: int
+    cpu: float
+    kind: str = ""
+    rtf: dict[str, float] = field(default_factory=dict)  # per source kind + "all": engine s / audio s
+    rtf_median: float = float("nan")
+    peak_ws_mb: float = 0.0
+    kernel_peak_mb: float | None = None
+    done: dict[str, int] = field(default_factory=dict)
+    failed: int = 0
+    busy: int = 0
+    memory_pressure: int = 0
+    lost: list[str] = field(default_factory=list)
+    oom_kills: int = 0
+    alive: bool = True
+    exit_code: int | None = None
+    memory_levels: list[str] = field(default_factory=list)
+    throttled_s: float = 0.0
+    wall_s: float = 0.0
+    utterances: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return (self.oom_kills == 0 and not self.lost and self.failed == 0 and self.alive
+                and self.exit_code in (0, None))
+
+    def row(self) -> dict[str, Any]:
+        return {**self.__dict__, "passed": self.passed}
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+def pi_profile() -> dict[str, Any]:
+    """config.pi.yaml without what names this machine's folders and broker (the harness sets those)."""
+    import yaml
+    config = yaml.safe_load(PROFILE.read_text())
+    for key in ("state_dir", "mqtt", "device_id"):
+        config.pop(key, None)
+    config.get("inbox", {}).pop("path", None)
+    config.get("listen", {}).pop("device", None)
+    return config
+
+
+def variant(engine: str) -> dict[str, Any]:
+    """The Pi profile with `engine` as transcriber (one thread: the quota is less than one core)."""
+    config = pi_profile()
+    if engine == config["transcriber"]["engine"]:
+        return config
+    from tests.support.models import faster_whisper_model_dir, whisper_cpp_binary, whisper_cpp_model
+    if engine == "whisper_cpp":
+        config["transcriber"] = {"engine": "whisper_cpp", "whisper_cpp": {
+            "binary": str(whisper_cpp_binary()), "model": str(whisper_cpp_model()), "threads": 1}}
+    elif engine == "faster_whisper":
+        model = faster_whisper_model_dir(REPO / ".cache/models/faster-whisper-base")
+        config["transcriber"] = {"engine": "faster_whisper", "faster_whisper": {
+            "model": str(model), "threads": 1, "compute_type": "int8"}}
+    else:
+        config["transcriber"] = {"engine": engine}
+    return config
+
+
+# --- one run ----------------------------------------------------------------------------------
+
+
+class Poller(threading.Thread):
+    """The cgroup's working set 10 times a second; keeps the peak."""
+
+    def __init__(self, box: Box) -> None:
+        super().__init__(name="envelope-poller", daemon=True)
+        self.box = box
+        self.peak = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.peak = max(self.peak, self.box.working_set())
+            except OSError:
+                return
+            self.stopping.wait(0.1)
+
+
+class Streamed(threading.Event):
+    """Set when the whole stream was written; `at` is when (monotonic)."""
+
+    at = 0.0
+
+
+def stream(agent: AgentProcess, pcm: bytes, done: Streamed) -> None:
+    """Write PCM to the agent's stdin in real time, 100 ms at a time; stdin stays open afterwards."""
+    block = 3200  # 100 ms of 16 kHz S16_LE
+    t0 = time.monotonic()
+    assert agent.proc is not None and agent.proc.stdin is not None
+    try:
+        for i in range(0, len(pcm), block):
+            agent.proc.stdin.write(pcm[i:i + block])
+            agent.proc.stdin.flush()
+            delay = t0 + (i + block) / 32000 - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+    except (BrokenPipeError, OSError):
+        pass
+    done.at = time.monotonic()
+    done.set()
+
+
+def run_variant(engine: str, work: Path, broker: Broker, load: Workload, memory_mb: int, cpu: float,
+                log=print) -> Outcome:
+    from tests.support.speech import build_speech
+    out = Outcome(engine, memory_mb, cpu)
+    config = variant(engine)
+    config["telemetry"] = {"interval_s": 0}
+    speech = build_speech(load.stream_texts, gap_s=2.0, lead_s=1.0, trail_s=2.0, noise_dbfs=-60.0)
+    out.utterances = len(speech.truth)
+    files = [p.read_bytes() for p in speech_files()]
+    box = Box.create(memory_mb * MB, cpu, name=f"va-envelope-{engine}")
+    out.kind = box.limit_source
+    agent = AgentProcess(work / engine, broker.port, config, device_id=f"env-{engine.replace('_', '-')}",
+                         args=["--listen-stdin"])
+    watcher = Watcher(broker.port, subscribe=(f"{agent.root}/#",),
+                      keep=lambda t: "/event/" in t or "/response/" in t)
+    poller = Poller(box)
+    t0 = time.monotonic()
+    try:
+        agent.start(None, stdin=subprocess.PIPE, wait_online=False)
+        assert agent.proc is not None
+        box.add(agent.proc.pid)
+        poller.start()
+        state = wait_engines_ready(watcher, agent.root, timeout=120)
+        engines = (state or {}).get("engines", {})
+        if not state or any(e.get("error") for e in engines.values()):
+            out.notes.append(f"engines not ready: {json.dumps(engines)[:300]}")
+            out.alive = agent.alive()
+            out.lost.append("engines never became ready")
+            return out
+        log(f"   {engine}: engines ready after {time.monotonic() - t0:.1f} s; starting the workload")
+
+        streamed = Streamed()
+        threading.Thread(target=stream, args=(agent, speech.raw_bytes(), streamed), daemon=True).start()
+        agent.inbox.mkdir(parents=True, exist_ok=True)
+        names = []
+        for i in range(load.files):  # the burst: all at once, each written aside and renamed in
+            name = f"burst-{i:02d}.wav"
+            part = agent.inbox / f".{name}.part"
+            part.write_bytes(unique_copy(files[i % len(files)], i + 1))
+            part.rename(agent.inbox / name)
+            names.append(name)
+        sender, sent = send_requests(watcher, agent.root, files, load)
+
+        deadline = t0 + load.timeout_s
+        while time.monotonic() < deadline and agent.alive():
+            if (streamed.wait(0) and time.monotonic() - streamed.at > 3.0
+                    and not sender.is_alive() and not _waiting(agent.inbox, names)
+                    and all(_answer(watcher, agent.root, tx) for tx in sent)
+                    and _mic_settled(watcher, agent.root)):
+                break
+            time.sleep(0.5)
+        out.wall_s = round(time.monotonic() - t0, 1)
+        collect(out, watcher, agent, box, names, sent)
+    finally:
+        poller.stopping.set()
+        out.peak_ws_mb = round(poller.peak / MB, 1)
+        peak = box.memory_peak()
+        out.kernel_peak_mb = round(peak / MB, 1) if peak is not None else None
+        out.oom_kills = box.oom_kills()
+        out.throttled_s = box.cpu_throttled().get("throttled_s", 0.0)
+        out.alive = agent.alive()
+        if agent.proc is not None and agent.proc.stdin is not None:
+            try:
+                agent.proc.stdin.close()
+            except OSError:
+                pass
+        if agent.alive():
+            try:
+                out.exit_code = agent.terminate(timeout=60)
+            except subprocess.TimeoutExpired:
+                agent.kill9()
+                out.notes.append("did not stop within 60 s of SIGTERM")
+        else:
+            out.exit_code = agent.proc.returncode if agent.proc else None
+        watcher.close()
+        box.close()
+    return out
+
+
+def send_requests(watcher: Watcher, root: str, files: list[bytes], load: Workload) -> tuple[threading.Thread, list[str]]:
+    """Fire the requests on a timer in the background: the thread, and the transactions sent so far."""
+    sent: list[str] = []
+
+    def fire() -> None:
+        for i in range(load.requests):
+            tx = uuid.uuid4().hex
+            if i % 2 == 0:
+                audio = unique_copy(files[i % len(files)], 1000 + i)
+                body = {"audio_b64": base64.b64encode(audio).decode(), "transaction": tx}
+                watcher.publish(f"{root}/request/transcribe", json.dumps(body).encode())
+            else:
+                watcher.publish(f"{root}/request/state", json.dumps({"transaction": tx}).encode())
+            sent.append(tx)
+            time.sleep(load.request_every_s)
+    thread = threading.Thread(target=fire, name="envelope-requests", daemon=True)
+    thread.start()
+    return thread, sent
+
+
+def _answer(watcher: Watcher, root: str, tx: str) -> dict | None:
+    found = watcher.find(f"{root}/response/#", lambda b: b.get("transaction") == tx)
+    return found[0][1] if found else None
+
+
+def _waiting(inbox: Path, names: list[str]) -> list[str]:
+    """Burst files without a record yet (processed or failed)."""
+    return [n for n in names if not (inbox / "processed" / f"{n}.json").exists()
+            and not (inbox / "failed" / f"{n}.json").exists()]
+
+
+def _mic_settled(watcher: Watcher, root: str) -> bool:
+    """At least one stream segment was taken, and every one that was has ended."""
+    jobs: dict[str, str] = {}
+    for _, body in watcher.find(f"{root}/event/job", lambda b: (b.get("source") or {}).get("kind") == "mic"):
+        jobs[body["job_id"]] = body["state"]
+    ended = all(s in ("done", "failed", "rejected") for s in jobs.values())
+    return ended and bool(jobs)
+
+
+def collect(out: Outcome, watcher: Watcher, agent: AgentProcess, box: Box, names: list[str], sent: list[str]) -> None:
+    root = agent.root
+    engine_s: dict[str, float] = {}
+    audio_s: dict[str, float] = {}
+    per_job: list[float] = []
+    for _, body in watcher.find(f"{root}/event/transcript"):
+        kind = (body.get("source") or {}).get("kind", "?")
+        t = (body.get("timings_ms") or {}).get("transcribe")
+        a = body.get("audio_s") or 0
+        if t is None or a <= 0:
+            continue
+        engine_s[kind] = engine_s.get(kind, 0.0) + t / 1000
+        audio_s[kind] = audio_s.get(kind, 0.0) + a
+        per_job.append(t / 1000 / a)
+    out.rtf = {k: round(engine_s[k] / audio_s[k], 3) for k in engine_s}
+    if audio_s:
+        out.rtf["all"] = round(sum(engine_s.values()) / sum(audio_s.values()), 3)
+    out.rtf_median = round(statistics.median(per_job), 3) if per_job else float("nan")
+    for _, body in watcher.find(f"{root}/event/job"):
+        kind = (body.get("source") or {}).get("kind", "?")
+        if body.get("state") == "done":
+            out.done[kind] = out.done.get(kind, 0) + 1
+        elif body.get("state") == "failed":
+            out.failed += 1
+            out.notes.append(f"failed {kind}: {json.dumps(body.get('error'))[:160]}")
+    out.lost += [f"inbox file {n} has no record" for n in _waiting(agent.inbox, names)]
+    for tx in sent:
+        answer = _answer(watcher, root, tx)
+        if answer is None:
+            out.lost.append(f"request {tx[:8]} unanswered")
+        elif answer.get("status") == "error":
+            code = (answer.get("error") or {}).get("code")
+            if code == "busy":
+                out.busy += 1
+            elif code == "memory_pressure":
+                out.memory_pressure += 1
+            else:
+                out.failed += 1
+                out.notes.append(f"request error {code}")
+    out.memory_levels = [b.get("level", "?") for _, b in watcher.find(f"{root}/event/alert",
+                                                                       lambda b: b.get("kind") == "memory")]
+    if out.done.get("mic", 0) < out.utterances:
+        out.notes.append(f"stream: {out.done.get('mic', 0)} segment jobs for {out.utterances} utterances")
+
+
+# --- calibration and report -------------------------------------------------------------------
+
+
+def calibrate(seconds: int = 10) -> dict[str, float]:
+    """sysbench cpu, one thread: events per CPU second here, and the Pi Zero 2W's share of one core."""
+    binary = shutil.which("sysbench")
+    if binary is None:
+        raise SystemExit("--calibrate needs sysbench (apt-get install sysbench)")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    text = subprocess.run([binary, "cpu", "--threads=1", f"--time={seconds}", "run"], check=True,
+                          capture_output=True, text=True).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    events = int(next(line.split(":")[1] for line in text.splitlines() if "total number of events" in line))
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    per_cpu_s = events / cpu
+    return {"events": events, "cpu_s": round(cpu, 2), "events_per_cpu_s": round(per_cpu_s, 1),
+            "pi_zero_2w_events_per_s": round(PI_SYSBENCH_4_CORES, 1),
+            "pi_share_of_one_core": round(PI_SYSBENCH_4_CORES / per_cpu_s, 2)}
+
+
+def _rtf(rtf: dict[str, float], kind: str) -> str:
+    return f"{rtf[kind]:.2f}" if kind in rtf else "-"
+
+
+def table(outcomes: list[Outcome]) -> str:
+    head = ("| engine | RTF all (inbox / stream / request) | median RTF per job | peak MB (working set / "
+            "kernel incl. cache) | jobs done (inbox / stream / request) | refusals busy / memory_pressure | "
+            "failed / lost | OOM kills | memory alerts (warning / critical) | CPU throttled s | wall s | verdict |")
+    lines = [head, "|" + "---|" * 12]
+    for o in outcomes:
+        r = o.rtf
+        kernel = f"{o.kernel_peak_mb:.0f}" if o.kernel_peak_mb is not None else "-"
+        lines.append(
+            f"| {o.engine} | {_rtf(r, 'all')} ({_rtf(r, 'inbox')} / {_rtf(r, 'mic')} / {_rtf(r, 'request')}) | "
+            f"{o.rtf_median:.2f} | {o.peak_ws_mb:.0f} / {kernel} | "
+            f"{o.done.get('inbox', 0)} / {o.done.get('mic', 0)} (of {o.utterances} utterances) / "
+            f"{o.done.get('request', 0)} | {o.busy} / {o.memory_pressure} | {o.failed} / {len(o.lost)} | "
+            f"{o.oom_kills} | {o.memory_levels.count('warning')} / {o.memory_levels.count('critical')} | "
+            f"{o.throttled_s:.0f} | {o.wall_s:.0f} | {'PASS' if o.passed else 'FAIL'} |")
+    return "\n".join(lines)
+
+
+BEGIN, END = "<!-- envelope:begin -->", "<!-- envelope:end -->"
+
+
+def write_doc(path: Path, outcomes: list[Outcome], quick: bool, info: dict[str, str]) -> None:
+    o = outcomes[0]
+    block = "\n".join([
+        BEGIN,
+        f"Last run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"`python -m bench envelope{' --quick' if quick else ''}`; cgroup {o.kind.split()[1]} with "
+        f"{o.memory_mb} MB (no swap) and {o.cpu} of one core; machine: {info['nproc']} cores, {info['cpu']}, "
+        f"load average {info['load_avg']} at the start.",
+        "",
+        table(outcomes),
+        END,
+    ])
+    text = path.read_text() if path.exists() else "# Performance\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n## Envelope\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench envelope", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="the Pi profile's engine only, small workload")
+    ap.add_argument("--engines", default="", help=f"comma-separated subset of: {','.join(ENGINES)}")
+    ap.add_argument("--memory-mb", type=int, default=PI_MEMORY_MB)
+    ap.add_argument("--cpu", type=float, default=PI_CPU, help="CPU quota in cores (0.4 = 40 ms per 100 ms)")
+    ap.add_argument("--json", type=Path, help="also write every outcome here")
+    ap.add_argument("--doc", type=Path, help="rewrite the envelope table in this markdown file")
+    ap.add_argument("--calibrate", action="store_true", help="only measure the CPU calibration and exit")
+    args = ap.parse_args(argv)
+    if args.calibrate:
+        print(json.dumps(calibrate(), indent=1))
+        return 0
+    if args.engines:
+        engines = [e for e in args.engines.split(",") if e]
+    else:
+        engines = [pi_profile()["transcriber"]["engine"]] if args.quick else list(ENGINES)
+    info = machine()
+    print(f"machine: {info['nproc']} cores, {info['cpu']}, load average {info['load_avg']}", flush=True)
+    load = workloads()["quick" if args.quick else "full"]
+    work = Path(tempfile.mkdtemp(prefix="voice-agent-envelope-"))
+    broker = Broker(work / "broker").start()
+    outcomes: list[Outcome] = []
+    try:
+        for engine in engines:
+            print(f"\n== {engine} in {args.memory_mb} MB, {args.cpu} core ==", flush=True)
+            try:
+                outcomes.append(run_variant(engine, work, broker, load, args.memory_mb, args.cpu))
+            except CgroupUnavailable as exc:
+                print(f"SKIP: cgroups cannot be written here: {exc}")
+                return 0
+            print(json.dumps(outcomes[-1].row(), default=str), flush=True)
+    finally:
+        broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print("\n" + table(outcomes))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info, "quick": args.quick,
+                                         "outcomes": [o.row() for o in outcomes]}, indent=1, default=str))
+    if args.doc:
+        write_doc(args.doc, outcomes, args.quick, info)
+        print(f"wrote the table to {args.doc}")
+    return 0 if all(o.passed for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
