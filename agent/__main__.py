@@ -2,7 +2,7 @@
 
 Exit codes follow sysexits: 78 (EX_CONFIG) for a bad config (or a Python too old to run the
 agent), so systemd's RestartPreventExitStatus=78 stops a restart loop that could never succeed.
-`doctor` has its own codes (agent/doctor.py).
+`doctor` has its own codes (agent/ops/doctor.py).
 """
 
 from __future__ import annotations
@@ -59,12 +59,12 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def _doctor_help() -> str:
-    from agent.doctor import EXIT_CODES_HELP
+    from agent.ops.doctor import EXIT_CODES_HELP
     return EXIT_CODES_HELP
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from agent import doctor
+    from agent.ops import doctor
     return doctor.run(args.config, timeout_s=args.timeout)
 
 
@@ -72,8 +72,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     import yaml
 
     from agent.config import ConfigError
-    from agent.config_checks import engine_problems
-    from agent.config_store import ConfigStore
+    from agent.config.checks import engine_problems
+    from agent.config.store import ConfigStore
 
     try:
         store = ConfigStore(args.path)
@@ -106,7 +106,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.config import ConfigError
-    from agent.config_store import ConfigStore
+    from agent.config.store import ConfigStore
     from agent.errors import AgentError
 
     overrides: dict[str, Any] = {}
@@ -119,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"{args.config or '<defaults>'}: {problem}", file=sys.stderr)
         return EX_CONFIG
-    from agent.logs import configure_logging
+    from agent.ops.logs import configure_logging
     configure_logging(settings.log_level)
     from agent.app import App
 

@@ -15,25 +15,26 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.broker import EmbeddedBroker
+from agent.mqtt.broker import EmbeddedBroker
 from agent.config import ConfigError, changed_sections
-from agent.config_store import ConfigStore
-from agent.dispatch import Dispatcher
+from agent.config.store import ConfigStore
+from agent.mqtt.dispatch import Dispatcher
 from agent.engines.runtime import Engines
-from agent.inbox_worker import InboxWorker
-from agent.jobs import JobSlot
+from agent.sources.inbox_worker import InboxWorker
+from agent.jobs.slot import JobSlot
 from agent.audio.vad_cache import VadCache
-from agent.messages import envelope, utc_now_iso
-from agent.monitor import Alert, Monitor
-from agent.mqtt import MqttLink
-from agent.outbox import Outbox
-from agent import identity, operations
-from agent.pipeline import Pipeline
-from agent.publisher import Publisher
+from agent.mqtt.messages import envelope, utc_now_iso
+from agent.ops.monitor import Alert, Monitor
+from agent.mqtt.link import MqttLink
+from agent.mqtt.outbox import Outbox
+from agent.ops import identity
+from agent.ops import alerts as operations
+from agent.jobs.pipeline import Pipeline
+from agent.mqtt.publisher import Publisher
 from agent.settings import Settings
-from agent.telemetry import TelemetryCollector
-from agent.systemd import Notifier, WatchdogGate, WatchdogPinger, watchdog_interval
-from agent.topics import Topics
+from agent.ops.telemetry import TelemetryCollector
+from agent.ops.systemd import Notifier, WatchdogGate, WatchdogPinger, watchdog_interval
+from agent.mqtt.topics import Topics
 from handlers import build_registry
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class App:
         self.outbox = Outbox(state_dir / "outbox.sqlite3", max_messages=s.outbox.max_messages,
                              max_bytes=s.outbox.max_bytes, on_overflow=self._outbox_overflow)
         self.publisher = Publisher(self.outbox, s.device_id, on_store_error=self._store_error)
-        from agent.publisher import RetainedState
+        from agent.mqtt.publisher import RetainedState
         self.state_publisher = RetainedState(lambda: self.control.state(), self._send_state)
         self.slot = JobSlot(s.jobs.max_concurrent)
         self.engines = Engines(s.transcriber, s.summarizer, on_change=self.publish_state)
@@ -254,12 +255,12 @@ class App:
         self._sync_fleet_and_ha()
         return restarted
 
-    # --- fleet worker and Home Assistant discovery (agent.fleet, agent.homeassistant) -----
+    # --- fleet worker and Home Assistant discovery (agent.sources.fleet, agent.ops.homeassistant) -----
 
     def _build_fleet_and_ha(self) -> None:
-        from agent.fleet import FleetWorker
-        from agent.homeassistant import Features, HomeAssistantDiscovery
-        from agent.last_values import LastValues
+        from agent.sources.fleet import FleetWorker
+        from agent.ops.homeassistant import Features, HomeAssistantDiscovery
+        from agent.ops.last_values import LastValues
         # retained copies of the latest transcript, summary, speech and telemetry (what HA's sensors read)
         self.last = LastValues(lambda: self.link, lambda: self.topics, lambda: self.settings.device_id)
         self.fleet = FleetWorker(settings=lambda: self.settings, topics=lambda: self.topics, link=lambda: self.link,
@@ -327,7 +328,7 @@ class App:
             self.rejected += 1
 
     def raise_alert(self, kind: str, level: str, data: dict[str, Any], *, repeat: bool = False) -> None:
-        """An `event/alert` and the retained `alert/<kind>` (see agent.operations.AlertBoard)."""
+        """An `event/alert` and the retained `alert/<kind>` (see agent.ops.alerts.AlertBoard)."""
         self.board.raise_(kind, level, data, repeat=repeat)
 
     def clear_alert(self, kind: str, data: dict[str, Any] | None = None) -> None:
@@ -361,7 +362,7 @@ class App:
             stats["spool_waiting"] = self.mic_inbox.inbox.waiting_count()
         return stats
 
-    # --- live listening (agent/listener.py) ----------------------------------------------
+    # --- live listening (agent/sources/listener.py) ----------------------------------------------
     # A capture thread turns speech into `event/vad` and WAV segments in the spool folder; a
     # second InboxWorker (kind "mic") takes them through the same job slot and pipeline as inbox
     # files and deletes each once processed. Pause or critical memory closes the microphone.
@@ -398,7 +399,7 @@ class App:
                                          may_take=self.may_take_work, job_event=self.pipeline.job_event,
                                          watch=self.watch_job, batch_size=lambda: self.engines.batch_size(),
                                          keep_processed=False)
-        from agent.listener import Listener
+        from agent.sources.listener import Listener
         self.listener = Listener(s.listen, s.vad, spool, source=self.listen_source, emit=self.emit,
                                  wanted=self._listening_wanted, on_change=self.publish_state,
                                  raise_alert=self.raise_alert, clear_alert=self.clear_alert, cache=self.vad_cache)
@@ -502,7 +503,7 @@ class App:
             link.publish(self.topics.telemetry, envelope(self.settings.device_id, stats), qos=0)
             self.last.telemetry(stats)
 
-    # --- operations (agent/operations.py): readiness, status, alerts, shutdown -------------
+    # --- operations (agent/ops/alerts.py): readiness, status, alerts, shutdown -------------
 
     def _init_operations(self) -> None:
         self.outbox_watch = operations.OutboxWatch(self.board, self.outbox)

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.config import ConfigError, settings_to_dict
-from agent.config_remote import tunable
-from agent.config_store import RemoteForbidden
+from agent.config.remote import tunable
+from agent.config.store import RemoteForbidden
 from agent.errors import AgentError, RequestError
-from agent.inbox import is_candidate_name
-from agent.inbox_worker import load_audio_file
-from agent.pipeline import Loaded, Source
+from agent.sources.inbox import is_candidate_name
+from agent.sources.inbox_worker import load_audio_file
+from agent.jobs.pipeline import Loaded, Source
 from agent.settings import DEVICE, FLEET
 
 if TYPE_CHECKING:

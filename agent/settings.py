@@ -39,7 +39,7 @@ def opt(
     `path=True` marks a filesystem path that the loader resolves against the config file's folder.
     `remote` says who may change the field over MQTT (`config/set`): None = only the local file
     (the default, so a new field is safe until someone decides otherwise), DEVICE = the device's
-    own request topic, FLEET = also the fleet-wide topic. See `agent.config_remote`.
+    own request topic, FLEET = also the fleet-wide topic. See `agent.config.remote`.
     """
     assert remote in (None, DEVICE, FLEET), remote
     meta = {"doc": doc, "min": min, "max": max, "choices": choices, "secret": secret, "env": env, "path": path,
@@ -346,7 +346,7 @@ class TelemetrySettings:
 
 @dataclass(frozen=True)
 class HomeAssistantSettings:
-    enabled: bool = opt(False, remote=DEVICE, doc="Publish Home Assistant MQTT discovery (one device, see agent/homeassistant.py); "
+    enabled: bool = opt(False, remote=DEVICE, doc="Publish Home Assistant MQTT discovery (one device, see agent/ops/homeassistant.py); "
                                    "switched off live, the document is removed.")
     discovery_prefix: str = opt("homeassistant", doc="Home Assistant discovery prefix.")
 
@@ -355,7 +355,7 @@ class HomeAssistantSettings:
 class FleetSettings:
     worker: bool = opt(False, doc="Take shared jobs from <topic_prefix>/jobs/transcribe (MQTT shared "
                                   "subscription; a job that finds the slots taken waits in a small spool "
-                                  "under state_dir or goes back to the group; see agent/fleet.py).")
+                                  "under state_dir or goes back to the group; see agent/sources/fleet.py).")
     group: str = opt("voice-agents", doc="Shared subscription group name.")
     fetch_timeout_s: float = opt(30.0, remote=DEVICE, doc="Longest a shared job's `url` audio may take to download.",
                                  min=1, max=3600)

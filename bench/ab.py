@@ -9,7 +9,7 @@ Both variants run against the same broker at the same time and are alternated, s
 - inbox throughput: 300 files waiting in a paused inbox, then `resume`;
 - `voice-agent run` -> `online`, RSS idle right after online and 2 s later;
 - `python -X importtime -c "import agent.app"`;
-- outbox events/s persisted + published (agent.outbox + agent.publisher in a child process).
+- outbox events/s persisted + published (agent.mqtt.outbox + agent.mqtt.publisher in a child process).
 """
 
 from __future__ import annotations

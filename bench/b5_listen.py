@@ -4,7 +4,7 @@ Side by side, over the same wall-clock window:
 - an agent started with `voice-agent run --listen-wav FILE` (real time) and an idle agent
   without listening: CPU seconds of each process / wall seconds = share of one core; the
   difference is what listening costs;
-- in this process, the listener the agent uses (agent.listener.Listener; if that is not
+- in this process, the listener the agent uses (agent.sources.listener.Listener; if that is not
   importable, agent.audio.capture.WavFileSource + agent.audio.segmenter.Segmenter read in the
   same blocks) on the same file, its events sent through a real Outbox + Publisher + MQTT link
   to the broker. Latency = arrival of `speech_end` at a subscriber - (source start + the true end
@@ -49,10 +49,10 @@ class LibraryListener:
     def __init__(self, path: Path, emit, read_ms: int) -> None:
         from agent.settings import ListenSettings, VADSettings
         self.vad = VADSettings()
-        self.kind = "agent.listener.Listener"
+        self.kind = "agent.sources.listener.Listener"
         self.t0: float | None = None
         try:
-            from agent.listener import Listener
+            from agent.sources.listener import Listener
             try:
                 listen = ListenSettings(enabled=True, read_ms=read_ms)
             except TypeError:

@@ -1,6 +1,6 @@
 """7. Outbox: events persisted and published per second, and the drain after a broker outage.
 
-In-process: agent.outbox.Outbox + agent.publisher.Publisher + agent.mqtt.MqttLink against the
+In-process: agent.mqtt.outbox.Outbox + agent.mqtt.publisher.Publisher + agent.mqtt.link.MqttLink against the
 bench's Mosquitto, as the app wires them. A subscriber counts what arrives.
 
 - persisted/s: `Publisher.emit` calls per second (SQLite insert + wake), the caller's cost;
@@ -15,11 +15,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from agent.mqtt import MqttLink
-from agent.outbox import Outbox
-from agent.publisher import Publisher
+from agent.mqtt.link import MqttLink
+from agent.mqtt.outbox import Outbox
+from agent.mqtt.publisher import Publisher
 from agent.settings import MQTTSettings
-from agent.topics import Topics
+from agent.mqtt.topics import Topics
 from bench.common import Broker, Dist, Results, Watcher, ratios
 
 SECTION = "7 outbox"

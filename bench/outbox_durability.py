@@ -40,7 +40,7 @@ PAYLOAD = (b'{"job_id":"20250101T000000-abcdef12","state":"done","source":{"kind
 CHILD = r"""
 import sys
 from pathlib import Path
-import agent.outbox as o
+import agent.mqtt.outbox as o
 o.PUT_SYNC = sys.argv[3]
 box = o.Outbox(Path(sys.argv[1]), max_messages=1_000_000, max_bytes=1_000_000_000)
 for _ in range(int(sys.argv[2])):
@@ -50,7 +50,7 @@ box.close()
 
 
 def put_ms(work: Path, sync: str, n: int) -> list[float]:
-    import agent.outbox as outbox_module
+    import agent.mqtt.outbox as outbox_module
 
     saved = outbox_module.PUT_SYNC
     outbox_module.PUT_SYNC = sync

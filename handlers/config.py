@@ -1,7 +1,7 @@
 """`config/get`, `config/set`, `config/reset`: remote config lives in an overlay file.
 
 The overlay survives a fleet tool rewriting the base file; `config/reset` drops it. Only the keys
-the schema marks remote-tunable may be set (agent.config_remote); the fleet-wide topic is narrower.
+the schema marks remote-tunable may be set (agent.config.remote); the fleet-wide topic is narrower.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from agent import __version__
-from agent.logs import JournalFormatter
+from agent.ops.logs import JournalFormatter
 from tests.support.agent import REPO, AgentProcess, voice_agent_cmd
 from tests.support.broker import free_port
 

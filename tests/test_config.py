@@ -1,4 +1,4 @@
-"""agent.config / agent.config_store: YAML -> Settings, every problem at once, the live store."""
+"""agent.config / agent.config.store: YAML -> Settings, every problem at once, the live store."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from agent import config_store
-from agent.config_store import RemoteForbidden
+from agent.config import store as config_store
+from agent.config.store import RemoteForbidden
 from agent.settings import DEVICE, FLEET
 from agent.config import (
     ConfigError,

@@ -19,7 +19,7 @@ import psutil
 import pytest
 import yaml
 
-from agent import doctor
+from agent.ops import doctor
 from tests.support.broker import Broker, free_port
 from tests.test_cli import cli
 from tests.test_security import _auth_broker

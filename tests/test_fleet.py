@@ -345,7 +345,7 @@ def test_worker_rejoins_the_group_as_soon_as_an_inbox_job_frees_the_slot(make_ag
 @pytest.mark.parametrize("url", ["ftp://x/y.wav", "http://", "/local.wav"])
 def test_fetch_refuses_other_schemes(url):
     from agent.errors import RequestError
-    from agent.fleet_fetch import fetch
+    from agent.sources.fleet_fetch import fetch
     with pytest.raises(RequestError) as info:
         fetch(url, allow=["x"], max_bytes=1000, timeout_s=1)
     assert info.value.code == "bad_request"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from agent.errors import RequestError
-from agent.fleet_fetch import fetch, internal
+from agent.sources.fleet_fetch import fetch, internal
 from tests.support.http_stub import HTTPStub, Reply
 from tests.support.whisper_cpp_standin import pcm_digest
 from tests.support.wait import wait_until
@@ -92,7 +92,7 @@ def test_size_bound_stays():
 def test_connection_that_lands_on_loopback_is_refused_even_if_the_name_looked_public(monkeypatch):
     """DNS rebinding: the check before connecting saw a public address, the socket landed on
     loopback. The check on the connected socket refuses it before any request is sent."""
-    import agent.fleet_fetch as ff
+    import agent.sources.fleet_fetch as ff
     monkeypatch.setattr(ff, "_check_addresses", lambda host, port, exact: None)
     with canary() as stub:
         port = stub.url.rsplit(":", 1)[1]

@@ -10,11 +10,11 @@ import time
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from agent.homeassistant import ALERT_KINDS, ATTR_TEXT_MAX, Features, discovery_config
-from agent.last_values import TEXT_MAX_BYTES, TEXT_MAX_CHARS, bounded_text, copy_of
-from agent.messages import envelope
-from agent.telemetry import TelemetryCollector
-from agent.topics import Topics
+from agent.ops.homeassistant import ALERT_KINDS, ATTR_TEXT_MAX, Features, discovery_config
+from agent.ops.last_values import TEXT_MAX_BYTES, TEXT_MAX_CHARS, bounded_text, copy_of
+from agent.mqtt.messages import envelope
+from agent.ops.telemetry import TelemetryCollector
+from agent.mqtt.topics import Topics
 from agent.audio.wav import write_wav
 from tests.support.http_stub import HTTPStub, json_reply
 from tests.support.probe import Msg, Probe, retained

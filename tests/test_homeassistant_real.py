@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from agent.audio.wav import write_wav
-from agent.telemetry import TelemetryCollector
+from agent.ops.telemetry import TelemetryCollector
 from tests.support.agent import AgentProcess
 from tests.support.broker import Broker, free_port
 from tests.support.http_stub import HTTPStub, json_reply
@@ -232,7 +232,7 @@ def test_real_home_assistant_sees_every_entity_after_its_restart(tmp_path):
             ha.start()
             ha.login()
             has_thermometer = TelemetryCollector().temperature() is not None
-            expected = 23 + (1 if has_thermometer else 0)   # see agent/homeassistant.py
+            expected = 23 + (1 if has_thermometer else 0)   # see agent/ops/homeassistant.py
 
             def settled(s: dict[str, dict[str, Any]]) -> bool:
                 return len(s) >= expected and all(v["state"] not in ("unknown", "unavailable") for v in s.values())

@@ -1,4 +1,4 @@
-"""The inbox's finish protocol under a crash at every one of its steps (agent/inbox.py).
+"""The inbox's finish protocol under a crash at every one of its steps (agent/sources/inbox.py).
 
 A kill -9 is played in-process: the n-th filesystem call of a finish raises an exception that no
 cleanup in the agent catches, as if the process had died right there; a new `Inbox` on the same
@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-import agent.inbox as inbox_module
-from agent.inbox import Claimed, Inbox
+import agent.sources.inbox as inbox_module
+from agent.sources.inbox import Claimed, Inbox
 from agent.settings import InboxSettings
 
 AUDIO = b"RIFF-not-really-audio" * 50

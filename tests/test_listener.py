@@ -1,4 +1,4 @@
-"""agent.listener in process: a microphone unplugged mid-speech, retried, back; pause closes it.
+"""agent.sources.listener in process: a microphone unplugged mid-speech, retried, back; pause closes it.
 
 End-to-end behaviour is in test_listen.py (agent subprocess, MQTT, files). An unplugged USB
 microphone cannot be simulated with ALSA's file plugin mid-stream, so here the listener gets a
@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import agent.listener as listener_module
+import agent.sources.listener as listener_module
 from agent.audio.capture import CaptureError, EndOfStream
 from agent.audio.wav import decode_file
-from agent.listener import Listener
+from agent.sources.listener import Listener
 from agent.settings import ListenSettings, VADSettings
 from tests.support.speech import build_speech
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.memory_budget import MACHINE, V1_LIMIT, V2_HIGH, V2_MAX, Budget, BudgetReader
-from agent.monitor import Monitor, sample_memory
+from agent.ops.memory_budget import MACHINE, V1_LIMIT, V2_HIGH, V2_MAX, Budget, BudgetReader
+from agent.ops.monitor import Monitor, sample_memory
 from agent.settings import MemorySettings
-from agent.telemetry import TelemetryCollector
+from agent.ops.telemetry import TelemetryCollector
 from tests.support.cgroup import Box, CgroupUnavailable
 from tests.support.probe import Probe
 from tests.support.wait import wait_until

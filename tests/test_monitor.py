@@ -12,9 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent.monitor import Alert, DiskTracker, LevelTracker, MemorySample, Monitor, disk_free_mb, sample_memory
+from agent.ops.monitor import Alert, DiskTracker, LevelTracker, MemorySample, Monitor, disk_free_mb, sample_memory
 from agent.settings import MemorySettings
-from agent.telemetry import TelemetryCollector
+from agent.ops.telemetry import TelemetryCollector
 
 SETTINGS = MemorySettings()  # warn 80, critical 92, hysteresis 3, repeat 60 s
 TOP = {"pid": 4242, "name": "llama-server", "rss_mb": 250.0}

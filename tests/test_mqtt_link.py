@@ -12,9 +12,9 @@ from __future__ import annotations
 import threading
 import time
 
-from agent.mqtt import MqttLink
+from agent.mqtt.link import MqttLink
 from agent.settings import MQTTSettings
-from agent.topics import Topics
+from agent.mqtt.topics import Topics
 from tests.support.wait import wait_until
 
 FILTER = "$share/g/voice/jobs/transcribe"

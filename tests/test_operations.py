@@ -7,7 +7,7 @@ contract the agent relies on (-m, -f, text on stdout, -otxt -of) but transcribes
 Memory levels are driven for real: thresholds relative to the machine's current use, moved with
 config/set, and a child process holding (at most 2 GB of) memory.
 
-The first block holds in-process unit tests of the decisions in agent/operations.py.
+The first block holds in-process unit tests of the decisions in agent/ops/alerts.py.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from typing import Any, Callable, Iterator
 import psutil
 import pytest
 
-from agent import operations
-from agent.monitor import Alert
-from agent.operations import (AlertBoard, EngineHealth, OutboxWatch, engines_settled, job_watch_allowance,
+from agent.ops import alerts as operations
+from agent.ops.monitor import Alert
+from agent.ops.alerts import (AlertBoard, EngineHealth, OutboxWatch, engines_settled, job_watch_allowance,
                               ready_due, status_line, summarizer_restart_due)
-from agent.outbox import Outbox
+from agent.mqtt.outbox import Outbox
 from tests.support.agent import AgentProcess
 from tests.support.broker import Broker, free_port
 from tests.support.wait import wait_until
@@ -141,7 +141,7 @@ class FakeLink:
 
 
 def make_board(link: FakeLink) -> tuple[AlertBoard, list[tuple[str, dict]]]:
-    from agent.topics import Topics
+    from agent.mqtt.topics import Topics
     events: list[tuple[str, dict]] = []
     board = AlertBoard(lambda event, body: events.append((event, body)), lambda: link,
                        lambda: Topics("voice", "dev"), lambda: "dev")
@@ -207,7 +207,7 @@ def test_outbox_overflow_alert_never_goes_through_the_full_outbox(tmp_path: Path
     holder: dict[str, OutboxWatch] = {}
     outbox = Outbox(tmp_path / "outbox.sqlite3", max_messages=10, max_bytes=10_000_000,
                     on_overflow=lambda dropped: holder["watch"].overflow(dropped))
-    from agent.topics import Topics
+    from agent.mqtt.topics import Topics
     board = AlertBoard(lambda event, body: outbox.put(f"voice/dev/event/{event}", json.dumps(body).encode()),
                        lambda: link, lambda: Topics("voice", "dev"), lambda: "dev")
     watch = holder["watch"] = OutboxWatch(board, outbox)

@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from agent.audio.wav import decode_file
-from agent.engines.base import Audio
+from agent.audio.clip import Audio
 from tests.support import real_speech
 from tests.support.broker import Broker
 from tests.support.models import (faster_whisper_model_dir, speech_wav, whisper_cpp_binary,

@@ -113,7 +113,7 @@ def test_sigkill_around_inbox_finishes_never_leaves_a_processed_file_without_its
 COUNT_FSYNCS = r"""
 import sys
 from pathlib import Path
-from agent.outbox import Outbox
+from agent.mqtt.outbox import Outbox
 outbox = Outbox(Path(sys.argv[1]), max_messages=10_000, max_bytes=10_000_000)
 ids = [outbox.put("voice/dev/event/job", b'{"job_id": "j", "state": "done"}') for _ in range(int(sys.argv[2]))]
 sys.stdout.write("stored\n"); sys.stdout.flush()

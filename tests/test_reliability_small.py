@@ -15,15 +15,15 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-import agent.inbox
+import agent.sources.inbox
 from agent.app import App
 from agent.audio.vad_cache import VadCache
-from agent.dispatch import CONTROL_QUEUE, Dispatcher
-from agent.inbox_worker import InboxWorker
-from agent.jobs import JobSlot
+from agent.mqtt.dispatch import CONTROL_QUEUE, Dispatcher
+from agent.sources.inbox_worker import InboxWorker
+from agent.jobs.slot import JobSlot
 from agent.settings import InboxSettings, JobsSettings, Settings
-from agent.systemd import WatchdogGate
-from agent.topics import Topics
+from agent.ops.systemd import WatchdogGate
+from agent.mqtt.topics import Topics
 from handlers.base import Command
 from tests.support.wait import wait_until
 from tests.support.wavs import tone_wav
@@ -188,6 +188,6 @@ def test_vad_cache_default_keeps_256_long_results_well_under_the_old_120_mb() ->
 
 
 def test_inbox_docstring_states_at_least_once_with_one_record() -> None:
-    doc = " ".join((agent.inbox.__doc__ or "").split())
+    doc = " ".join((agent.sources.inbox.__doc__ or "").split())
     assert "at-least-once with one record" in doc
     assert "never processed twice" not in doc and "never process it twice" not in doc

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from agent.config_remote import scopes, tunable
+from agent.config.remote import scopes, tunable
 from agent.settings import DEVICE, FLEET, Settings
 from tests.support.probe import Probe
 

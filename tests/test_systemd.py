@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.systemd import Notifier, WatchdogGate, WatchdogPinger, watchdog_interval
+from agent.ops.systemd import Notifier, WatchdogGate, WatchdogPinger, watchdog_interval
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "voice-agent.service"
 
@@ -221,7 +221,7 @@ def test_pinger_pings_only_while_healthy(
     gate.register("worker", max_silence_s=60)
     pinger = WatchdogPinger(gate, Notifier())
     assert pinger.interval == pytest.approx(0.1)
-    caplog.set_level(logging.INFO, logger="agent.systemd")
+    caplog.set_level(logging.INFO, logger="agent.ops.systemd")
     pinger.start()
     try:
         healthy = collect_for(notify_socket, 0.55)

@@ -24,7 +24,8 @@ import pytest
 
 from agent.engines import make_transcriber
 from agent.engines import http_retry
-from agent.engines.base import Audio, Transcript
+from agent.audio.clip import Audio
+from agent.engines.base import Transcript
 from agent.errors import EngineError
 from agent.settings import (
     FasterWhisperSettings,
@@ -337,8 +338,8 @@ def test_whisper_cpp_segments_go_to_the_input_that_holds_their_sound() -> None:
 
 def test_whisper_cpp_batch_setting_spellings(tmp_path: Path) -> None:
     from agent.config import parse_settings
-    from agent.config_problems import ConfigError
-    from agent.config_yaml import load_yaml_text
+    from agent.config.problems import ConfigError
+    from agent.config.yaml_lines import load_yaml_text
 
     def batch_of(value: str) -> object:
         data, lines = load_yaml_text(f"transcriber:\n  whisper_cpp:\n    {value}\n")

@@ -16,7 +16,7 @@ import numpy as np
 
 from agent.audio.info import MAX_RATE, MIN_RATE, WavInfo, check_duration, corrupt, nonempty, unsupported
 from agent.audio.pcm import downmix, float_to_int16, render
-from agent.engines.base import SAMPLE_RATE, Audio
+from agent.audio.clip import SAMPLE_RATE, Audio
 from agent.errors import AudioError
 
 FORMATS_EXTRA = "pip install voice-agent[formats]"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from agent.audio.resample import Reader, output_length, resample_blocks
-from agent.engines.base import SAMPLE_RATE
+from agent.audio.clip import SAMPLE_RATE
 
 
 def downmix(x: np.ndarray, channels: int) -> np.ndarray:

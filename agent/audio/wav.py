@@ -40,7 +40,7 @@ from agent.audio.containers import FORMATS_EXTRA, decode_other, probe_other, sni
 from agent.audio.info import MAX_RATE, MIN_RATE, WavInfo, check_duration, check_size, nonempty
 from agent.audio.pcm import float_to_int16, render
 from agent.audio.riff import WAVE_FORMAT_PCM, BytesSource, FileSource, Source, frame_reader, parse_wav
-from agent.engines.base import SAMPLE_RATE, Audio
+from agent.audio.clip import SAMPLE_RATE, Audio
 from agent.errors import AudioError
 
 __all__ = [

@@ -12,7 +12,9 @@ import math
 
 import numpy as np
 
-from agent.engines.base import Audio, SAMPLE_RATE, Transcript
+from agent.audio.clip import Audio, SAMPLE_RATE
+
+from agent.engines.base import Transcript
 from agent.settings import TranscriberSettings
 
 

@@ -29,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from agent.engines.base import Audio, SAMPLE_RATE, Transcript, transcribe_each
+from agent.audio.clip import Audio, SAMPLE_RATE
+
+from agent.engines.base import Transcript, transcribe_each
 from agent.errors import EngineError
 from agent.settings import TranscriberSettings
 

@@ -13,7 +13,8 @@ import numpy as np
 import requests
 
 from agent.audio.wav import encode_wav
-from agent.engines.base import Audio, Transcript, transcribe_each
+from agent.audio.clip import Audio
+from agent.engines.base import Transcript, transcribe_each
 from agent.engines.http_retry import make_session, post_with_retries, response_json
 from agent.errors import EngineError
 from agent.settings import TranscriberSettings

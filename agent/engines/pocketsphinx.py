@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from agent.engines.base import Audio, Transcript, transcribe_each
+from agent.audio.clip import Audio
+
+from agent.engines.base import Transcript, transcribe_each
 from agent.errors import EngineError
 from agent.settings import TranscriberSettings
 

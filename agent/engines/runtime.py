@@ -13,7 +13,8 @@ import time
 from typing import Any, Callable
 
 from agent.engines import make_summarizer, make_transcriber
-from agent.engines.base import Audio, Summarizer, Summary, Transcriber, Transcript
+from agent.audio.clip import Audio
+from agent.engines.base import Summarizer, Summary, Transcriber, Transcript
 from agent.errors import EngineError
 from agent.settings import SummarizerSettings, TranscriberSettings
 

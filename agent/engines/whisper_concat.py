@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-from agent.engines.base import SAMPLE_RATE
+from agent.audio.clip import SAMPLE_RATE
 
 if TYPE_CHECKING:
     import numpy as np

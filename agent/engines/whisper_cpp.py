@@ -44,7 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.engines.base import SAMPLE_RATE, Audio, Transcript
+from agent.audio.clip import SAMPLE_RATE, Audio
+
+from agent.engines.base import Transcript
 from agent.engines.process import sweep_group
 from agent.engines.whisper_concat import (
     _MARKERS, assign_segments, join_with_gaps, packs_of, parse_segments, voiced_frames)

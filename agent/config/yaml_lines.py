@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import yaml
 
-from agent.config_problems import ConfigError, Problem, join_path
+from agent.config.problems import ConfigError, Problem, join_path
 
 
 def load_yaml_text(text: str, source: str = "<config>") -> tuple[dict, dict[str, int]]:

@@ -31,7 +31,7 @@ from agent.config import (
     revision,
     settings_to_dict,
 )
-from agent.config_remote import forbidden, strip_forbidden
+from agent.config.remote import forbidden, strip_forbidden
 from agent.settings import DEVICE, Settings
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class ConfigStore:
     def set_overlay(self, partial: dict, scope: str = DEVICE) -> Settings:
         """Merge `partial` into the overlay; persist it only if base + overlay is valid.
 
-        A key that `scope` may not change (see agent.config_remote) refuses the whole change with
+        A key that `scope` may not change (see agent.config.remote) refuses the whole change with
         RemoteForbidden before anything is merged, validated or written.
         """
         with self._lock:

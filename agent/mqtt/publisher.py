@@ -17,9 +17,9 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from agent.messages import envelope
-from agent.mqtt import MqttLink
-from agent.outbox import Outbox
+from agent.mqtt.messages import envelope
+from agent.mqtt.link import MqttLink
+from agent.mqtt.outbox import Outbox
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.errors import AgentError
 from agent.settings import MQTTSettings
-from agent.topics import Topics
+from agent.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
 

@@ -93,8 +93,8 @@ def run(config: Path | None, *, timeout_s: float = 5.0, out=None) -> int:
 
 def findings(config: Path | None, *, timeout_s: float) -> Iterator[Finding]:
     from agent.config import ConfigError
-    from agent.config_checks import engine_problems
-    from agent.config_store import ConfigStore
+    from agent.config.checks import engine_problems
+    from agent.config.store import ConfigStore
 
     where = str(config) if config is not None else "<defaults>"
     try:

@@ -4,7 +4,7 @@ Types come from the annotations, and ranges, choices, secrets, environment varia
 from the field metadata in `agent.settings`, so adding a setting never means touching this
 module. Validation never stops at the first problem: `Parser` collects every one, skips values
 that already failed instead of piling on, and runs the cross-field rules of
-`agent.config_checks` after each section. `${VAR}` interpolation and path resolution live here
+`agent.config.checks` after each section. `${VAR}` interpolation and path resolution live here
 too because the parser applies them to the leaves whose metadata asks for them.
 """
 
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.config_checks import CROSS_CHECKS
-from agent.config_problems import REDACTED, Problem, join_path, show_number
+from agent.config.checks import CROSS_CHECKS
+from agent.config.problems import REDACTED, Problem, join_path, show_number
 
 # `${VAR}` / `${VAR:-default}`; a doubled `$${...}` is an escape for a literal `${...}`.
 _VAR_RE = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -1,4 +1,4 @@
-"""A shared job's payload, checked before the device holds it (see agent/fleet.py for the protocol).
+"""A shared job's payload, checked before the device holds it (see agent/sources/fleet.py for the protocol).
 
 Everything here is attacker-written: a job is refused with a coded error about itself
 (`bad_request`, `payload_too_large`, `forbidden`) before it is spooled or takes a slot, and a job
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from agent.errors import AgentError, RequestError
-from agent.fleet_fetch import check_url
+from agent.sources.fleet_fetch import check_url
 
 MAX_JOB_ID = 200
 FIELDS = {"job_id", "audio_b64", "url", "reply_to", "summarize", "transaction"}

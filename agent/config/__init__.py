@@ -5,12 +5,12 @@ the first problem: the whole document is walked and every mistake is collected i
 `ConfigError`. The schema (types, ranges, choices, secrets, environment variables, paths) lives in
 the field metadata of `agent.settings`; the modules below only interpret it.
 
-This module is the public API. The work is split by job: `agent.config_problems` (Problem,
-ConfigError), `agent.config_yaml` (YAML with line numbers), `agent.config_parse` (the schema
-interpreter, `${VAR}` interpolation, paths) and `agent.config_checks` (rules across fields).
+This module is the public API. The work is split by job: `agent.config.problems` (Problem,
+ConfigError), `agent.config.yaml_lines` (YAML with line numbers), `agent.config.parse` (the schema
+interpreter, `${VAR}` interpolation, paths) and `agent.config.checks` (rules across fields).
 
-`ConfigStore` (base file + remote overlay, cached by file signature) lives in `agent.config_store`
-and is re-exported here lazily.
+`agent.config.store` (base file + remote overlay, cached by file signature) and
+`agent.config.remote` (which keys MQTT may change) build on this module.
 """
 
 from __future__ import annotations
@@ -23,19 +23,15 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from agent.config_parse import Parser, interpolate, resolve_path, type_name
-from agent.config_problems import REDACTED, ConfigError, Problem
-from agent.config_yaml import load_yaml_text
+from agent.config.parse import Parser, interpolate, resolve_path, type_name
+from agent.config.problems import REDACTED, ConfigError, Problem
+from agent.config.yaml_lines import load_yaml_text
 from agent.settings import Settings
-
-if TYPE_CHECKING:
-    from agent.config_store import ConfigStore
 
 __all__ = [
     "ConfigError",
-    "ConfigStore",
     "Problem",
     "changed_sections",
     "deep_merge",
@@ -132,11 +128,3 @@ def parse_settings(
         raise ConfigError(sorted(parser.problems, key=lambda p: math.inf if p.line is None else p.line))
     return settings
 
-
-def __getattr__(name: str) -> Any:
-    """Re-export ConfigStore lazily: agent.config_store imports this module, so no import at the top."""
-    if name == "ConfigStore":
-        from agent.config_store import ConfigStore
-
-        return ConfigStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,11 +22,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from agent.engines.base import Audio, Summary, Transcript
+from agent.audio.clip import Audio
+
+from agent.engines.base import Summary, Transcript
 from agent.engines.extractive import ExtractiveSummarizer
 from agent.engines.runtime import Engines
 from agent.errors import AgentError, EngineError
-from agent.lru import LRUCache
+from agent.jobs.lru import LRUCache
 from agent.settings import SummarizerSettings
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
-from agent.config_problems import Problem, show_number
+from agent.config.problems import Problem, show_number
 from agent.settings import (
     FleetSettings,
     HomeAssistantSettings,

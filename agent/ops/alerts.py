@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from agent.messages import envelope
+from agent.mqtt.messages import envelope
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Why: events are not retained (a late subscriber must not take an old event for a new one), so a
 dashboard or Home Assistant that (re)starts saw `unknown` until something new happened. These
 copies are facts ("the last transcript was ...", "speech is / is not going on"), retained, and
-what Home Assistant's sensors read (agent/homeassistant.py):
+what Home Assistant's sensors read (agent/ops/homeassistant.py):
 
 | topic | body |
 | --- | --- |
@@ -29,7 +29,7 @@ import logging
 import threading
 from typing import Any, Callable
 
-from agent.messages import envelope
+from agent.mqtt.messages import envelope
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from typing import Any, Callable, ContextManager
 import paho.mqtt.client as mqtt
 
 from agent.errors import AgentError, RequestError
-from agent.jobs import JobSlot, new_job_id
-from agent.messages import envelope, error_answer, ok_answer
-from agent.mqtt import MqttLink
+from agent.jobs.slot import JobSlot, new_job_id
+from agent.mqtt.messages import envelope, error_answer, ok_answer
+from agent.mqtt.link import MqttLink
 from agent.settings import DEVICE, FLEET, Settings
 from handlers.base import AgentContext, Command, Request
 

@@ -3,7 +3,7 @@
 `discovery_config` is a pure function of the topics, the version and what the device has
 (`Features`): it returns Home Assistant's *device-based* discovery document (`dev`, `o`, `cmps`),
 published retained at `<discovery_prefix>/device/<device_id>/config`. Every entity reads a
-*retained* topic the agent publishes anyway (`state`, `last/*`, see agent/last_values.py), so
+*retained* topic the agent publishes anyway (`state`, `last/*`, see agent/ops/last_values.py), so
 each one has a value right after Home Assistant restarts; only the two event entities read events
 (an event entity fed a retained message would fire again on every restart):
 
@@ -27,12 +27,12 @@ platform alone (`{"p": "switch"}`): Home Assistant's documented way to remove a 
 device, so an entity goes away when the config changes instead of staying `unknown`.
 
 Long text: a transcript can be any length, and Home Assistant's recorder stores no attributes
-above 16 KiB. Retained copies are bounded by the agent (agent/last_values.py); the transcript
+above 16 KiB. Retained copies are bounded by the agent (agent/ops/last_values.py); the transcript
 event entity cuts the text to ATTR_TEXT_MAX characters and sets `truncated`.
 
 Home Assistant's event entities need a JSON payload carrying `event_type`; the agent's events do
 not, so a `value_template` builds it from the `event` field of a `vad` event (`speech_start` /
-`speech_end`, see agent/listener.py) or the text of a transcript.
+`speech_end`, see agent/sources/listener.py) or the text of a transcript.
 
 `HomeAssistantDiscovery` holds the little state the wiring needs: it publishes the document on
 every (re)connect, whenever Home Assistant announces `online` on `<discovery_prefix>/status`, and
@@ -50,9 +50,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from agent.last_values import TEXT_MAX_CHARS, last_topic
+from agent.ops.last_values import TEXT_MAX_CHARS, last_topic
 from agent.settings import HomeAssistantSettings
-from agent.topics import Topics
+from agent.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,10 @@ ORIGIN_NAME = "voice-agent"
 STATE_MAX = 255   # Home Assistant refuses sensor states longer than this
 ATTR_TEXT_MAX = TEXT_MAX_CHARS   # characters of text in an entity's attributes (recorder: 16 KiB)
 
-#: Every alert kind the agent raises (agent/operations.py, agent/listener.py for `capture`).
+#: Every alert kind the agent raises (agent/ops/alerts.py, agent/sources/listener.py for `capture`).
 ALERT_KINDS = ("engine", "disk", "capture", "outbox", "config", "memory")
 
-_VAD_KIND = "value_json.event"   # "speech_start" | "speech_end" (agent/listener.py)
+_VAD_KIND = "value_json.event"   # "speech_start" | "speech_end" (agent/sources/listener.py)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
 from agent.settings import MQTTSettings
-from agent.topics import Topics
+from agent.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
 # paho's own errors (e.g. a TLS alert while reading the CONNACK) name the cause; its debug chatter
@@ -35,7 +35,7 @@ class MqttLink:
     def __init__(self, settings: MQTTSettings, topics: Topics, *, host: str, port: int,
                  on_connect: Callable[[], None], on_publish: Callable[[int], None],
                  install_id: str | None = None) -> None:
-        """`install_id` goes with every `online` as the MQTT 5 user property `install` (see agent.identity)."""
+        """`install_id` goes with every `online` as the MQTT 5 user property `install` (see agent.ops.identity)."""
         self.settings = settings
         self.install_id = install_id
         self.topics = topics

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Callable, ContextManager
 
 from agent.errors import AgentError, AudioError
-from agent.inbox import Claimed, Inbox
-from agent.jobs import JobSlot, new_job_id
-from agent.pipeline import Job, Loaded, Pipeline, Source
+from agent.sources.inbox import Claimed, Inbox
+from agent.jobs.slot import JobSlot, new_job_id
+from agent.jobs.pipeline import Job, Loaded, Pipeline, Source
 from agent.settings import InboxSettings
 
 log = logging.getLogger(__name__)

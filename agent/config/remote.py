@@ -16,7 +16,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from agent.config_problems import join_path
+from agent.config.problems import join_path
 from agent.settings import DEVICE, FLEET, Settings
 
 _ALLOWED = {DEVICE: (DEVICE, FLEET), FLEET: (FLEET,)}

@@ -7,7 +7,7 @@ stopping). A job is one JSON object::
     {"job_id": "j-17", "audio_b64": "<WAV/FLAC/... bytes>", "reply_to": "ctl/results",
      "summarize": true, "transaction": "optional, echoed"}
 
-with exactly one of `audio_b64` or `url` (see agent/fleet_fetch.py: only hosts in
+with exactly one of `audio_b64` or `url` (see agent/sources/fleet_fetch.py: only hosts in
 `fleet.url_allow`). `reply_to` may be left out on MQTT 5 when the message carries a Response
 Topic; Correlation Data is echoed either way. Answers go to `reply_to` (QoS 1)::
 
@@ -25,7 +25,7 @@ and however many arrive at once; the sender never resends. Why this holds on Mos
   never pass it to another member, and a clean session drops that queue on a disconnect. So a
   worker cannot refuse a job (the old `busy` answer) and flow control cannot spread the load:
   the worker takes every job it is handed and decides itself.
-* Every job handed to the worker is first written to its spool (agent/fleet_spool.py, under
+* Every job handed to the worker is first written to its spool (agent/sources/fleet_spool.py, under
   state_dir, fsynced): from then on a crash or stop does not lose it; the next start runs it.
 * A job starts at once when a slot is free. Otherwise up to `jobs.max_concurrent` jobs (one per
   slot) wait here; every further one goes back to the group: published again, unchanged, to
@@ -61,15 +61,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.errors import AgentError
-from agent.fleet_fetch import fetch
-from agent.fleet_jobs import FleetJob, Refused, Unanswerable, b64, parse_job
-from agent.fleet_spool import FleetSpool, Held
-from agent.jobs import JobSlot, new_job_id
-from agent.lru import LRUCache
-from agent.messages import envelope
-from agent.pipeline import Loaded, Pipeline, Source
+from agent.sources.fleet_fetch import fetch
+from agent.sources.fleet_jobs import FleetJob, Refused, Unanswerable, b64, parse_job
+from agent.sources.fleet_spool import FleetSpool, Held
+from agent.jobs.slot import JobSlot, new_job_id
+from agent.jobs.lru import LRUCache
+from agent.mqtt.messages import envelope
+from agent.jobs.pipeline import Loaded, Pipeline, Source
 from agent.settings import Settings
-from agent.topics import Topics
+from agent.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
 

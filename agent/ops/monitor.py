@@ -7,7 +7,7 @@ broker with alerts, and a critical level is re-announced every `repeat_s` so a d
 missed the change still learns about it. Trackers are pure (samples in, alerts out) so they are
 tested with synthetic samples; `Monitor` is the thin thread around them. No MQTT here.
 
-Percentages and "available" are of the budget that really applies (agent/memory_budget.py): the
+Percentages and "available" are of the budget that really applies (agent/ops/memory_budget.py): the
 machine's memory, or the agent's cgroup limit (systemd `MemoryMax=`, a container) when that is
 tighter, so alerts and shedding happen before the kernel's OOM killer acts on that limit.
 """
@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from agent.memory_budget import MACHINE, BudgetReader
+from agent.ops.memory_budget import MACHINE, BudgetReader
 from agent.settings import MemorySettings
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Jobs: the bounded slot, the pipeline (transcriber -> summarizer), result caches."""

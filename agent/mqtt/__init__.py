@@ -1,0 +1,1 @@
+"""The MQTT side: link, topics, request dispatch, outbox, publisher, embedded broker."""

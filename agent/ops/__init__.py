@@ -1,0 +1,1 @@
+"""Operating the device: memory and alerts, telemetry, systemd, Home Assistant, doctor, logging."""

@@ -1,0 +1,1 @@
+"""Where jobs come from: the inbox folder, the microphone (listener, spool), fleet jobs."""
