@@ -1,7 +1,8 @@
 """Composition root: builds every part from the settings and owns start, reload and stop.
 
 The only place with mutable state that spans parts; everything else receives what it needs.
-Data flows source -> job slot -> pipeline (transcriber -> summarizer) -> publisher.
+Data flows source -> admission (a ticket for a job slot) -> runner -> pipeline (transcriber ->
+summarizer) -> publisher.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,11 @@ from agent.mqtt.broker import EmbeddedBroker
 from agent.config import ConfigError, changed_sections
 from agent.config.store import ConfigStore
 from agent.mqtt.dispatch import Dispatcher
+from agent.mqtt.events import EventSink
 from agent.engines.runtime import Engines
-from agent.sources.inbox_worker import InboxWorker
+from agent.sources.inbox_worker import InboxWorker, spool_settings
+from agent.jobs.admission import Admission
+from agent.jobs.runner import Runner
 from agent.jobs.slot import JobSlot
 from agent.audio.vad_cache import VadCache
 from agent.mqtt.messages import envelope, utc_now_iso
@@ -31,11 +34,15 @@ from agent.ops import identity
 from agent.ops import alerts as operations
 from agent.jobs.pipeline import Pipeline
 from agent.mqtt.publisher import Publisher
-from agent.settings import Settings
+from agent.settings import InboxSettings, Settings
 from agent.ops.telemetry import TelemetryCollector
 from agent.ops.systemd import Notifier, WatchdogGate, WatchdogPinger, watchdog_interval
 from agent.mqtt.topics import Topics
+from agent.sources.inbox import is_candidate_name
 from handlers import build_registry
+from handlers import config as config_handlers
+from handlers import status
+from handlers.base import Services
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +61,6 @@ class App:
         self._t0 = time.monotonic()
         self.paused = False
         self.mic_off = False   # the `listening` command closed the microphone (pause stops all work)
-        # kind -> current retained alert body; the board keeps it, its events and retained copies consistent
-        self.board = operations.AlertBoard(self.emit, lambda: self.link, lambda: self.topics,
-                                           lambda: self.settings.device_id)
-        self.alerts: dict[str, dict[str, Any]] = self.board.current
         self.rejected = 0
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -72,22 +75,25 @@ class App:
         self.outbox = Outbox(state_dir / "outbox.sqlite3", max_messages=s.outbox.max_messages,
                              max_bytes=s.outbox.max_bytes, on_overflow=self._outbox_overflow)
         self.publisher = Publisher(self.outbox, s.device_id, on_store_error=self._store_error)
+        # every event goes through the one sink; what reacts to events is registered in _observe_events
+        self.events = EventSink(self.publisher, self.topics)
+        # kind -> current retained alert body; the board keeps it, its events and retained copies consistent
+        self.board = operations.AlertBoard(self.events.emit, self.topics)
+        self.alerts: dict[str, dict[str, Any]] = self.board.current
         from agent.mqtt.publisher import RetainedState
-        self.state_publisher = RetainedState(lambda: self.control.state(), self._send_state)
+        self.state_publisher = RetainedState(lambda: status.state_of(self.services), self._send_state)
         self.slot = JobSlot(s.jobs.max_concurrent)
         self.engines = Engines(s.transcriber, s.summarizer, on_change=self.publish_state)
-        self.pipeline = Pipeline(lambda: self.engines, self.emit, cache_size=s.jobs.cache_size,
+        self.pipeline = Pipeline(lambda: self.engines, self.events.emit, cache_size=s.jobs.cache_size,
                                  transcribe_concurrency=s.transcriber.concurrency,
                                  summarize_concurrency=s.summarizer.concurrency,
                                  speech_seconds=self._speech_seconds,
                                  summarizer_settings=lambda: self.settings.summarizer,
                                  on_summary=self._on_summary_outcome)
-        from agent.control import Control   # the handlers' view of this app
-        self.control = Control(self)
+        # every source asks admission, then hands its ticket and audio to the one runner
+        self.admission = Admission(self.slot, retry_after_s=s.jobs.retry_after_s)
+        self.runner = Runner(self.pipeline, self.watch_job)
         self.link: MqttLink | None = None
-        self.dispatcher = Dispatcher(build_registry(), self.control, self.slot, settings=lambda: self.settings,
-                                     link=lambda: self.link, memory_critical=self.memory_critical,
-                                     job_event=self.pipeline.job_event, watch=self.watch_job)
         self.inbox = self._make_inbox() if s.inbox.enabled else None
         self.monitor = Monitor(s.memory, self._watched_paths, self._on_alert)
         self.telemetry = TelemetryCollector(self._watched_paths)
@@ -97,6 +103,10 @@ class App:
         self.vad_cache = VadCache(s.vad.cache_size)
         self._build_listening()
         self._build_fleet_and_ha()
+        self._observe_events()
+        self.services = self._services()
+        self.dispatcher = Dispatcher(build_registry(), self.services, admission=self.admission, runner=self.runner,
+                                     settings=self.settings, job_event=self.pipeline.job_event)
 
     # --- building blocks -----------------------------------------------------------------
 
@@ -104,10 +114,28 @@ class App:
     def topics(self) -> Topics:
         return Topics(self.settings.mqtt.topic_prefix, self.settings.device_id)
 
+    def _services(self) -> Services:
+        """What MQTT commands may read and do (handlers/), built once: the parts themselves, and
+        callables for what this App replaces or changes while running."""
+        return Services(
+            settings=lambda: self.settings, store=self.store, pipeline=self.pipeline, slot=self.slot,
+            engines=self.engines, monitor=self.monitor, telemetry=self.telemetry, outbox=self.outbox,
+            publisher=self.publisher, alerts=self.board.current, started_at=self.started_at,
+            uptime_s=self.uptime_s, paused=lambda: self.paused, listening=lambda: self.listening,
+            has_microphone=lambda: self.listener is not None, rejected=lambda: self.rejected,
+            inbox=lambda: self.inbox.inbox if self.inbox is not None else None,
+            inbox_name_ok=is_candidate_name, request_counts=lambda: self.dispatcher.stats,
+            listen_stats=self.listener_stats, fleet_stats=self.fleet.stats, vad_cache_stats=self.vad_cache_stats,
+            apply=self.apply, set_paused=self.set_paused, set_listening=self.set_listening)
+
     def _make_inbox(self) -> InboxWorker:
-        return InboxWorker(self.settings.inbox, self.slot, self.pipeline, may_take=self.may_take_work,
-                           job_event=self.pipeline.job_event, watch=self.watch_job,
-                           batch_size=lambda: self.engines.batch_size())
+        return self._inbox_worker(self.settings.inbox, "inbox")
+
+    def _inbox_worker(self, settings: InboxSettings, kind: str) -> InboxWorker:
+        """The one build of an inbox worker: the inbox, or the microphone spool (kind "mic", whose
+        files are deleted once processed); both through the same admission and runner."""
+        return InboxWorker(settings, self.admission, self.runner, kind=kind, job_event=self.pipeline.job_event,
+                           batch_size=self.engines.batch_size, keep_processed=kind != "mic")
 
     def _make_link(self) -> MqttLink:
         s = self.settings
@@ -124,6 +152,29 @@ class App:
         for topic_filter in self.topics.request_filters:
             link.route(topic_filter, self.dispatcher.on_message)
         return link
+
+    def _attach(self, link: MqttLink) -> None:
+        """A new connection (at start, or after an `mqtt` / `device_id` change): pushed to every
+        part that publishes on it directly."""
+        self.link = link
+        self.publisher.attach(link)
+        self.board.attach(link)
+        self.dispatcher.attach(link)
+        self.homeassistant.attach(link)
+        self.fleet.attach(link)
+        self.last.attach(link)
+
+    def _reconfigure_parts(self, new: Settings) -> None:
+        """The settings changed: pushed to the parts that follow them (topic names may have
+        changed too: prefix, device id)."""
+        topics = self.topics
+        self.events.retarget(topics)
+        self.board.retarget(topics)
+        self.last.retarget(topics)
+        self.dispatcher.reconfigure(new)
+        self.homeassistant.reconfigure(new.homeassistant, topics)
+        self.fleet.reconfigure(new, topics)
+        self.engine_health.reconfigure(new.jobs.engine_alert_after)
 
     def _watched_paths(self) -> list[Path]:
         return [Path(self.settings.state_dir), Path(self.settings.inbox.path)]
@@ -156,8 +207,7 @@ class App:
                      port, self.settings.mqtt.topic_prefix)
         self.publisher.start()
         self.engines.start()
-        self.link = self._make_link()
-        self.publisher.attach(self.link)
+        self._attach(self._make_link())
         self.link.start()
         if self.inbox is not None:
             self.inbox.start()
@@ -186,6 +236,7 @@ class App:
         self.notifier.stopping()
         log.info("shutting down")
         self._stop.set()
+        self.admission.set_stopping()
         self.monitor.stop()
         self._finish_running_jobs()
         self._stop_listening()
@@ -224,12 +275,14 @@ class App:
         """Apply a validated config live; returns the components that had to restart."""
         with self._lock:
             old, self.settings = self.settings, new
+            self._reconfigure_parts(new)
             sections = set(changed_sections(old, new))
             restarted: list[str] = []
             logging.getLogger().setLevel(new.log_level)
             self.slot.set_limit(0 if self._stop.is_set() else new.jobs.max_concurrent)   # 0: shutting down
             self.outbox.max_messages, self.outbox.max_bytes = new.outbox.max_messages, new.outbox.max_bytes
             self.monitor.reconfigure(new.memory)
+            self.admission.reconfigure(new)
             restarted += self.engines.reconfigure(new.transcriber, new.summarizer)
             self.pipeline.set_concurrency(new.transcriber.concurrency, new.summarizer.concurrency)
             if "inbox" in sections and self.inbox is not None:
@@ -245,9 +298,8 @@ class App:
                 # The same client id cannot be connected twice: the old link leaves first.
                 if self.link is not None:
                     self.link.stop()
-                self.link = self._make_link()
                 self.publisher.device_id = new.device_id
-                self.publisher.attach(self.link)
+                self._attach(self._make_link())
                 self.link.start()
                 restarted.append("mqtt")
             log.info("config %s applied (changed: %s)", self.store.revision, ", ".join(sorted(sections)) or "none")
@@ -262,12 +314,9 @@ class App:
         from agent.ops.homeassistant import Features, HomeAssistantDiscovery
         from agent.ops.last_values import LastValues
         # retained copies of the latest transcript, summary, speech and telemetry (what HA's sensors read)
-        self.last = LastValues(lambda: self.link, lambda: self.topics, lambda: self.settings.device_id)
-        self.fleet = FleetWorker(settings=lambda: self.settings, topics=lambda: self.topics, link=lambda: self.link,
-                                 slot=self.slot, pipeline=self.pipeline, may_take=self.may_take_work,
-                                 memory_critical=self.memory_critical, watch=self.watch_job)
-        self.homeassistant = HomeAssistantDiscovery(settings=lambda: self.settings.homeassistant,
-                                                    topics=lambda: self.topics, link=lambda: self.link,
+        self.last = LastValues(self.topics)
+        self.fleet = FleetWorker(settings=self.settings, topics=self.topics, admission=self.admission, runner=self.runner)
+        self.homeassistant = HomeAssistantDiscovery(settings=self.settings.homeassistant, topics=self.topics,
                                                     version=__version__, features=lambda: Features(
                                                         microphone=self.settings.listen.enabled or bool(self.listen_source),
                                                         telemetry=self.settings.telemetry.interval_s > 0,
@@ -297,7 +346,7 @@ class App:
         if link is None or not link.connected.is_set():
             return
         device = self.settings.device_id
-        link.publish(self.topics.config, envelope(device, self.control.config_get()), retain=True)
+        link.publish(self.topics.config, envelope(device, config_handlers.config_of(self.services)), retain=True)
         self.publish_state()
         self.board.on_connect()
 
@@ -311,20 +360,25 @@ class App:
         link.publish(self.topics.state, envelope(self.settings.device_id, state), retain=True)
         return True
 
-    def emit(self, event: str, body: dict[str, Any]) -> None:
-        self._hold_abandoned_job(event, body)
-        self.publisher.emit(self.topics.event(event), body)
-        self.last.observe(event, body)
-        if event == "alert":   # `alerts` in the retained state (Home Assistant's problem sensors)
+    def _observe_events(self) -> None:
+        """What reacts to events, registered once on the one sink (agent.mqtt.events), in order."""
+        ev = self.events
+        ev.guard(self._hold_abandoned_job)
+        ev.observe(None, self.last.observe)   # Home Assistant's `last/*` copies
+        # `alerts` in the retained state (Home Assistant's problem sensors)
+        ev.observe("alert", lambda _e, _b: self.state_publisher.publish_if_changed())
+        ev.observe("job", lambda _e, body: self._observe_engine_health(body))
+        ev.observe("job", self._job_state_changed)
+
+    def _job_state_changed(self, _event: str, body: dict[str, Any]) -> None:
+        """A job's state in the retained state (running count), and the rejected count."""
+        state = body.get("state")
+        if state == "running":
             self.state_publisher.publish_if_changed()
-        if event == "job":
-            self._observe_engine_health(body)
-        if event == "job" and body.get("state") == "running":
-            self.state_publisher.publish_if_changed()
-        if event == "job" and body.get("state") in ("done", "failed"):
+        elif state in ("done", "failed"):
             # Built now, the state would still count this job: its thread gives the slot back after.
             self.state_publisher.publish_after(threading.current_thread())
-        if event == "job" and body.get("state") == "rejected":
+        elif state == "rejected":
             self.rejected += 1
 
     def raise_alert(self, kind: str, level: str, data: dict[str, Any], *, repeat: bool = False) -> None:
@@ -335,6 +389,7 @@ class App:
         self.board.clear(kind, data)
 
     def _on_alert(self, alert: Alert) -> None:
+        self.admission.set_memory_critical(self.monitor.critical)
         if alert.level == "ok":
             self.clear_alert(alert.kind, self._alert_data(alert))
         else:
@@ -384,7 +439,8 @@ class App:
         return Path(s.listen.spool_dir or Path(s.state_dir) / "spool")
 
     def _listening_wanted(self) -> bool:
-        return not self.paused and not self.mic_off and not self.monitor.critical and not self._stop.is_set()
+        """The microphone is open while work may be taken (admission) and `listening` did not close it."""
+        return self.admission.open() and not self.mic_off
 
     def _build_listening(self) -> None:
         """The listener, and the worker taking its segments (kept while its spool stays the same)."""
@@ -393,14 +449,9 @@ class App:
         if not (s.listen.enabled or self.listen_source):
             return
         if self.mic_inbox is None or self.mic_inbox.inbox.path != spool:
-            spool_settings = replace(s.inbox, enabled=True, path=str(spool), processed_dir=None, failed_dir=None,
-                                     settle_ms=200)
-            self.mic_inbox = InboxWorker(spool_settings, self.slot, self.pipeline, kind="mic",
-                                         may_take=self.may_take_work, job_event=self.pipeline.job_event,
-                                         watch=self.watch_job, batch_size=lambda: self.engines.batch_size(),
-                                         keep_processed=False)
+            self.mic_inbox = self._inbox_worker(spool_settings(s.inbox, spool), "mic")
         from agent.sources.listener import Listener
-        self.listener = Listener(s.listen, s.vad, spool, source=self.listen_source, emit=self.emit,
+        self.listener = Listener(s.listen, s.vad, spool, source=self.listen_source, emit=self.events.emit,
                                  wanted=self._listening_wanted, on_change=self.publish_state,
                                  raise_alert=self.raise_alert, clear_alert=self.clear_alert, cache=self.vad_cache)
 
@@ -439,6 +490,7 @@ class App:
 
     def set_paused(self, paused: bool) -> None:
         self.paused = paused
+        self.admission.set_paused(paused)
         log.info("%s", "paused: no new work is taken" if paused else "resumed")
         if self.inbox is not None:
             self.inbox.poke()
@@ -472,12 +524,6 @@ class App:
         allowance = operations.job_watch_allowance(self.settings.jobs.timeout_s * max(1, jobs))
         return self.gate.watching(f"job-{job_id}", allowance)
 
-    def memory_critical(self) -> bool:
-        return self.monitor.critical
-
-    def may_take_work(self) -> bool:
-        return not self.paused and not self.monitor.critical and not self._stop.is_set()
-
     def uptime_s(self) -> float:
         return round(time.monotonic() - self._t0, 1)
 
@@ -499,7 +545,7 @@ class App:
         link = self.link
         if link is not None and link.connected.is_set():
             self._last_telemetry = now
-            stats = self.control.stats()
+            stats = status.stats_of(self.services)
             link.publish(self.topics.telemetry, envelope(self.settings.device_id, stats), qos=0)
             self.last.telemetry(stats)
 
@@ -507,7 +553,7 @@ class App:
 
     def _init_operations(self) -> None:
         self.outbox_watch = operations.OutboxWatch(self.board, self.outbox)
-        self.engine_health = operations.EngineHealth(lambda: self.settings.jobs.engine_alert_after)
+        self.engine_health = operations.EngineHealth(self.settings.jobs.engine_alert_after)
         self.pinger: WatchdogPinger | None = None
         self._ready_sent = False
         self._status_sent: tuple[str, float] = ("", float("-inf"))

@@ -20,6 +20,16 @@ from typing import Any
 DEVICE = "device"
 FLEET = "fleet"
 
+#: Test-only engines (`opt(test_choices=...)`) are accepted only when this variable is "1" in the
+#: agent's environment: the test harness and the bench/ scripts set it. Nothing over MQTT can set
+#: an environment variable, so a production device never offers them.
+TEST_ENGINES_ENV = "VOICE_AGENT_TEST_ENGINES"
+
+
+def allows_test_engines(environ: Any = None) -> bool:
+    """True when the test-only engines are switched on (`TEST_ENGINES_ENV` is "1")."""
+    return (os.environ if environ is None else environ).get(TEST_ENGINES_ENV) == "1"
+
 
 def opt(
     default: Any = None,
@@ -28,6 +38,7 @@ def opt(
     min: float | None = None,
     max: float | None = None,
     choices: tuple[Any, ...] | None = None,
+    test_choices: tuple[Any, ...] = (),
     secret: bool = False,
     env: str | None = None,
     path: bool = False,
@@ -36,13 +47,16 @@ def opt(
 ) -> Any:
     """A settings field with its validation metadata and a one-line description.
 
+    `test_choices` are extra values accepted only with the test switch on (`TEST_ENGINES_ENV`);
+    they are not listed among the choices in messages or documentation.
     `path=True` marks a filesystem path that the loader resolves against the config file's folder.
     `remote` says who may change the field over MQTT (`config/set`): None = only the local file
     (the default, so a new field is safe until someone decides otherwise), DEVICE = the device's
     own request topic, FLEET = also the fleet-wide topic. See `agent.config.remote`.
     """
     assert remote in (None, DEVICE, FLEET), remote
-    meta = {"doc": doc, "min": min, "max": max, "choices": choices, "secret": secret, "env": env, "path": path,
+    meta = {"doc": doc, "min": min, "max": max, "choices": choices, "test_choices": test_choices,
+            "secret": secret, "env": env, "path": path,
             "remote": remote}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -260,8 +274,8 @@ class PocketsphinxSettings:
 @dataclass(frozen=True)
 class TranscriberSettings:
     engine: str = opt("pocketsphinx", remote=DEVICE, doc="Transcription engine.",
-                      choices=("pocketsphinx", "whisper_cpp", "whisper_server", "faster_whisper", "openai",
-                               "bench_metadata"))
+                      choices=("pocketsphinx", "whisper_cpp", "whisper_server", "faster_whisper", "openai"),
+                      test_choices=("bench_metadata",))
     language: str = opt("en", remote=FLEET, doc="Spoken language (ISO 639-1).")
     timeout_s: float = opt(300.0, remote=DEVICE, doc="Longest one transcription may take.", min=1, max=86_400)
     concurrency: int = opt(1, remote=DEVICE, doc="Transcriptions at once, whatever jobs.max_concurrent allows "

@@ -146,7 +146,7 @@ def startup(res: Results, work: Path, port: int, code: dict[str, Path | None], r
 
 
 def imports(res: Results, code: dict[str, Path | None], rounds: int) -> None:
-    from bench.b4_footprint import import_time_ms
+    from bench.footprint import import_time_ms
     out: dict[str, list[float]] = {k: [] for k in code}
     names = list(code)
     for k in names:   # byte-compile both first
@@ -178,7 +178,7 @@ OUTBOX_SNIPPET = """
 import json, sys, tempfile
 from pathlib import Path
 sys.path.append({repo!r})
-from bench.b7_outbox import Rig, throughput
+from bench.outbox_throughput import Rig, throughput
 rig = Rig(Path(tempfile.mkdtemp()), {port}, "ab")
 throughput(rig, 200)
 print(json.dumps(throughput(rig, {n})))

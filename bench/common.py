@@ -29,6 +29,12 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from tests.support.agent import AgentProcess  # noqa: E402,F401  (re-exported for the benchmarks)
 from tests.support.broker import Broker  # noqa: E402,F401
 
+from agent.settings import TEST_ENGINES_ENV  # noqa: E402
+
+# The benchmarks measure the agent with the model-free test engine (bench_metadata); engines run
+# in child processes (bench/engine_child.py) inherit the switch.
+os.environ[TEST_ENGINES_ENV] = "1"
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

@@ -1,6 +1,6 @@
 """Engines measured in a process of their own (no agent around them).
 
-    python bench/engine_child.py serve  '<settings json>'   # the bare-engine loop for benchmark 1
+    python bench/engine_child.py serve  '<settings json>'   # the bare-engine loop of bench/pipeline_overhead.py
     python bench/engine_child.py rss    '<settings json>' WAV  # resident memory of one engine
 
 `serve` loads the transcriber, prints one JSON line `{"ready": ...}`, then for every WAV path read
@@ -15,12 +15,14 @@ llama.cpp server), since an engine that runs out of process is only cheap for th
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("VOICE_AGENT_TEST_ENGINES", "1")   # may run the test engine bench_metadata
 
 
 def _status_mb(pid: int | str, key: str) -> float | None:

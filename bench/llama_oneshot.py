@@ -2,7 +2,7 @@
 
     python bench/llama_oneshot.py MODEL MAX_TOKENS PROMPT
 
-The `oneshot_command` of the llama_server summarizer in benchmark 6 (a new process per call).
+The `oneshot_command` of the llama_server summarizer in bench/kept_server.py (a new process per call).
 """
 
 import sys

@@ -94,29 +94,29 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_one(name: str, res: Results, work: Path, broker: Broker, quick: bool) -> None:
     if name == "roundtrip":
-        from bench import b3_roundtrip
-        b3_roundtrip.run(res, work, broker.port, quick)
+        from bench import request_roundtrip
+        request_roundtrip.run(res, work, broker.port, quick)
     elif name == "footprint":
-        from bench import b4_footprint
-        b4_footprint.run(res, work, broker.port, quick)
+        from bench import footprint
+        footprint.run(res, work, broker.port, quick)
     elif name == "inbox":
-        from bench import b2_inbox
-        b2_inbox.run(res, work, broker.port, quick)
+        from bench import inbox_throughput
+        inbox_throughput.run(res, work, broker.port, quick)
     elif name == "outbox":
-        from bench import b7_outbox
-        b7_outbox.run(res, work, broker, quick)
+        from bench import outbox_throughput
+        outbox_throughput.run(res, work, broker, quick)
     elif name == "pipeline":
-        from bench import b1_pipeline
-        b1_pipeline.run(res, work, broker.port, quick, ("bench_metadata", "faster_whisper", "whisper_cpp"))
+        from bench import pipeline_overhead
+        pipeline_overhead.run(res, work, broker.port, quick, ("bench_metadata", "faster_whisper", "whisper_cpp"))
     elif name == "listen":
-        from bench import b5_listen
-        b5_listen.run(res, work, broker.port, quick)
+        from bench import listening
+        listening.run(res, work, broker.port, quick)
     elif name == "server":
-        from bench import b6_server
-        b6_server.run(res, work, quick)
+        from bench import kept_server
+        kept_server.run(res, work, quick)
     elif name == "overlap":
-        from bench import b8_overlap
-        b8_overlap.run(res, work, broker.port, quick)
+        from bench import overlap
+        overlap.run(res, work, broker.port, quick)
     elif name == "speech":   # word error rate on real speech beside the bare engines (bench/speech_accuracy.py)
         from bench import speech_accuracy
         speech_accuracy.run(res, work, broker.port, quick)

@@ -129,15 +129,20 @@ def run(res: Results, work: Path, port: int, quick: bool) -> dict:
 
     n = 0
 
-    def burst(transcriber: dict[str, Any]) -> RunResult:
+    def burst(transcriber: dict[str, Any]) -> RunResult | None:
+        """One agent run; a failed run is an ERROR row of its own, so the other settings still report."""
         nonlocal n
         n += 1
-        return agent_burst(fresh_dir(work / f"speech{n}"), port, transcriber, recordings)
+        try:
+            return agent_burst(fresh_dir(work / f"speech{n}"), port, transcriber, recordings)
+        except (AssertionError, OSError, RuntimeError) as exc:
+            res.add(SECTION, f"agent run {n} ({transcriber})", f"failed: {str(exc)[:300]}", status="ERROR")
+            return None
 
     first = bare_whisper_cpp(binary, model, recordings)
     bare_cpp_wer = _wer(recordings, first.texts)
     cpp = {"binary": str(binary), "model": str(model), "threads": 2}
-    cpp_runs: list[tuple[str, bool, RunResult]] = []
+    cpp_runs: list[tuple[str, bool, RunResult | None]] = []
     for k, (batch, beam, ctx) in enumerate(CPP_QUICK if quick else CPP_GRID):
         setting = f"batch={batch} beam={beam} audio_ctx={'auto' if ctx is None else 'full'}"
         result = burst({"engine": "whisper_cpp", "whisper_cpp": {**cpp, "batch": batch, "beam_size": beam,
@@ -150,6 +155,8 @@ def run(res: Results, work: Path, port: int, quick: bool) -> dict:
             f"wall {yardstick.seconds:.1f} s (first {first.seconds:.1f}, last {last.seconds:.1f})",
             note="" if _wer(recordings, last.texts) == bare_cpp_wer else "the two bare runs' words differ")
     for setting, default, result in cpp_runs:
+        if result is None:
+            continue
         raw["rows"].append(_row(res, "whisper_cpp", setting, default, recordings, result, bare_cpp_wer,
                                 "bare CLI", yardstick))
     raw["bare_whisper_cpp"] = {"wer": bare_cpp_wer, "seconds": [first.seconds, last.seconds],
@@ -168,6 +175,8 @@ def run(res: Results, work: Path, port: int, quick: bool) -> dict:
                 f"wall {bare_fw.seconds:.1f} s = {yardstick.seconds / bare_fw.seconds:.2f}x")
         for k, beam in enumerate(FW_GRID[:1] if quick else FW_GRID):
             result = burst({"engine": "faster_whisper", "faster_whisper": {"model": "base", "beam_size": beam}})
+            if result is None:
+                continue
             raw["rows"].append(_row(res, "faster_whisper", f"base int8 beam={beam}", k == 0, recordings, result,
                                     bare_fw_wer, "bare faster-whisper", yardstick))
         raw["bare_faster_whisper"] = {"wer": bare_fw_wer, "seconds": bare_fw.seconds, "cpu_s": bare_fw.cpu_s,
@@ -181,8 +190,9 @@ def run(res: Results, work: Path, port: int, quick: bool) -> dict:
         bare_ps = _bare_pocketsphinx(recordings)
         bare_ps_wer = _wer(recordings, bare_ps.texts)
         result = burst({"engine": "pocketsphinx"})
-        raw["rows"].append(_row(res, "pocketsphinx", "dictation (no grammar)", True, recordings, result,
-                                bare_ps_wer, "bare PocketSphinx", yardstick))
+        if result is not None:
+            raw["rows"].append(_row(res, "pocketsphinx", "dictation (no grammar)", True, recordings, result,
+                                    bare_ps_wer, "bare PocketSphinx", yardstick))
         raw["bare_pocketsphinx"] = {"wer": bare_ps_wer, "seconds": bare_ps.seconds, "cpu_s": bare_ps.cpu_s,
                                     "texts": bare_ps.texts}
     res.raw["speech"] = raw

@@ -1,26 +1,101 @@
-"""What a command handler is: a small function from a typed request to data, or a typed error."""
+"""What a command handler is: a small function from a typed request to data, or a typed error.
+
+A request carries `services`, the frozen record of what commands may read and do (built once by
+agent.app); handlers hold the commands' logic and never see the App itself.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 from agent.errors import RequestError
-from agent.settings import DEVICE
+from agent.settings import DEVICE, InboxSettings, Settings
+
+if TYPE_CHECKING:   # annotations only: importing handlers stays cheap
+    from agent.config.store import ConfigStore
+    from agent.engines.runtime import Engines
+    from agent.jobs.pipeline import Pipeline
+    from agent.jobs.slot import JobSlot
 
 
-class AgentContext(Protocol):
-    """What handlers may ask of the running agent (implemented by agent.app.App)."""
+class InboxAccess(Protocol):
+    """The inbox folder as `transcribe {"file": ...}` and `stats` use it (agent.sources.inbox.Inbox)."""
 
-    def state(self) -> dict[str, Any]: ...
-    def stats(self) -> dict[str, Any]: ...
-    def config_get(self) -> dict[str, Any]: ...
-    def config_set(self, partial: dict[str, Any], scope: str) -> dict[str, Any]: ...
-    def config_reset(self, scope: str) -> dict[str, Any]: ...
-    def set_paused(self, paused: bool) -> dict[str, Any]: ...
-    def set_listening(self, on: bool) -> dict[str, Any]: ...
-    def transcribe_request(self, body: dict[str, Any], job_id: str) -> dict[str, Any]: ...
-    def summarize_request(self, text: str, job_id: str) -> dict[str, Any]: ...
+    path: Path
+    settings: InboxSettings
+
+    def claim(self, name: str) -> Any: ...
+    def finish(self, claimed: Any, record: dict[str, Any], ok: bool) -> None: ...
+    def waiting_count(self) -> int: ...
+
+
+class MonitorView(Protocol):
+    """The memory level and budget (agent.ops.monitor.Monitor)."""
+
+    @property
+    def level(self) -> str: ...
+    def budget(self) -> dict[str, Any]: ...
+
+
+class TelemetryView(Protocol):
+    def collect(self, extra: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class OutboxView(Protocol):
+    count: int
+    size_bytes: int
+    stored: int
+    dropped: int
+
+
+class PublisherView(Protocol):
+    published: int
+
+
+class RequestCounts(Protocol):
+    requests: int
+    errors: int
+    busy: int
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything a command may read or do, built once by the composition root (agent.app).
+
+    Handlers see these parts and narrow actions, never the App: a command cannot reach a part
+    it was not given, and a test can hand a handler fakes. Parts that the App replaces while
+    running (the inbox on a config change, the settings) are given as callables returning the
+    current one. Parts from layers above handlers (sources, ops, mqtt) are typed by Protocols
+    here, so handlers import nothing above agent.jobs.
+    """
+
+    settings: Callable[[], Settings]
+    store: ConfigStore
+    pipeline: Pipeline
+    slot: JobSlot
+    engines: Engines
+    monitor: MonitorView
+    telemetry: TelemetryView
+    outbox: OutboxView
+    publisher: PublisherView
+    alerts: Mapping[str, Mapping[str, Any]]     # kind -> current alert body (kept current by its owner)
+    started_at: str
+    uptime_s: Callable[[], float]
+    paused: Callable[[], bool]
+    listening: Callable[[], bool]
+    has_microphone: Callable[[], bool]
+    rejected: Callable[[], int]
+    inbox: Callable[[], InboxAccess | None]     # None while the inbox is disabled
+    inbox_name_ok: Callable[[str], bool]        # names the inbox would take (not hidden, not partial)
+    request_counts: Callable[[], RequestCounts]
+    listen_stats: Callable[[], dict[str, Any]]
+    fleet_stats: Callable[[], dict[str, Any]]
+    vad_cache_stats: Callable[[], dict[str, int]]
+    apply: Callable[[Settings], list[str]]      # a validated config, live; returns what restarted
+    set_paused: Callable[[bool], None]
+    set_listening: Callable[[bool], None]
 
 
 @dataclass(frozen=True)
@@ -28,7 +103,7 @@ class Request:
     command: str
     body: dict[str, Any]
     transaction: str | None
-    ctx: AgentContext
+    services: Services
     job_id: str | None = None
     scope: str = DEVICE     # FLEET when it came on <prefix>/all/request/...: one publish, every device
 

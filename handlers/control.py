@@ -4,21 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
+from agent.errors import RequestError
 from handlers.base import Command, Request
 
 
 def pause(req: Request) -> dict[str, Any]:
-    return req.ctx.set_paused(True)
+    req.services.set_paused(True)
+    return {"paused": True, "listening": req.services.listening()}
 
 
 def resume(req: Request) -> dict[str, Any]:
-    return req.ctx.set_paused(False)
+    req.services.set_paused(False)
+    return {"paused": False, "listening": req.services.listening()}
 
 
 def listening(req: Request) -> dict[str, Any]:
     """`{"listening": bool}` opens or closes the microphone only (Home Assistant's switch); the
     inbox, requests and fleet jobs go on. `bad_request` where no microphone is configured."""
-    return req.ctx.set_listening(req.body["listening"])
+    sv = req.services
+    if not sv.has_microphone():
+        raise RequestError("no microphone is configured (listen.enabled: false); pause and resume "
+                           "stop and restart all work", code="bad_request")
+    sv.set_listening(req.body["listening"])
+    return {"paused": sv.paused(), "listening": sv.listening()}
 
 
 COMMANDS = [Command("pause", pause), Command("resume", resume),

@@ -19,6 +19,7 @@ import yaml
 
 from agent import __version__
 from agent.ops.logs import JournalFormatter
+from agent.settings import TEST_ENGINES_ENV
 from tests.support.agent import REPO, AgentProcess, voice_agent_cmd
 from tests.support.broker import free_port
 
@@ -253,3 +254,28 @@ def test_every_level_maps_to_its_syslog_priority_on_every_line() -> None:
                           (logging.INFO, "<6>"), (logging.DEBUG, "<7>")):
         record = logging.LogRecord("agent.x", level, __file__, 1, "first\nsecond", None, None)
         assert formatter.format(record).splitlines() == [f"{prefix}agent.x: first", f"{prefix}second"]
+
+
+# --- test-only engines ---------------------------------------------------------------------------
+
+
+def test_the_test_engine_is_refused_without_the_test_switch(tmp_path: Path) -> None:
+    """bench_metadata answers from the audio's metadata: only tests and benchmarks may choose it."""
+    config = tmp_path / "config.yaml"
+    config.write_text("transcriber:\n  engine: bench_metadata\n")
+    env = {k: v for k, v in os.environ.items() if k != TEST_ENGINES_ENV}
+    refused = cli("check-config", str(config), env=env)
+    assert refused.returncode == 78, refused.stderr
+    assert "transcriber.engine" in refused.stderr and "bench_metadata" in refused.stderr
+    assert f"a test engine: set {TEST_ENGINES_ENV}=1 (tests and benchmarks only)" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("transcriber:\n  engine: no_such_engine\n")
+    listed = cli("check-config", str(unknown), env=env)
+    assert listed.returncode == 78 and "must be one of" in listed.stderr
+    assert "bench_metadata" not in listed.stderr, "a test engine is listed as a choice"
+
+    accepted = cli("check-config", str(config), env={**env, TEST_ENGINES_ENV: "1"})
+    assert accepted.returncode == 0, accepted.stderr
+    assert yaml.safe_load(accepted.stdout)["transcriber"]["engine"] == "bench_metadata"

@@ -23,11 +23,10 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from agent.config import store as config_store
-from agent.config.store import RemoteForbidden
+from agent.config.store import ConfigStore, RemoteForbidden
 from agent.settings import DEVICE, FLEET
 from agent.config import (
     ConfigError,
-    ConfigStore,
     Problem,
     changed_sections,
     deep_merge,

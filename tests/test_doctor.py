@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from agent.ops import doctor
+from agent.settings import TEST_ENGINES_ENV
 from tests.support.broker import Broker, free_port
 from tests.test_cli import cli
 from tests.test_security import _auth_broker
@@ -39,7 +40,7 @@ def run_doctor(tmp_path: Path, config: dict[str, Any] | None, *extra: str,
         path = tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump({"device_id": "doc-dev", "state_dir": str(tmp_path / "state"), **config}))
         args += ["--config", str(path)]
-    out = cli(*args, env={**os.environ, **(env or {})}, cwd=tmp_path)
+    out = cli(*args, env={**os.environ, TEST_ENGINES_ENV: "1", **(env or {})}, cwd=tmp_path)
     assert "Traceback" not in out.stderr + out.stdout, out.stderr
     lines = out.stdout.strip().splitlines()
     assert all(line.startswith(("OK ", "PROBLEM ")) for line in lines), lines
@@ -159,6 +160,7 @@ def test_demo_mode_reports_the_local_mosquitto(tmp_path: Path) -> None:
 def test_demo_mode_without_mosquitto_is_69(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """In-process: Mosquitto is installed here; the lookup is pointed at a PATH and folders without it."""
     monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv(TEST_ENGINES_ENV, "1")
     monkeypatch.setattr(doctor, "MOSQUITTO_FALLBACKS", (str(tmp_path / "sbin" / "mosquitto"),))
     (tmp_path / "config.yaml").write_text(f"state_dir: {tmp_path / 'state'}\ntranscriber:\n  engine: bench_metadata\n")
     out = io.StringIO()

@@ -143,8 +143,8 @@ class FakeLink:
 def make_board(link: FakeLink) -> tuple[AlertBoard, list[tuple[str, dict]]]:
     from agent.mqtt.topics import Topics
     events: list[tuple[str, dict]] = []
-    board = AlertBoard(lambda event, body: events.append((event, body)), lambda: link,
-                       lambda: Topics("voice", "dev"), lambda: "dev")
+    board = AlertBoard(lambda event, body: events.append((event, body)), Topics("voice", "dev"))
+    board.attach(link)
     return board, events
 
 
@@ -209,7 +209,8 @@ def test_outbox_overflow_alert_never_goes_through_the_full_outbox(tmp_path: Path
                     on_overflow=lambda dropped: holder["watch"].overflow(dropped))
     from agent.mqtt.topics import Topics
     board = AlertBoard(lambda event, body: outbox.put(f"voice/dev/event/{event}", json.dumps(body).encode()),
-                       lambda: link, lambda: Topics("voice", "dev"), lambda: "dev")
+                       Topics("voice", "dev"))
+    board.attach(link)
     watch = holder["watch"] = OutboxWatch(board, outbox)
     try:
         for i in range(50):

@@ -5,6 +5,7 @@ and the inbox's promise stated exactly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -20,6 +21,8 @@ from agent.app import App
 from agent.audio.vad_cache import VadCache
 from agent.mqtt.dispatch import CONTROL_QUEUE, Dispatcher
 from agent.sources.inbox_worker import InboxWorker
+from agent.jobs.admission import Admission
+from agent.jobs.runner import Runner
 from agent.jobs.slot import JobSlot
 from agent.settings import InboxSettings, JobsSettings, Settings
 from agent.ops.systemd import WatchdogGate
@@ -89,13 +92,14 @@ def test_inbox_worker_asks_the_watchdog_for_the_whole_batch(tmp_path: Path) -> N
             return None
 
     pipeline = BatchPipeline()
-    holder: dict[str, InboxWorker] = {}
-    worker = InboxWorker(InboxSettings(path=str(inbox), settle_ms=50), JobSlot(1), pipeline,  # type: ignore[arg-type]
-                         may_take=lambda: holder["w"].inbox.ready_count >= 3, job_event=lambda *a, **k: None,
-                         watch=Watch, batch_size=lambda: 3)
-    holder["w"] = worker
+    admission = Admission(JobSlot(1))
+    admission.set_paused(True)   # let all three become ready first, so they go as one batch
+    worker = InboxWorker(InboxSettings(path=str(inbox), settle_ms=50), admission, Runner(pipeline, Watch),
+                         job_event=lambda *a, **k: None, batch_size=lambda: 3)
     worker.start()
     try:
+        wait_until(lambda: worker.inbox.ready_count >= 3, 10, "3 files ready")
+        admission.set_paused(False)
         wait_until(lambda: len(list((inbox / "processed").glob("*.wav.json"))) == 3, 10, "3 files processed")
     finally:
         worker.stop(grace_s=5)
@@ -134,9 +138,10 @@ def test_a_flood_of_requests_is_answered_busy_instead_of_queued_without_limit() 
         return {"ok": True}
 
     link = FakeLink()
-    dispatcher = Dispatcher({"slow": Command("slow", slow)}, ctx=None, slot=JobSlot(1),  # type: ignore[arg-type]
-                            settings=lambda: Settings(), link=lambda: link, memory_critical=lambda: False,
-                            job_event=lambda *a, **k: None, watch=lambda *a: None)  # type: ignore[arg-type]
+    dispatcher = Dispatcher({"slow": Command("slow", slow)}, services=None,  # type: ignore[arg-type]
+                            admission=Admission(JobSlot(1)), runner=Runner(None, lambda *a: contextlib.nullcontext()),
+                            settings=Settings(), job_event=lambda *a, **k: None)
+    dispatcher.attach(link)  # type: ignore[arg-type]
     try:
         dispatcher.on_message(request("slow", {"transaction": "t-first"}))
         assert started.wait(5), "the control thread took the first request"

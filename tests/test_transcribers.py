@@ -28,6 +28,7 @@ from agent.audio.clip import Audio
 from agent.engines.base import Transcript
 from agent.errors import EngineError
 from agent.settings import (
+    TEST_ENGINES_ENV,
     FasterWhisperSettings,
     OpenAITranscriberSettings,
     PocketsphinxSettings,
@@ -701,7 +702,11 @@ def test_unreachable_server_is_engine_error(waits: list[float]) -> None:
     assert info.value.code == "engine_error" and len(waits) == 1
 
 
-def test_bench_metadata_describes_audio_instantly() -> None:
+def test_bench_metadata_describes_audio_instantly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(TEST_ENGINES_ENV, raising=False)
+    with pytest.raises(KeyError):   # a test engine: not built without the test switch
+        make_transcriber(TranscriberSettings(engine="bench_metadata"))
+    monkeypatch.setenv(TEST_ENGINES_ENV, "1")
     engine = make_transcriber(TranscriberSettings(engine="bench_metadata"))
     engine.load()
     full_scale = Audio(np.full(16000 + 3680, 32767, dtype=np.int16))

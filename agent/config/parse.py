@@ -24,6 +24,7 @@ from typing import Any
 
 from agent.config.checks import CROSS_CHECKS
 from agent.config.problems import REDACTED, Problem, join_path, show_number
+from agent.settings import TEST_ENGINES_ENV, allows_test_engines
 
 # `${VAR}` / `${VAR:-default}`; a doubled `$${...}` is an escape for a literal `${...}`.
 _VAR_RE = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -256,6 +257,12 @@ class Parser:
             if high is not None and value > high:
                 self.add(path, f"must be at most {show_number(high)}", value, secret=secret)
                 return False
+        if choices and value in meta.get("test_choices", ()):
+            if allows_test_engines(self.environ):
+                return True
+            self.add(path, f"a test engine: set {TEST_ENGINES_ENV}=1 (tests and benchmarks only)", value,
+                     secret=secret)
+            return False
         if choices and value not in choices:
             self.add(path, "must be one of " + ", ".join(repr(c) for c in choices), value, secret=secret)
             return False

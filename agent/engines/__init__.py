@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 
 from agent.engines.base import Summarizer, Transcriber
-from agent.settings import SummarizerSettings, TranscriberSettings
+from agent.settings import SummarizerSettings, TranscriberSettings, allows_test_engines
 
 TRANSCRIBERS: dict[str, str] = {
     "whisper_cpp": "agent.engines.whisper_cpp:WhisperCppTranscriber",
@@ -16,6 +16,11 @@ TRANSCRIBERS: dict[str, str] = {
     "faster_whisper": "agent.engines.faster_whisper:FasterWhisperTranscriber",
     "openai": "agent.engines.openai_stt:OpenAITranscriber",
     "pocketsphinx": "agent.engines.pocketsphinx:PocketsphinxTranscriber",
+}
+
+#: Model-free stand-ins for tests and benchmarks, reachable only with the test switch on
+#: (`agent.settings.TEST_ENGINES_ENV`); never a production choice.
+TEST_TRANSCRIBERS: dict[str, str] = {
     "bench_metadata": "agent.engines.bench_metadata:BenchMetadataTranscriber",
 }
 
@@ -33,8 +38,13 @@ def _load_class(spec: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
+def transcribers() -> dict[str, str]:
+    """The engines this process may build: the production ones, plus the test ones when switched on."""
+    return {**TRANSCRIBERS, **TEST_TRANSCRIBERS} if allows_test_engines() else TRANSCRIBERS
+
+
 def make_transcriber(settings: TranscriberSettings) -> Transcriber:
-    return _load_class(TRANSCRIBERS[settings.engine])(settings)
+    return _load_class(transcribers()[settings.engine])(settings)
 
 
 def make_summarizer(settings: SummarizerSettings) -> Summarizer:

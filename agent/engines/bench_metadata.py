@@ -3,7 +3,8 @@
 Why it exists: pipeline benchmarks (MQTT round trips, inbox throughput, outbox behaviour) must
 measure the agent, not Whisper; and tests of the plumbing must not wait seconds per job. It
 answers instantly with a description of the audio ("audio 1.23 s rms -20.1 dBFS"), which is
-deterministic and still proves the right audio reached the engine. Never use it as a default.
+deterministic and still proves the right audio reached the engine. Never use it as a default: the
+config accepts it only with VOICE_AGENT_TEST_ENGINES=1 (set by the test harness and bench/).
 """
 
 from __future__ import annotations

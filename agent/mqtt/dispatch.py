@@ -16,16 +16,18 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 
 from agent.errors import AgentError, RequestError
-from agent.jobs.slot import JobSlot, new_job_id
+from agent.jobs.admission import Admission, Refusal, Ticket
+from agent.jobs.runner import Runner
+from agent.jobs.slot import new_job_id
 from agent.mqtt.messages import envelope, error_answer, ok_answer
 from agent.mqtt.link import MqttLink
 from agent.settings import DEVICE, FLEET, Settings
-from handlers.base import AgentContext, Command, Request
+from handlers.base import Command, Request, Services
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +47,14 @@ class DispatchStats:
 
 
 class Dispatcher:
-    def __init__(self, registry: dict[str, Command], ctx: AgentContext, slot: JobSlot, *,
-                 settings: Callable[[], Settings], link: Callable[[], MqttLink | None],
-                 memory_critical: Callable[[], bool], job_event: Callable[..., None],
-                 watch: Callable[[str], ContextManager[None]]) -> None:
-        self._watch = watch
+    def __init__(self, registry: dict[str, Command], services: Services, *, admission: Admission,
+                 runner: Runner, settings: Settings, job_event: Callable[..., None]) -> None:
+        self._admission = admission
+        self._runner = runner
         self.registry = registry
-        self.ctx = ctx
-        self.slot = slot
+        self.services = services
         self._settings = settings
-        self._link = link
-        self._memory_critical = memory_critical
+        self._link: MqttLink | None = None   # pushed: attach()
         self._job_event = job_event
         self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue(maxsize=CONTROL_QUEUE)
         self.stats = DispatchStats()
@@ -97,7 +96,7 @@ class Dispatcher:
                 log.exception("control thread: request failed")
 
     def _refuse_full(self, msg: mqtt.MQTTMessage) -> None:
-        link = self._link()
+        link = self._link
         command = (link.topics.command_of(msg.topic) if link is not None else None) or ""
         transaction = None
         if len(msg.payload) <= BUSY_PARSE_MAX:
@@ -110,17 +109,25 @@ class Dispatcher:
         with self._lock:
             self.stats.requests += 1
             self.stats.busy += 1
-        exc = RequestError(f"{CONTROL_QUEUE} requests are already waiting", code="busy",
-                           retry_after_s=self._settings().jobs.retry_after_s)
+        exc = Refusal("busy", f"{CONTROL_QUEUE} requests are already waiting",
+                      self._admission.retry_after_s).error()
         try:
             self._answer_error(msg, command, exc, transaction)
         except Exception:   # on paho's thread: never let an answer take the network loop down
             log.exception("answering busy failed")
 
+    def reconfigure(self, settings: Settings) -> None:
+        """The settings changed (payload limit, allowed commands)."""
+        self._settings = settings
+
+    def attach(self, link: MqttLink) -> None:
+        """Answer on this connection from now on (a new one after a config change)."""
+        self._link = link
+
     # --- the one entry point -------------------------------------------------------------
 
     def _handle(self, msg: mqtt.MQTTMessage) -> None:
-        link = self._link()
+        link = self._link
         if link is None:
             return
         command = link.topics.command_of(msg.topic) or ""
@@ -136,7 +143,7 @@ class Dispatcher:
             spec = self._lookup(command)
             spec.validate(body)
             scope = FLEET if link.topics.is_fleet_wide(msg.topic) else DEVICE
-            request = Request(command, body, transaction, self.ctx, scope=scope)
+            request = Request(command, body, transaction, self.services, scope=scope)
             if spec.heavy:
                 self._start_heavy(spec, request, msg)
                 return
@@ -148,7 +155,7 @@ class Dispatcher:
             self._answer_error(msg, command, AgentError("internal error; see the agent's log"), transaction)
 
     def _parse(self, payload: bytes) -> dict[str, Any]:
-        limit = self._settings().mqtt.max_payload_bytes
+        limit = self._settings.mqtt.max_payload_bytes
         if len(payload) > limit:
             raise RequestError(f"payload of {len(payload)} bytes exceeds mqtt.max_payload_bytes ({limit})",
                                code="payload_too_large")
@@ -168,7 +175,7 @@ class Dispatcher:
         spec = self.registry.get(command)
         if spec is None:
             raise RequestError(f"unknown command '{command[:80]}'", code="unknown_command")
-        allowed = self._settings().mqtt.allowed_commands
+        allowed = self._settings.mqtt.allowed_commands
         if allowed is not None and command not in allowed:
             raise RequestError(f"command '{command}' is not allowed on this device", code="forbidden")
         return spec
@@ -176,35 +183,44 @@ class Dispatcher:
     # --- heavy commands under the job slot -----------------------------------------------
 
     def _start_heavy(self, spec: Command, request: Request, msg: mqtt.MQTTMessage) -> None:
-        source = {"kind": "request", "name": spec.name}
+        """Admitted (a ticket) or refused at once: `memory_pressure`, or `busy` (also while stopping)."""
         job_id = new_job_id()
-        if self._memory_critical():
-            self._job_event(job_id, "rejected", source, error={"code": "memory_pressure"})
-            raise RequestError("memory is critical; try again later", code="memory_pressure",
-                               retry_after_s=self._settings().jobs.retry_after_s)
-        if not self.slot.try_acquire():
-            with self._lock:
-                self.stats.busy += 1
-            self._job_event(job_id, "rejected", source, error={"code": "busy"})
-            raise RequestError(f"all {self.slot.limit} job slot(s) are taken", code="busy",
-                               retry_after_s=self._settings().jobs.retry_after_s)
+        admitted = self._admission.try_admit(request=True)
+        if isinstance(admitted, Refusal):
+            if admitted.code == "busy":
+                with self._lock:
+                    self.stats.busy += 1
+            self._job_event(job_id, "rejected", {"kind": "request", "name": spec.name},
+                            error={"code": admitted.code})
+            raise admitted.error()
         job = dataclasses.replace(request, job_id=job_id)
-        threading.Thread(target=self._run_heavy, args=(spec, job, msg, source), name=f"job-{job_id}",
+        threading.Thread(target=self._run_heavy, args=(admitted, spec, job, msg), name=f"job-{job_id}",
                          daemon=True).start()
 
-    def _run_heavy(self, spec: Command, request: Request, msg: mqtt.MQTTMessage, source: dict) -> None:
+    def _run_heavy(self, ticket: Ticket, spec: Command, request: Request, msg: mqtt.MQTTMessage) -> None:
+        """The runner watches the command and gives the slot back once the answer is sent."""
         try:
-            with self._watch(request.job_id or spec.name):
-                data = spec.run(request)
-            self._answer(msg, spec.name, ok_answer(data, request.transaction))
+            self._runner.call(ticket, request.job_id or spec.name, lambda: self._outcome(spec, request),
+                              finish=lambda answer: self._answer_outcome(msg, spec.name, answer, request))
+        except Exception:
+            log.exception("job %s (%s): answering failed", request.job_id, spec.name)
+
+    @staticmethod
+    def _outcome(spec: Command, request: Request) -> dict[str, Any] | AgentError:
+        try:
+            return spec.run(request)
         except AgentError as exc:
-            self._answer_error(msg, spec.name, exc, request.transaction)
+            return exc
         except Exception:
             log.exception("job %s (%s) failed", request.job_id, spec.name)
-            self._answer_error(msg, spec.name, AgentError("internal error; see the agent's log"),
-                               request.transaction)
-        finally:
-            self.slot.release()
+            return AgentError("internal error; see the agent's log")
+
+    def _answer_outcome(self, msg: mqtt.MQTTMessage, command: str, outcome: dict[str, Any] | AgentError,
+                        request: Request) -> None:
+        if isinstance(outcome, AgentError):
+            self._answer_error(msg, command, outcome, request.transaction)
+        else:
+            self._answer(msg, command, ok_answer(outcome, request.transaction))
 
     # --- answers -------------------------------------------------------------------------
 
@@ -215,7 +231,7 @@ class Dispatcher:
         self._answer(msg, command, error_answer(exc.as_dict(), transaction))
 
     def _answer(self, msg: mqtt.MQTTMessage, command: str, answer: dict[str, Any]) -> None:
-        link = self._link()
+        link = self._link
         if link is None:
             return
         topic, props = link.reply_properties(msg)

@@ -121,6 +121,10 @@ class EngineHealth:
         """The configured threshold (a callable follows live config changes)."""
         return self._after() if callable(self._after) else self._after
 
+    def reconfigure(self, after: int) -> None:
+        """A new threshold (jobs.engine_alert_after changed)."""
+        self._after = after
+
     def observe(self, body: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
         """("raise", data) when the alert starts, ("clear", data) when it ends, else None."""
         state = body.get("state")
@@ -150,19 +154,18 @@ class EngineHealth:
 class AlertBoard:
     """Current alerts, their events and their retained copies, kept consistent under one lock.
 
-    `emit(event, body)` stores an event durably (the outbox); `link()` is the current connection
-    (or None); `topics()` and `device_id()` name where things go. Retained copies are published
-    only while connected; the connect hook (`on_connect`) republishes the current state of every
-    kind this run has touched, so a change made while offline is never lost on the broker.
+    `emit(event, body)` stores an event durably (the outbox); `topics` name where things go (and
+    the device id in the envelope). The connection is pushed with `attach(link)`, new topic names
+    with `retarget(topics)`. Retained copies are published only while connected; the connect hook
+    (`on_connect`) republishes the current state of every kind this run has touched, so a change
+    made while offline is never lost on the broker.
     """
 
-    def __init__(self, emit: Callable[[str, dict[str, Any]], None], link: Callable[[], Any],
-                 topics: Callable[[], Any], device_id: Callable[[], str],
+    def __init__(self, emit: Callable[[str, dict[str, Any]], None], topics: Any,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._emit = emit
-        self._link = link
+        self._link: Any = None
         self._topics = topics
-        self._device_id = device_id
         self._clock = clock
         self._lock = threading.RLock()
         self.lock = self._lock
@@ -171,6 +174,14 @@ class AlertBoard:
         self._pending_events: list[dict[str, Any]] = []   # direct events not yet sent (offline)
         self._last_direct: dict[str, float] = {}
         self._swept = False
+
+    def attach(self, link: Any) -> None:
+        """Publish retained copies and direct events on this connection from now on."""
+        self._link = link
+
+    def retarget(self, topics: Any) -> None:
+        """New topic names (prefix or device id changed)."""
+        self._topics = topics
 
     # -- raising and clearing ----------------------------------------------------------------
 
@@ -222,7 +233,7 @@ class AlertBoard:
     def on_connect(self) -> None:
         """Republish the retained state of every kind this run touched; send direct events held
         back while offline; on the first connect, sweep retained alerts left by an earlier run."""
-        link = self._link()
+        link = self._link
         if link is None:
             return
         with self._lock:
@@ -237,7 +248,7 @@ class AlertBoard:
             self._sweep_stale(link)
 
     def _sweep_stale(self, link: Any) -> None:
-        topic_filter = self._topics().alert("+")
+        topic_filter = self._topics.alert("+")
         deadline = self._clock() + STALE_SWEEP_S
 
         def on_message(msg: Any) -> None:
@@ -263,7 +274,7 @@ class AlertBoard:
     # -- internals ---------------------------------------------------------------------------
 
     def _connected_link(self) -> Any:
-        link = self._link()
+        link = self._link
         return link if link is not None and link.connected.is_set() else None
 
     def _event(self, body: dict[str, Any], direct: bool) -> None:
@@ -276,14 +287,14 @@ class AlertBoard:
             kind = body.get("kind")
             self._pending_events = [b for b in self._pending_events if b.get("kind") != kind] + [body]
             return
-        _quietly(link.publish, self._topics().event("alert"), envelope(self._device_id(), body), qos=1)
+        _quietly(link.publish, self._topics.event("alert"), envelope(self._topics.device_id, body), qos=1)
 
     def _retain(self, kind: str, body: dict[str, Any] | None) -> None:
         link = self._connected_link()
         if link is None:
             return   # republished by on_connect
-        payload = b"" if body is None else envelope(self._device_id(), body)
-        _quietly(link.publish, self._topics().alert(kind), payload, retain=True)
+        payload = b"" if body is None else envelope(self._topics.device_id, body)
+        _quietly(link.publish, self._topics.alert(kind), payload, retain=True)
 
 
 def _quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -50,7 +50,7 @@ PROGRAM_OVERHEAD_MB = {"whisper_cpp": 80,    # whisper.cpp child peak 227 MB wit
                        "llama_server": 320}    # llama-cpp-python server 575 MB with a 253 MB Gemma GGUF
 FLAT_MB = {"pocketsphinx": 120,              # +116 MB in the loading process (model in the wheel)
            "faster_whisper": 330,            # a model *name* (downloaded): base int8
-           "bench_metadata": 15}
+           "bench_metadata": 15}             # the test engine (VOICE_AGENT_TEST_ENGINES=1 only)
 PYTHON_PACKAGES = {"pocketsphinx": ("pocketsphinx", "voice-agent[pocketsphinx]"),
                    "faster_whisper": ("faster_whisper", "voice-agent[faster-whisper]")}
 

@@ -231,15 +231,16 @@ class HomeAssistantDiscovery:
     """Publishes, republishes and removes the discovery document as config and broker change.
 
     `sync()` is called on every (re)connect and after every config change; it is idempotent.
-    `link()` returns the current MqttLink (replaced by the app when the mqtt section changes);
-    `features()` what the device has now (it decides the optional entities).
+    The settings and topic names are pushed with `reconfigure()`, the current MqttLink (replaced
+    by the app when the mqtt section changes) with `attach()`; `features()` is what the device has
+    now (it decides the optional entities).
     """
 
-    def __init__(self, *, settings: Callable[[], HomeAssistantSettings], topics: Callable[[], Topics],
-                 link: Callable[[], Any], version: str, features: Callable[[], Features] = Features) -> None:
+    def __init__(self, *, settings: HomeAssistantSettings, topics: Topics, version: str,
+                 features: Callable[[], Features] = Features) -> None:
         self._settings = settings
         self._topics = topics
-        self._link = link
+        self._link: Any = None
         self._features = features
         self._version = version
         self._lock = threading.RLock()
@@ -248,13 +249,23 @@ class HomeAssistantDiscovery:
         self._routed: tuple[Any, str] | None = None   # (link, status topic) subscribed
         self.published = 0
 
+    def reconfigure(self, settings: HomeAssistantSettings, topics: Topics) -> None:
+        """New settings or topic names; the next sync() makes the broker match them."""
+        with self._lock:
+            self._settings, self._topics = settings, topics
+
+    def attach(self, link: Any) -> None:
+        """The connection sync() publishes on from now on."""
+        with self._lock:
+            self._link = link
+
     def sync(self, *, force: bool = True) -> None:
         """Make the broker match the config: document present (republished when `force` or when it
         changed) or removed."""
         with self._lock:
-            link = self._link()
-            cfg = self._settings()
-            topics = self._topics()
+            link = self._link
+            cfg = self._settings
+            topics = self._topics
             wanted = topics.ha_discovery(cfg.discovery_prefix) if cfg.enabled else None
             connected = link is not None and link.connected.is_set()
             status = Topics.ha_status(cfg.discovery_prefix) if cfg.enabled else None

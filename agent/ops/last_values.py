@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Any, Callable
+from typing import Any
 
 from agent.mqtt.messages import envelope
 
@@ -70,18 +70,25 @@ def copy_of(event: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]] | No
 class LastValues:
     """Keeps the latest copy of each name and publishes it retained (now when connected, else on connect).
 
-    `link()` and `topics()` are the current connection and topic names (both change with the config);
-    `device_id()` goes into the envelope.
+    `topics` name where copies go (and the device id in the envelope); both they and the
+    connection change with the config and are pushed: `retarget(topics)`, `attach(link)`.
     """
 
-    def __init__(self, link: Callable[[], Any], topics: Callable[[], Any], device_id: Callable[[], str]) -> None:
-        self._link = link
+    def __init__(self, topics: Any) -> None:
+        self._link: Any = None
         self._topics = topics
-        self._device_id = device_id
         self._lock = threading.Lock()
         # Nothing is known about speech at start: not in a segment (the retained value of an
         # earlier run may say `speaking: true` from a crash mid-segment).
         self._latest: dict[str, dict[str, Any]] = {"speech": {"speaking": False, "segment_id": None}}
+
+    def attach(self, link: Any) -> None:
+        """Send copies on this connection from now on."""
+        self._link = link
+
+    def retarget(self, topics: Any) -> None:
+        """New topic names (prefix or device id changed)."""
+        self._topics = topics
 
     def observe(self, event: str, body: dict[str, Any]) -> None:
         """Called with every event the agent emits; keeps (and sends) copies of the ones that matter."""
@@ -107,10 +114,10 @@ class LastValues:
             self._send(name, body)
 
     def _send(self, name: str, body: dict[str, Any]) -> None:
-        link = self._link()
+        link = self._link
         if link is None or not link.connected.is_set():
             return   # sent by on_connect
         try:
-            link.publish(last_topic(self._topics(), name), envelope(self._device_id(), body), qos=1, retain=True)
+            link.publish(last_topic(self._topics, name), envelope(self._topics.device_id, body), qos=1, retain=True)
         except Exception as exc:   # noqa: BLE001 - e.g. the link was just replaced: on_connect sends it
             log.debug("last %s: publish failed: %s", name, exc)

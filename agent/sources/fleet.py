@@ -49,25 +49,28 @@ gets the stored result again (the last RESULTS_KEPT results). Error codes beside
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.errors import AgentError
 from agent.sources.fleet_fetch import fetch
-from agent.sources.fleet_jobs import FleetJob, Refused, Unanswerable, b64, parse_job
+from agent.sources.fleet_jobs import FleetJob, Refused, Unanswerable, parse_job
 from agent.sources.fleet_spool import FleetSpool, Held
-from agent.jobs.slot import JobSlot, new_job_id
+from agent.jobs.admission import Admission, Refusal, Ticket
+from agent.jobs.runner import Result, Runner
+from agent.jobs.slot import new_job_id
 from agent.jobs.lru import LRUCache
 from agent.mqtt.messages import envelope
-from agent.jobs.pipeline import Loaded, Pipeline, Source
+from agent.jobs.loading import decode_b64, load_bytes
+from agent.jobs.pipeline import Job, Loaded, Source
+from agent.jobs.results import answer_fields
 from agent.settings import Settings
 from agent.mqtt.topics import Topics
 
@@ -80,17 +83,14 @@ FORWARD_ACK_S = 10.0  # a hand-back the broker did not acknowledge within this s
 
 
 class FleetWorker:
-    def __init__(self, *, settings: Callable[[], Settings], topics: Callable[[], Topics],
-                 link: Callable[[], Any], slot: JobSlot, pipeline: Pipeline,
-                 may_take: Callable[[], bool], memory_critical: Callable[[], bool],
-                 watch: Callable[[str], ContextManager[None]]) -> None:
-        self._settings, self._topics, self._link = settings, topics, link
-        self._slot, self._pipeline, self._watch = slot, pipeline, watch
-        self._may_take, self._memory_critical = may_take, memory_critical
+    def __init__(self, *, settings: Settings, topics: Topics, admission: Admission, runner: Runner) -> None:
+        # pushed by the app when they change: reconfigure(), attach()
+        self._settings, self._topics, self._link = settings, topics, None
+        self._admission, self._runner = admission, runner
         self._lock = threading.RLock()
         self._routed: tuple[Any, str] | None = None     # (link, filter) subscribed now
         self._draining: tuple[Any, str] | None = None   # unsubscribed, late deliveries still spooled
-        self._spool = FleetSpool(Path(settings().state_dir) / "fleet")
+        self._spool = FleetSpool(Path(settings.state_dir) / "fleet")
         self._running: dict[str, threading.Thread] = {}
         self._results = LRUCache(RESULTS_KEPT)
         self._seen = LRUCache(1024)                      # job id -> times handed to this device
@@ -98,7 +98,7 @@ class FleetWorker:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="fleet", daemon=True)
-        slot.on_change(self.poke)
+        admission.on_change(self.poke)
         self.taken = self.refused = self.done = self.failed = self.forwarded = 0
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -131,12 +131,22 @@ class FleetWorker:
 
     # --- the subscription and the queue --------------------------------------------------
 
+    def reconfigure(self, settings: Settings, topics: Topics) -> None:
+        """New settings or topic names; sync() (un)subscribes to match."""
+        with self._lock:
+            self._settings, self._topics = settings, topics
+
+    def attach(self, link: Any) -> None:
+        """The connection to take and answer jobs on from now on; sync() moves the subscription."""
+        with self._lock:
+            self._link = link
+
     def sync(self) -> None:
         """Subscribed while `fleet.worker` is on and the device is not stopping. Idempotent."""
         with self._lock:
-            link = self._link()
-            topic_filter = self._topics().shared_jobs(self._settings().fleet.group)
-            on = link is not None and self._settings().fleet.worker and not self._stop.is_set()
+            link = self._link
+            topic_filter = self._topics.shared_jobs(self._settings.fleet.group)
+            on = link is not None and self._settings.fleet.worker and not self._stop.is_set()
             wanted = (link, topic_filter) if on else None
             if self._routed == wanted:
                 return
@@ -168,11 +178,15 @@ class FleetWorker:
     def _dispatch(self) -> float:
         """Start what can start, keep one waiting job per slot, hand the rest back to the group.
         Returns how long until a held job is due to go back."""
-        can_start = self._may_take() and not self._memory_critical() and not self._stop.is_set()
+        can_start = not self._stop.is_set()
         waiting = self._spool.waiting()
-        while waiting and can_start and self._slot.try_acquire():
-            self._start(waiting.pop(0))
-        keep = self._slot.limit if can_start else 0
+        while waiting and can_start:
+            admitted = self._admission.try_admit()
+            if isinstance(admitted, Refusal):
+                can_start = admitted.code == "busy"   # paused, memory, stopping: keep nothing waiting
+                break
+            self._start(waiting.pop(0), admitted)
+        keep = self._admission.limit if can_start else 0
         now, due = time.monotonic(), 1.0
         for held in waiting[keep:]:
             if held.attempt or self._routed is None:
@@ -203,14 +217,14 @@ class FleetWorker:
                    before: Callable[[], None] = lambda: None) -> bool:
         """Publish a job again to the group while this device is still in it; True once the broker has it."""
         props = _props(correlation, response_topic) or Properties(PacketTypes.PUBLISH)
-        props.UserProperty = ("voice-agent-handed-back-by", self._topics().device_id)
+        props.UserProperty = ("voice-agent-handed-back-by", self._topics.device_id)
         try:
             with self._lock:   # still subscribed when the broker routes it (sync() takes this lock)
-                link = self._link()
+                link = self._link
                 if self._routed is None or self._routed[0] is not link or not link.connected.is_set():
                     return False
                 before()
-                info = link.publish(f"{self._topics().prefix}/jobs/transcribe", payload, qos=1, properties=props)
+                info = link.publish(f"{self._topics.prefix}/jobs/transcribe", payload, qos=1, properties=props)
             info.wait_for_publish(timeout=FORWARD_ACK_S)
             ok = info.is_published() and link.puback_failure(info.mid) is None
         except (RuntimeError, ValueError) as exc:
@@ -262,7 +276,7 @@ class FleetWorker:
         self.poke()
 
     def _parse(self, payload: bytes, response_topic: str | None, correlation: bytes | None) -> FleetJob | None:
-        s = self._settings()
+        s = self._settings
         try:
             return parse_job(payload, response_topic, correlation, max_bytes=s.mqtt.max_payload_bytes,
                              url_allow=s.fleet.url_allow)
@@ -275,7 +289,7 @@ class FleetWorker:
                        exc.transaction, exc.correlation)
         return None
 
-    def _start(self, held: Held) -> None:
+    def _start(self, held: Held, ticket: Ticket) -> None:
         """Holding a slot: run the job in its own thread (or answer why it cannot run)."""
         try:
             payload, response_topic, correlation = self._spool.read(held)
@@ -287,76 +301,67 @@ class FleetWorker:
                 job = None
             if job is None:
                 self._spool.drop(held)
-                self._slot.release()
+                ticket.release()
                 return
             self._spool.start(held)
         except Exception:
             log.exception("fleet: spooled job %s could not start; dropped", held.job_id)
             self._spool.drop(held)
-            self._slot.release()
+            ticket.release()
             return
         self.taken += 1
         agent_job_id = new_job_id()
-        thread = threading.Thread(target=self._run, args=(job, held, agent_job_id),
+        thread = threading.Thread(target=self._run, args=(ticket, job, held, agent_job_id),
                                   name=f"fleet-{job.job_id[:32]}", daemon=True)
         with self._lock:
             self._running[job.job_id] = thread
         self._reply(job, {"status": "accepted", "agent_job_id": agent_job_id})
         thread.start()
 
-    def _run(self, job: FleetJob, held: Held, agent_job_id: str) -> None:
+    def _run(self, ticket: Ticket, job: FleetJob, held: Held, agent_job_id: str) -> None:
+        work = Job(agent_job_id, Source("fleet", job.job_id), lambda: self._load(job), summarize=job.summarize)
+        self._runner.run(ticket, [work], catch_all=True,
+                         finish=lambda results: self._finish(job, held, agent_job_id, results[0]))
+
+    def _finish(self, job: FleetJob, held: Held, agent_job_id: str, record: Result) -> None:
+        """Still holding the slot: remember the result, answer the sender, drop the spooled job."""
         try:
-            with self._watch(agent_job_id):
-                record = self._pipeline.run(agent_job_id, Source("fleet", job.job_id),
-                                            lambda: self._load(job), summarize=job.summarize)
-            result: dict[str, Any] = {
-                "status": "ok", "text": record["transcript"], "language": record["language"],
-                "audio_s": record["audio_s"], "summary": record["summary"], "engines": record["engines"],
-                "timings_ms": record["timings_ms"], "agent_job_id": agent_job_id}
-            self.done += 1
-        except AgentError as exc:
-            result = {"status": "error", "error": exc.as_dict(), "agent_job_id": agent_job_id}
-            self.failed += 1
-        except Exception:
-            log.exception("fleet: job %s failed", job.job_id)
-            result = {"status": "error", "error": AgentError("internal error; see the agent's log").as_dict(),
-                      "agent_job_id": agent_job_id}
-            self.failed += 1
-        try:
+            if isinstance(record, AgentError):
+                result: dict[str, Any] = {"status": "error", "error": record.as_dict(), "agent_job_id": agent_job_id}
+                self.failed += 1
+            else:
+                result = {"status": "ok", **answer_fields(record), "agent_job_id": agent_job_id}
+                self.done += 1
             self._results.put(job.job_id, result)
             self._reply(job, result)
             self._spool.drop(held)
         finally:
             with self._lock:
                 self._running.pop(job.job_id, None)
-            self._slot.release()
 
     def _load(self, job: FleetJob) -> Loaded:
-        s = self._settings()
+        s = self._settings
         if job.audio_b64 is not None:
-            data = b64(job.audio_b64)
+            data = decode_b64(job.audio_b64)
         else:
             assert job.url is not None
             data = fetch(job.url, allow=s.fleet.url_allow, max_bytes=s.mqtt.max_payload_bytes,
                          timeout_s=s.fleet.fetch_timeout_s)
-        from agent.audio.wav import decode_bytes  # numpy: loaded with the first audio
-
-        audio = decode_bytes(data, max_bytes=s.inbox.max_bytes, max_duration_s=s.inbox.max_duration_s)
-        return Loaded(audio, hashlib.blake2b(data, digest_size=16).hexdigest())
+        return load_bytes(data, s.inbox)
 
     def _reply(self, job: FleetJob, body: dict[str, Any]) -> None:
         self._send(job.reply_to, job.job_id, body, job.transaction, job.correlation)
 
     def _send(self, reply_to: str, job_id: str | None, body: dict[str, Any], transaction: str | None,
               correlation: bytes | None) -> None:
-        link = self._link()
+        link = self._link
         if link is None:
             log.warning("fleet: no broker link; the answer to job %s is lost", job_id)
             return
         answer = {"job_id": job_id, **body}
         if transaction is not None:
             answer["transaction"] = transaction
-        link.publish(reply_to, envelope(self._topics().device_id, answer), qos=1,
+        link.publish(reply_to, envelope(self._topics.device_id, answer), qos=1,
                      properties=_props(correlation))
 
 

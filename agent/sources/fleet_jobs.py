@@ -7,8 +7,6 @@ that names no usable reply topic is only logged (there is nobody to tell).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -46,13 +44,6 @@ class Refused(Exception):
 def valid_topic(topic: Any) -> bool:
     return (isinstance(topic, str) and 0 < len(topic.encode("utf-8")) <= 65535
             and not any(c in topic for c in "+#\0"))
-
-
-def b64(text: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestError("'audio_b64' is not valid base64", code="bad_request") from None
 
 
 def parse_job(payload: bytes, response_topic: str | None, correlation: bytes | None, *,

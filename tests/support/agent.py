@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from agent.settings import TEST_ENGINES_ENV
 from tests.support.probe import Probe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,7 +52,8 @@ class AgentProcess:
         self.write_config(self.config)
         self.device_id = self.config["device_id"]
         self.root = f"{self.config.get('mqtt', {}).get('topic_prefix', 'voice')}/{self.device_id}"
-        self.env = {**os.environ, **(env or {})}
+        # The harness runs the model-free test engine (bench_metadata): switch test engines on.
+        self.env = {**os.environ, TEST_ENGINES_ENV: "1", **(env or {})}
         self.args = args or []
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / "agent.log"

@@ -16,7 +16,6 @@ from pathlib import Path
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("agent.__main__",),
     ("agent.app",),
-    ("agent.control",),
     ("agent.sources", "agent.ops"),
     ("agent.mqtt",),
     ("handlers",),

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import CLK_TCK, Dist, Results, agent_config, cpu_s, start_agent
-from bench.b7_outbox import Rig
+from bench.outbox_throughput import Rig
 
 SECTION = "5 listening"
 

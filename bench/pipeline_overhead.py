@@ -11,7 +11,7 @@ Two overhead figures:
   run-to-run noise, which on 2 shared cores is larger than the overhead itself);
 - end-to-end minus the engine time the agent itself reports (`timings_ms.transcribe`) in the
   same job: what the agent adds around the engine, free of engine noise. Budgets use this one.
-Also the first job after start versus the steady state (benchmark 8, warm-up).
+Also the first job after start versus the steady state (its rows are headed "8 warm-up").
 """
 
 from __future__ import annotations

@@ -1,0 +1,74 @@
+"""The one job runner: under an admission ticket, watch the work, run it, finish, give the slot back.
+
+Every source hands its admitted work here, so the watchdog allowance (one `jobs.timeout_s` per
+file of a batch) and the slot's release cannot differ between sources. The source keeps its own
+finishing (the inbox's finish protocol, an MQTT answer, a fleet reply): it is passed as `finish`
+and runs outside the watch but still under the ticket, so a stopping agent that waits for the
+slots to empty also waits for the file to be finished or the answer to be sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, ContextManager, TypeVar
+
+from agent.errors import AgentError
+from agent.jobs.admission import Ticket
+from agent.jobs.pipeline import Job
+
+log = logging.getLogger(__name__)
+
+Result = dict[str, Any] | AgentError
+Watch = Callable[[str, int], ContextManager[Any]]
+T = TypeVar("T")
+
+
+class Runner:
+    def __init__(self, pipeline: Any, watch: Watch) -> None:
+        """`pipeline` has `run(job_id, source, load, summarize=)` and `run_batch(jobs)`;
+        `watch(job_id, n)` is the systemd watchdog's allowance for n files."""
+        self._pipeline = pipeline
+        self._watch = watch
+
+    def run(self, ticket: Ticket, jobs: list[Job], *, finish: Callable[[list[Result]], None] | None = None,
+            catch_all: bool = False) -> list[Result]:
+        """Run one job (`pipeline.run`) or a batch in one engine run (`pipeline.run_batch`).
+
+        Each job's record or AgentError comes back in order. `catch_all`: an unexpected exception
+        of a single job becomes an `internal` error too (a fleet sender waits for exactly one
+        answer); without it, it propagates (an inbox file then stays claimed, as its protocol says).
+        """
+        try:
+            with self._watch(jobs[0].job_id, len(jobs)):   # one allowance per file of the batch
+                if len(jobs) == 1:
+                    results: list[Result] = [self._run_one(jobs[0], catch_all)]
+                else:
+                    results = list(self._pipeline.run_batch(jobs))
+            if finish is not None:
+                finish(results)
+            return results
+        finally:
+            ticket.release()
+
+    def call(self, ticket: Ticket, job_id: str, work: Callable[[], T], *,
+             finish: Callable[[T], None] | None = None) -> T:
+        """Heavy work that is not a pipeline job (a `transcribe` / `summarize` request)."""
+        try:
+            with self._watch(job_id, 1):
+                result = work()
+            if finish is not None:
+                finish(result)
+            return result
+        finally:
+            ticket.release()
+
+    def _run_one(self, job: Job, catch_all: bool) -> Result:
+        try:
+            return self._pipeline.run(job.job_id, job.source, job.load, summarize=job.summarize)
+        except AgentError as exc:
+            return exc
+        except Exception:
+            if not catch_all:
+                raise
+            log.exception("job %s failed", job.job_id)
+            return AgentError("internal error; see the agent's log")
