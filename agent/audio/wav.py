@@ -25,12 +25,10 @@ and limit checks), `agent.audio.riff` (WAV chunks and raw samples), `agent.audio
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import stat
 import struct
-import tempfile
 from pathlib import Path
 from typing import Union
 
@@ -41,6 +39,7 @@ from agent.audio.info import MAX_RATE, MIN_RATE, WavInfo, check_duration, check_
 from agent.audio.pcm import float_to_int16, render
 from agent.audio.riff import WAVE_FORMAT_PCM, BytesSource, FileSource, Source, frame_reader, parse_wav
 from agent.audio.clip import SAMPLE_RATE, Audio
+from agent.durable import write_atomically
 from agent.errors import AudioError
 
 __all__ = [
@@ -147,19 +146,7 @@ def write_wav(path: Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -
     path = Path(path)
     pcm = _as_int16(samples)
     header = _wav_header(len(pcm), sample_rate)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            f.write(memoryview(pcm).cast("B"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    write_atomically(path, [header, memoryview(pcm).cast("B")])
 
 
 # --------------------------------------------------------------------------- reading
@@ -214,13 +201,3 @@ def _wav_header(frames: int, sample_rate: int) -> bytes:
         b"fmt ", 16, WAVE_FORMAT_PCM, 1, int(sample_rate), 2 * int(sample_rate), 2, 16,
         b"data", data_bytes,
     )  # fmt: skip
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable; some filesystems refuse to fsync directories, which is fine."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +31,7 @@ from agent.config import (
     settings_to_dict,
 )
 from agent.config.remote import forbidden, strip_forbidden
+from agent.durable import fsync_dir, write_atomically
 from agent.settings import DEVICE, Settings
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class ConfigStore:
             settings = self._validate(self._base, self._base_lines, overlay)
             overlay_path = self._overlay_path  # state_dir cannot change through the overlay
             assert overlay_path is not None
-            _write_atomically(overlay_path, _OVERLAY_HEADER + _dump(overlay))
+            write_atomically(overlay_path, [(_OVERLAY_HEADER + _dump(overlay)).encode("utf-8")], mode=0o600)
             self._store(settings, overlay, overlay_path, (self._signature_base(), _stat(overlay_path)))
             return settings
 
@@ -137,7 +137,7 @@ class ConfigStore:
             assert self._overlay_path is not None
             with contextlib.suppress(FileNotFoundError):
                 self._overlay_path.unlink()
-                _fsync_dir(self._overlay_path.parent)
+                fsync_dir(self._overlay_path.parent)
             self._overlay = {}
             return self._refresh(self._current_signature())
 
@@ -340,35 +340,3 @@ def _leaf_paths(data: Mapping, prefix: str) -> list[str]:
 
 def _dump(data: dict) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Temp file in the same folder, fsync, rename, fsync the folder: a power cut leaves old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            os.fchmod(fh.fileno(), 0o600)
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename or unlink durable; some filesystems refuse fsync on a folder, which is fine."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.engines.base import Summary
-from agent.engines.extractive import count_words
-from agent.engines.http_retry import make_session, post_with_retries, response_json
+from agent.engines.api_summarizer import ApiSummarizer
 from agent.engines.chat_format import render_prompt
 from agent.errors import EngineError
-from agent.settings import SummarizerSettings
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -32,50 +29,23 @@ def message_text(payload: Any, source: str) -> str:
     return text
 
 
-class AnthropicSummarizer:
+class AnthropicSummarizer(ApiSummarizer):
     """POST {base_url}/v1/messages with x-api-key; one Session for connection reuse."""
 
     name = "anthropic"
+    key_env = "ANTHROPIC_API_KEY"
+    path = "/v1/messages"
 
-    def __init__(self, settings: SummarizerSettings) -> None:
-        self.settings = settings
-        self.options = settings.anthropic
-        self._session = None
-
-    def load(self) -> None:
-        """Check the key and open the Session; no request is sent (calls cost money)."""
-        if not self.options.api_key:
-            raise EngineError(
-                "anthropic summarizer: no API key (set summarizer.anthropic.api_key or ANTHROPIC_API_KEY)",
-                code="engine_unavailable")
-        if self._session is None:
-            self._session = make_session()
-
-    def summarize(self, text: str) -> Summary:
-        text = text.strip()
-        if not text or count_words(text) < self.settings.min_words:
-            return Summary(text, self.name)
-        self.load()
-        url = self.options.base_url.rstrip("/") + "/v1/messages"
-        body = {
+    def body(self, text: str) -> dict[str, Any]:
+        return {
             "model": self.options.model,
             "max_tokens": self.settings.max_tokens,
             "messages": [{"role": "user", "content": render_prompt(self.settings.prompt, text)}],
         }
-        response = post_with_retries(
-            self._session, url,
-            max_retries=self.options.max_retries,
-            timeout_s=min(self.options.timeout_s, self.settings.timeout_s),
-            json=body,
-            headers={
-                "x-api-key": self.options.api_key,
-                "anthropic-version": ANTHROPIC_VERSION,
-                "content-type": "application/json",
-            },
-        )
-        return Summary(message_text(response_json(response), url), self.name)
 
-    def close(self) -> None:
-        if self._session is not None:
-            self._session.close()
-            self._session = None
+    def headers(self) -> dict[str, str]:
+        return {"x-api-key": self.options.api_key, "anthropic-version": ANTHROPIC_VERSION,
+                "content-type": "application/json"}
+
+    def answer_text(self, payload: Any, source: str) -> str:
+        return message_text(payload, source)

@@ -24,6 +24,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.durable import fsync_dir
+
 log = logging.getLogger(__name__)
 
 
@@ -100,7 +102,7 @@ class FleetSpool:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
         held = Held(seq, job_id, path, hold_until)
         self.attach(held)
         return held
@@ -126,16 +128,3 @@ class FleetSpool:
             held.path.unlink()
         except FileNotFoundError:
             pass
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
