@@ -194,8 +194,9 @@ class AlertBoard:
         with self._lock:
             self.current[kind] = {k: v for k, v in body.items() if k != "repeat"}
             self._touched.add(kind)
-            self._event(body, direct)
+            # The retained copy first: whoever sees the event finds the copy already on the broker.
             self._retain(kind, self.current[kind])
+            self._event(body, direct)
         return body
 
     def clear(self, kind: str, data: Mapping[str, Any] | None = None, *, direct: bool = False) -> bool:
@@ -204,8 +205,8 @@ class AlertBoard:
             if self.current.pop(kind, None) is None:
                 return False
             self._touched.add(kind)
-            self._event({"kind": kind, "level": "ok", **(data or {})}, direct)
             self._retain(kind, None)
+            self._event({"kind": kind, "level": "ok", **(data or {})}, direct)
         return True
 
     def update_direct(self, kind: str, data: Mapping[str, Any]) -> None:
