@@ -31,6 +31,17 @@ _paho_log.setLevel(logging.WARNING)
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
 
 
+
+def authenticate(client: mqtt.Client, settings: MQTTSettings) -> None:
+    """Credentials and TLS as configured: the agent's link and every short check connection
+    (device id check, doctor) present themselves to the broker the same way."""
+    if settings.username or settings.password:
+        client.username_pw_set(settings.username, settings.password)
+    if settings.tls.active:
+        client.tls_set(ca_certs=settings.tls.ca_file, certfile=settings.tls.cert_file, keyfile=settings.tls.key_file,
+                       cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.tls_insecure_set(settings.tls.insecure)
+
 class MqttLink:
     def __init__(self, settings: MQTTSettings, topics: Topics, *, host: str, port: int,
                  on_connect: Callable[[], None], on_publish: Callable[[int], None],
@@ -60,12 +71,7 @@ class MqttLink:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.topics.device_id,
                              protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311)
         client.will_set(self.topics.availability, b"offline", qos=1, retain=True)
-        if s.username or s.password:
-            client.username_pw_set(s.username, s.password)
-        if s.tls.active:
-            client.tls_set(ca_certs=s.tls.ca_file, certfile=s.tls.cert_file, keyfile=s.tls.key_file,
-                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-            client.tls_insecure_set(s.tls.insecure)
+        authenticate(client, s)
         client.reconnect_delay_set(min_delay=max(1, int(s.reconnect_min_s)), max_delay=int(s.reconnect_max_s))
         client.max_inflight_messages_set(100)
         client.max_queued_messages_set(0)

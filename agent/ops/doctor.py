@@ -220,6 +220,8 @@ def connect_once(m: MQTTSettings, client_id: str, timeout_s: float) -> Finding:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
+    from agent.mqtt.link import authenticate
+
     where = f"{m.host}:{m.port}"
     tls = " with TLS" if m.tls.active else ""
     user = f" as {m.username!r}" if m.username else " anonymously"
@@ -227,14 +229,9 @@ def connect_once(m: MQTTSettings, client_id: str, timeout_s: float) -> Finding:
                          protocol=mqtt.MQTTv5 if m.protocol == "5" else mqtt.MQTTv311)
     answer: list[object] = []
     client.on_connect = lambda c, u, flags, reason_code, props: answer.append(reason_code)
-    if m.username or m.password:
-        client.username_pw_set(m.username, m.password)
     unreachable = "check mqtt.host / mqtt.port, that the broker runs, and firewalls"
     try:
-        if m.tls.active:
-            client.tls_set(ca_certs=m.tls.ca_file, certfile=m.tls.cert_file, keyfile=m.tls.key_file,
-                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-            client.tls_insecure_set(m.tls.insecure)
+        authenticate(client, m)   # TLS files are read here: a bad one is a broker problem below
         client.connect_timeout = timeout_s
         client.connect(m.host, m.port, keepalive=max(5, int(timeout_s) + 5))
         deadline = time.monotonic() + timeout_s

@@ -30,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.errors import AgentError
 from agent.settings import MQTTSettings
+from agent.mqtt.link import authenticate
 from agent.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -110,13 +111,7 @@ def _retained_availability(settings: MQTTSettings, topics: Topics, host: str, po
     deadline = time.monotonic() + timeout_s
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{topics.device_id[:40]}-idcheck-{secrets.token_hex(3)}",
                          protocol=mqtt.MQTTv5)
-    if settings.username or settings.password:
-        client.username_pw_set(settings.username, settings.password)
-    if settings.tls.active:
-        import ssl
-        client.tls_set(ca_certs=settings.tls.ca_file, certfile=settings.tls.cert_file, keyfile=settings.tls.key_file,
-                       cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        client.tls_insecure_set(settings.tls.insecure)
+    authenticate(client, settings)
     subscribed = threading.Event()
     granted: list[bool] = []
     found: list[Availability] = []
