@@ -39,6 +39,10 @@ class Topics:
     def event(self, name: str) -> str:
         return f"{self.root}/event/{name}"
 
+    def last(self, name: str) -> str:
+        """Retained copy of the latest `name` (transcript, summary, speech, telemetry)."""
+        return f"{self.root}/last/{name}"
+
     def alert(self, kind: str) -> str:
         """Retained current alert of one kind; an empty payload clears it."""
         return f"{self.root}/alert/{kind}"

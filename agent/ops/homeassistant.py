@@ -50,7 +50,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from agent.ops.last_values import TEXT_MAX_CHARS, last_topic
+from agent.ops.last_values import TEXT_MAX_CHARS
 from agent.settings import HomeAssistantSettings
 from agent.mqtt.topics import Topics
 
@@ -112,7 +112,7 @@ def _problem_sensor(kind: str, state: str, unique: str) -> dict[str, Any]:
 def discovery_config(topics: Topics, version: str, features: Features = Features()) -> dict[str, Any]:
     """Home Assistant's device-based discovery document for one agent (pure; unit-testable)."""
     root, device, state = topics.root, topics.device_id, topics.state
-    telemetry = last_topic(topics, "telemetry")
+    telemetry = topics.last("telemetry")
 
     def uid(key: str) -> str:
         return f"voice_agent_{device}_{key}"
@@ -129,9 +129,9 @@ def discovery_config(topics: Topics, version: str, features: Features = Features
                               "'source': value_json.source | default(none)} | tojson }}"
                               % (ATTR_TEXT_MAX, ATTR_TEXT_MAX),
         },
-        "last_transcript": _text_sensor("Last transcript", last_topic(topics, "transcript"),
+        "last_transcript": _text_sensor("Last transcript", topics.last("transcript"),
                                         "mdi:card-text-outline", uid("last_transcript")),
-        "last_summary": _text_sensor("Last summary", last_topic(topics, "summary"),
+        "last_summary": _text_sensor("Last summary", topics.last("summary"),
                                      "mdi:text-box-check-outline", uid("last_summary")),
         "memory_level": {
             "p": "sensor", "name": "Memory level", "unique_id": uid("memory_level"), "icon": "mdi:memory",
@@ -194,7 +194,7 @@ def discovery_config(topics: Topics, version: str, features: Features = Features
         },
         "speech": {
             "p": "binary_sensor", "name": "Speech", "unique_id": uid("speech"), "device_class": "sound",
-            "state_topic": last_topic(topics, "speech"), "payload_on": "ON", "payload_off": "OFF",
+            "state_topic": topics.last("speech"), "payload_on": "ON", "payload_off": "OFF",
             "value_template": "{{ 'ON' if value_json.speaking else 'OFF' }}",
         },
         "listening": {

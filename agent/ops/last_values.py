@@ -40,11 +40,6 @@ _TEXT_FIELDS = {"transcript": ("job_id", "source", "language", "engine", "audio_
                 "summary": ("job_id", "source", "engine")}
 
 
-def last_topic(topics: Any, name: str) -> str:
-    """`<root>/last/<name>` of these topics."""
-    return f"{topics.root}/last/{name}"
-
-
 def bounded_text(text: str, max_chars: int = TEXT_MAX_CHARS, max_bytes: int = TEXT_MAX_BYTES) -> tuple[str, bool]:
     """`text` cut so it has at most `max_chars` characters and its JSON string at most `max_bytes`
     UTF-8 bytes (escapes counted); True when anything was cut."""
@@ -118,6 +113,6 @@ class LastValues:
         if link is None or not link.connected.is_set():
             return   # sent by on_connect
         try:
-            link.publish(last_topic(self._topics, name), envelope(self._topics.device_id, body), qos=1, retain=True)
+            link.publish(self._topics.last(name), envelope(self._topics.device_id, body), qos=1, retain=True)
         except Exception as exc:   # noqa: BLE001 - e.g. the link was just replaced: on_connect sends it
             log.debug("last %s: publish failed: %s", name, exc)
