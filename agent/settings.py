@@ -162,6 +162,9 @@ class JobsSettings:
                                   min=0, max=3600)
     engine_alert_after: int = opt(3, remote=FLEET, doc="Consecutive engine failures that raise the `engine` alert "
                                          "(cleared by the next successful job).", min=1, max=1000)
+    progress_interval_s: float = opt(2.0, remote=FLEET, doc="At most one `event/progress` per running job this "
+                                     "often while an engine that reports progress transcribes; 0 = none.",
+                                     min=0, max=3600)
 
 
 @dataclass(frozen=True)
@@ -301,21 +304,25 @@ class LlamaServerSettings:
 
 
 @dataclass(frozen=True)
-class OpenAISummarizerSettings:
-    base_url: str = opt("https://api.openai.com/v1", doc="OpenAI-compatible API base URL (OpenAI, Ollama, ...).")
-    model: str = opt("gpt-4o-mini", doc="Model name.")
-    api_key: str | None = opt(None, doc="API key (or set OPENAI_API_KEY).", secret=True, env="OPENAI_API_KEY")
+class ChatApiSettings:
+    """The retry policy both paid chat APIs share (agent.engines.api_summarizer applies it)."""
+
     timeout_s: float = opt(60.0, remote=DEVICE, doc="Request timeout.", min=1, max=3600)
     max_retries: int = opt(3, remote=DEVICE, doc="Retries on 429 and 5xx, honouring Retry-After.", min=0, max=20)
 
 
 @dataclass(frozen=True)
-class AnthropicSummarizerSettings:
+class OpenAISummarizerSettings(ChatApiSettings):
+    base_url: str = opt("https://api.openai.com/v1", doc="OpenAI-compatible API base URL (OpenAI, Ollama, ...).")
+    model: str = opt("gpt-4o-mini", doc="Model name.")
+    api_key: str | None = opt(None, doc="API key (or set OPENAI_API_KEY).", secret=True, env="OPENAI_API_KEY")
+
+
+@dataclass(frozen=True)
+class AnthropicSummarizerSettings(ChatApiSettings):
     base_url: str = opt("https://api.anthropic.com", doc="Anthropic API base URL.")
     model: str = opt("claude-3-5-haiku-latest", doc="Model name.")
     api_key: str | None = opt(None, doc="API key (or set ANTHROPIC_API_KEY).", secret=True, env="ANTHROPIC_API_KEY")
-    timeout_s: float = opt(60.0, remote=DEVICE, doc="Request timeout.", min=1, max=3600)
-    max_retries: int = opt(3, remote=DEVICE, doc="Retries on 429 and 5xx, honouring Retry-After.", min=0, max=20)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Before/after: a baseline copy of the agent code versus the working tree, side by side.
 
     cp -r agent handlers .cache/bench/baseline/      # before changing anything
-    python -m bench.ab --baseline .cache/bench/baseline [--rounds 3]
+    python -m bench.ab --baseline .cache/bench/baseline [--rounds 3] [--after FOLDER]
 
 Both variants run against the same broker at the same time and are alternated, so each ratio
 (after / before, or before / after for times) compares like with like on a noisy machine:
@@ -211,11 +211,13 @@ def outbox(res: Results, port: int, code: dict[str, Path | None], rounds: int, n
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.splitlines()[0])
     ap.add_argument("--baseline", type=Path, required=True, help="folder holding the 'before' agent/ and handlers/")
+    ap.add_argument("--after", type=Path, default=None,
+                    help="folder holding the 'after' agent/ and handlers/ (default: the working tree)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="overhead,throughput,startup,imports,outbox")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    code = {"before": args.baseline.resolve(), "after": None}
+    code = {"before": args.baseline.resolve(), "after": args.after.resolve() if args.after else None}
     info = machine()
     print(f"machine: {info}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="voice-agent-ab-"))

@@ -10,9 +10,12 @@ CLI is the yardstick for every engine: it is what the issue compares against), i
 (agent process plus the engine runs it waited for) and in wall seconds.
 
 The machine is shared: wall time swung several-fold between runs of the same setting while
-CPU time moved far less, so CPU time is the figure to compare. The bare whisper.cpp run is
-measured twice, first and last, and ratios use the mean; both are printed. A speed setting is accuracy-neutral when its word
-error rate is at most the bare engine's + 0.005 (`budget`); only the default rows must be.
+CPU time moved far less, so CPU time is the figure to compare; each row also gives the 1-minute
+load average at the end of its run. Bare faster-whisper runs in this process with OpenMP's own
+defaults (as by hand); the agent sets OMP_WAIT_POLICY=PASSIVE (agent/engines/faster_whisper.py),
+without which its OpenMP threads spin away about 3x the CPU on a busy machine. The bare
+whisper.cpp run is measured twice, first and last, and ratios use the mean; both are printed.
+A speed setting is accuracy-neutral when its word error rate is at most the bare engine's + 0.005 (`budget`); only the default rows must be.
 
     python -m bench --only speech            # the full grid (about 10-15 min on 2 shared cores)
     python -m bench --only speech --quick    # defaults and the old joined-batch setting only
@@ -20,6 +23,7 @@ error rate is at most the bare engine's + 0.005 (`budget`); only the default row
 
 from __future__ import annotations
 
+import os
 import resource
 import tempfile
 import time
@@ -46,8 +50,13 @@ def _wer(recordings: list[Recording], texts: dict[str, str]) -> float:
     return wer([(r.text, texts[r.name]) for r in recordings])
 
 
+def _load() -> str:
+    """The 1-minute load average: how busy the 2 shared cores were (other sessions' work)."""
+    return f"load {os.getloadavg()[0]:.1f}"
+
+
 def _row(res: Results, engine: str, setting: str, default: bool, recordings: list[Recording], result: RunResult,
-         bare_wer: float, bare_label: str, yardstick: RunResult) -> dict[str, Any]:
+         bare_wer: float, bare_label: str, yardstick: RunResult, load: str = "") -> dict[str, Any]:
     agent_wer = _wer(recordings, result.texts)
     ratio = yardstick.seconds / result.seconds
     cpu_ratio = yardstick.cpu_s / result.cpu_s
@@ -55,12 +64,12 @@ def _row(res: Results, engine: str, setting: str, default: bool, recordings: lis
     res.add(SECTION, f"{engine} {setting}{' (default)' if default else ''}: WER agent / {bare_label}; "
             f"throughput vs bare CLI (CPU time, wall time)",
             f"{agent_wer:.3f} / {bare_wer:.3f}; CPU {cpu_ratio:.2f}x ({result.cpu_s:.0f} s vs {yardstick.cpu_s:.0f} s), "
-            f"wall {ratio:.2f}x ({result.seconds:.1f} s vs {yardstick.seconds:.1f} s)",
+            f"wall {ratio:.2f}x ({result.seconds:.1f} s vs {yardstick.seconds:.1f} s); {load}",
             f"WER <= bare + {TOLERANCE}" if default else "", neutral if default else None,
             note="" if default or neutral else "costs words")
     return {"engine": engine, "setting": setting, "default": default, "wer": agent_wer, "bare_wer": bare_wer,
             "seconds": result.seconds, "cpu_s": result.cpu_s, "ratio_vs_bare_cli": ratio,
-            "cpu_ratio_vs_bare_cli": cpu_ratio, "texts": result.texts}
+            "cpu_ratio_vs_bare_cli": cpu_ratio, "load": load, "texts": result.texts}
 
 
 def _self_cpu_s() -> float:
@@ -128,18 +137,22 @@ def run(res: Results, work: Path, port: int, quick: bool) -> dict:
         return raw
 
     n = 0
+    loads: dict[int, str] = {}   # id(result) -> the load at the end of that agent run
 
     def burst(transcriber: dict[str, Any]) -> RunResult | None:
         """One agent run; a failed run is an ERROR row of its own, so the other settings still report."""
         nonlocal n
         n += 1
         try:
-            return agent_burst(fresh_dir(work / f"speech{n}"), port, transcriber, recordings)
+            result = agent_burst(fresh_dir(work / f"speech{n}"), port, transcriber, recordings)
+            loads[id(result)] = _load()
+            return result
         except (AssertionError, OSError, RuntimeError) as exc:
             res.add(SECTION, f"agent run {n} ({transcriber})", f"failed: {str(exc)[:300]}", status="ERROR")
             return None
 
     first = bare_whisper_cpp(binary, model, recordings)
+    first_load = _load()
     bare_cpp_wer = _wer(recordings, first.texts)
     cpp = {"binary": str(binary), "model": str(model), "threads": 2}
     cpp_runs: list[tuple[str, bool, RunResult | None]] = []
@@ -152,13 +165,14 @@ def run(res: Results, work: Path, port: int, quick: bool) -> dict:
     yardstick = RunResult(first.texts, (first.seconds + last.seconds) / 2, cpu_s=(first.cpu_s + last.cpu_s) / 2)
     res.add(SECTION, "whisper.cpp CLI by hand, file by file (its defaults: 5 beams, full window)",
             f"WER {bare_cpp_wer:.3f}; CPU {yardstick.cpu_s:.0f} s (first {first.cpu_s:.0f}, last {last.cpu_s:.0f}); "
-            f"wall {yardstick.seconds:.1f} s (first {first.seconds:.1f}, last {last.seconds:.1f})",
+            f"wall {yardstick.seconds:.1f} s (first {first.seconds:.1f}, last {last.seconds:.1f}); "
+            f"{first_load} / {_load()}",
             note="" if _wer(recordings, last.texts) == bare_cpp_wer else "the two bare runs' words differ")
     for setting, default, result in cpp_runs:
         if result is None:
             continue
         raw["rows"].append(_row(res, "whisper_cpp", setting, default, recordings, result, bare_cpp_wer,
-                                "bare CLI", yardstick))
+                                "bare CLI", yardstick, loads.get(id(result), "")))
     raw["bare_whisper_cpp"] = {"wer": bare_cpp_wer, "seconds": [first.seconds, last.seconds],
                                "cpu_s": [first.cpu_s, last.cpu_s], "texts": first.texts}
 
@@ -172,13 +186,13 @@ def run(res: Results, work: Path, port: int, quick: bool) -> dict:
         bare_fw_wer = _wer(recordings, bare_fw.texts)
         res.add(SECTION, "faster-whisper by hand, file by file (its defaults: 5 beams), model loaded",
                 f"WER {bare_fw_wer:.3f}; CPU {bare_fw.cpu_s:.0f} s = {yardstick.cpu_s / bare_fw.cpu_s:.2f}x bare CLI; "
-                f"wall {bare_fw.seconds:.1f} s = {yardstick.seconds / bare_fw.seconds:.2f}x")
+                f"wall {bare_fw.seconds:.1f} s = {yardstick.seconds / bare_fw.seconds:.2f}x; {_load()}")
         for k, beam in enumerate(FW_GRID[:1] if quick else FW_GRID):
             result = burst({"engine": "faster_whisper", "faster_whisper": {"model": "base", "beam_size": beam}})
             if result is None:
                 continue
             raw["rows"].append(_row(res, "faster_whisper", f"base int8 beam={beam}", k == 0, recordings, result,
-                                    bare_fw_wer, "bare faster-whisper", yardstick))
+                                    bare_fw_wer, "bare faster-whisper", yardstick, loads.get(id(result), "")))
         raw["bare_faster_whisper"] = {"wer": bare_fw_wer, "seconds": bare_fw.seconds, "cpu_s": bare_fw.cpu_s,
                                       "texts": bare_fw.texts}
 
@@ -189,10 +203,13 @@ def run(res: Results, work: Path, port: int, quick: bool) -> dict:
     else:
         bare_ps = _bare_pocketsphinx(recordings)
         bare_ps_wer = _wer(recordings, bare_ps.texts)
+        res.add(SECTION, "PocketSphinx by hand, file by file (its default dictation decoder)",
+                f"WER {bare_ps_wer:.3f}; CPU {bare_ps.cpu_s:.0f} s = {yardstick.cpu_s / bare_ps.cpu_s:.2f}x bare CLI; "
+                f"wall {bare_ps.seconds:.1f} s = {yardstick.seconds / bare_ps.seconds:.2f}x; {_load()}")
         result = burst({"engine": "pocketsphinx"})
         if result is not None:
             raw["rows"].append(_row(res, "pocketsphinx", "dictation (no grammar)", True, recordings, result,
-                                    bare_ps_wer, "bare PocketSphinx", yardstick))
+                                    bare_ps_wer, "bare PocketSphinx", yardstick, loads.get(id(result), "")))
         raw["bare_pocketsphinx"] = {"wer": bare_ps_wer, "seconds": bare_ps.seconds, "cpu_s": bare_ps.cpu_s,
                                     "texts": bare_ps.texts}
     res.raw["speech"] = raw

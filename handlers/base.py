@@ -17,6 +17,7 @@ if TYPE_CHECKING:   # annotations only: importing handlers stays cheap
     from agent.config.store import ConfigStore
     from agent.engines.runtime import Engines
     from agent.jobs.pipeline import Pipeline
+    from agent.jobs.run_state import RunState
     from agent.jobs.slot import JobSlot
 
 
@@ -60,19 +61,36 @@ class RequestCounts(Protocol):
     busy: int
 
 
+class MicrophoneView(Protocol):
+    """Live listening (agent.sources.listening.Listening)."""
+
+    @property
+    def present(self) -> bool: ...   # a microphone (or a test source) is configured
+    @property
+    def on(self) -> bool: ...        # capturing now (`listening` in the state)
+    def stats(self) -> dict[str, Any]: ...
+
+
+class InboxFeedView(Protocol):
+    """The inbox folder's worker, replaced on a config change (agent.sources.inbox_feed.InboxFeed)."""
+
+    @property
+    def current(self) -> InboxAccess | None: ...   # None while the inbox is disabled
+
+
 @dataclass(frozen=True)
 class Services:
     """Everything a command may read or do, built once by the composition root (agent.app).
 
     Handlers see these parts and narrow actions, never the App: a command cannot reach a part
-    it was not given, and a test can hand a handler fakes. Parts that the App replaces while
-    running (the inbox on a config change, the settings) are given as callables returning the
-    current one. Parts from layers above handlers (sources, ops, mqtt) are typed by Protocols
-    here, so handlers import nothing above agent.jobs.
+    it was not given, and a test can hand a handler fakes. Nothing here is a getter on the App:
+    a value that changes while running is read from the part that owns it (the current settings
+    from the store, paused from the run state, the inbox from its feed). Parts from layers above
+    handlers (sources, ops, mqtt) are typed by Protocols here, so handlers import nothing above
+    agent.jobs.
     """
 
-    settings: Callable[[], Settings]
-    store: ConfigStore
+    store: ConfigStore                          # `store.settings`: the settings in force
     pipeline: Pipeline
     slot: JobSlot
     engines: Engines
@@ -81,16 +99,11 @@ class Services:
     outbox: OutboxView
     publisher: PublisherView
     alerts: Mapping[str, Mapping[str, Any]]     # kind -> current alert body (kept current by its owner)
-    started_at: str
-    uptime_s: Callable[[], float]
-    paused: Callable[[], bool]
-    listening: Callable[[], bool]
-    has_microphone: Callable[[], bool]
-    rejected: Callable[[], int]
-    inbox: Callable[[], InboxAccess | None]     # None while the inbox is disabled
+    run: RunState                               # paused, rejected, uptime
+    microphone: MicrophoneView
+    inbox: InboxFeedView
     inbox_name_ok: Callable[[str], bool]        # names the inbox would take (not hidden, not partial)
-    request_counts: Callable[[], RequestCounts]
-    listen_stats: Callable[[], dict[str, Any]]
+    requests: RequestCounts
     fleet_stats: Callable[[], dict[str, Any]]
     vad_cache_stats: Callable[[], dict[str, int]]
     apply: Callable[[Settings], list[str]]      # a validated config, live; returns what restarted

@@ -20,7 +20,7 @@ from handlers.base import Command, Request, Services
 def config_of(sv: Services) -> dict[str, Any]:
     """The effective config, and which keys config/set may change from where (Node-RED and
     Home Assistant users see the rules without reading the source). Also the retained `config`."""
-    return {"config": settings_to_dict(sv.settings(), redact=True), "revision": sv.store.revision,
+    return {"config": settings_to_dict(sv.store.settings, redact=True), "revision": sv.store.revision,
             "remote_tunable": tunable(DEVICE), "fleet_tunable": tunable(FLEET)}
 
 
@@ -30,7 +30,7 @@ def get(req: Request) -> dict[str, Any]:
 
 def set_(req: Request) -> dict[str, Any]:
     sv, scope = req.services, req.scope
-    _remote_config_allowed(sv.settings(), scope)
+    _remote_config_allowed(sv.store.settings, scope)
     try:
         new = sv.store.set_overlay(req.body["config"], scope)
     except RemoteForbidden as exc:
@@ -48,7 +48,7 @@ def set_(req: Request) -> dict[str, Any]:
 
 def reset(req: Request) -> dict[str, Any]:
     sv = req.services
-    _remote_config_allowed(sv.settings(), req.scope)
+    _remote_config_allowed(sv.store.settings, req.scope)
     try:
         new = sv.store.reset_overlay()
     except ConfigError as exc:

@@ -28,12 +28,12 @@ def transcribe(req: Request) -> dict[str, Any]:
         return _transcribe_file(sv, body["file"], job_id, summarize)
     data = decode_b64(body["audio_b64"])
     record = sv.pipeline.run(job_id, Source("request", "audio_b64"),
-                             lambda: load_bytes(data, sv.settings().inbox), summarize=summarize)
+                             lambda: load_bytes(data, sv.store.settings.inbox), summarize=summarize)
     return _answer(record)
 
 
 def _transcribe_file(sv: Services, name: str, job_id: str, summarize: bool) -> dict[str, Any]:
-    inbox = sv.inbox()
+    inbox = sv.inbox.current
     if inbox is None:
         raise RequestError("the inbox is disabled", code="bad_request")
     if name != os.path.basename(name) or not sv.inbox_name_ok(name) or "\x00" in name:

@@ -13,9 +13,10 @@ from handlers.base import Command, Request, Services
 
 
 def state_of(sv: Services) -> dict[str, Any]:
-    return {"device_id": sv.settings().device_id, "version": __version__, "started_at": sv.started_at,
-            "uptime_s": sv.uptime_s(), "paused": sv.paused(), "listening": sv.listening(),
-            "jobs": {"running": sv.slot.running, "limit": sv.slot.limit},
+    return {"device_id": sv.store.settings.device_id, "version": __version__, "started_at": sv.run.started_at,
+            "uptime_s": sv.run.uptime_s(), "paused": sv.run.paused, "listening": sv.microphone.on,
+            # each running job with its elapsed time and last published progress fraction
+            "jobs": {"running": sv.slot.running, "limit": sv.slot.limit, "active": sv.pipeline.progress.running()},
             "engines": sv.engines.describe(), "config_revision": sv.store.revision,
             "memory_level": sv.monitor.level,
             # the budget levels are computed against and which limit sets it (machine or cgroup);
@@ -28,18 +29,18 @@ def state_of(sv: Services) -> dict[str, Any]:
 
 def stats_of(sv: Services) -> dict[str, Any]:
     """The one builder of both `request/stats` answers and `<root>/telemetry`."""
-    d = sv.request_counts()
-    inbox = sv.inbox()
-    figures = sv.telemetry.collect({"uptime_s": sv.uptime_s(), "memory_level": sv.monitor.level,
+    d = sv.requests
+    inbox = sv.inbox.current
+    figures = sv.telemetry.collect({"uptime_s": sv.run.uptime_s(), "memory_level": sv.monitor.level,
                                     "alerts": sorted(sv.alerts)})
     pipeline, outbox, store = sv.pipeline, sv.outbox, sv.store
     return {
         **figures,
-        "jobs": {"done": pipeline.done, "failed": pipeline.failed, "rejected": sv.rejected(),
+        "jobs": {"done": pipeline.done, "failed": pipeline.failed, "rejected": sv.run.rejected,
                  "running": sv.slot.running, "limit": sv.slot.limit},
         "requests": {"total": d.requests, "errors": d.errors, "busy": d.busy},
         "inbox": {"waiting": inbox.waiting_count() if inbox is not None else 0},
-        "listen": sv.listen_stats(),
+        "listen": sv.microphone.stats(),
         "fleet": sv.fleet_stats(),
         "outbox": {"queued": outbox.count, "bytes": outbox.size_bytes, "stored": outbox.stored,
                    "published": sv.publisher.published, "dropped": outbox.dropped},

@@ -9,6 +9,7 @@ import pytest
 
 from tests.support.agent import AgentProcess
 from tests.support.broker import Broker
+from tests.support.lifecycle import NotifySocket
 from tests.support.probe import Probe
 
 
@@ -44,3 +45,11 @@ def make_agent(tmp_path: Path, broker: Broker) -> Iterator[Callable[..., AgentPr
 def agent(make_agent, probe) -> AgentProcess:
     """One running agent with the model-free test engine, online on the test broker."""
     return make_agent().start(probe)
+
+
+@pytest.fixture
+def notify() -> Iterator[NotifySocket]:
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET (tests/support/lifecycle.py)."""
+    n = NotifySocket()
+    yield n
+    n.close()

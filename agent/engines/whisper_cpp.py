@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -46,10 +44,13 @@ from typing import TYPE_CHECKING
 
 from agent.audio.clip import SAMPLE_RATE, Audio
 
-from agent.engines.base import Transcript
+from agent.engines.base import Progress, Transcript
 from agent.engines.process import sweep_group
 from agent.engines.whisper_concat import (
-    _MARKERS, assign_segments, join_with_gaps, packs_of, parse_segments, voiced_frames)
+    assign_segments, join_with_gaps, packs_of, parse_segments, voiced_frames)
+from agent.engines.whisper_ctx import FULL_CTX, audio_ctx_for, packed_audio_ctx
+from agent.engines.whisper_output import error_lines, last_problem, text_of
+from agent.engines.whisper_stream import OutputWatch, ProgressReader, communicate
 from agent.errors import EngineError
 from agent.settings import TranscriberSettings
 
@@ -59,14 +60,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SHM = Path("/dev/shm")
-
-# -- audio context (-ac) ------------------------------------------------------------------------
-FULL_CTX = 1500          # whisper's whole 30 s window, in 20 ms encoder positions
-_CTX_STEP_S = 0.02
-_AUTO_CTX_MARGIN_S = 2.0  # room after the clip, so its last words are never at the window's edge
-_AUTO_CTX_MIN = 512       # 10 s: on 27 commands of 1-3 s, 512 had WER 0.18 against 0.22 for the full
-                          # window; 256 had 0.31 against 0.30 and hit slow decoder fallbacks
-_AUTO_CTX_ROUND = 64
 
 @dataclass
 class _Run:
@@ -78,55 +71,6 @@ class _Run:
 def _tmp_root() -> str | None:
     """tmpfs when the system has one, so a temporary WAV never touches the SD card."""
     return str(_SHM) if _SHM.is_dir() and os.access(_SHM, os.W_OK) else None
-
-
-# Without -nt each stdout line starts with "[00:00:00.000 --> 00:00:02.000]".
-_TIMESTAMP = re.compile(r"^\[\d+:\d\d:\d\d\.\d+ --> \d+:\d\d:\d\d\.\d+\]\s*")
-
-
-def _text_of(output: str) -> str:
-    """whisper.cpp prints one line per segment; a transcript is their joined text.
-
-    The timestamp prefix is cut and the "[BLANK_AUDIO]" marker for silence is dropped: silence
-    is an empty transcript.
-    """
-    lines = (_TIMESTAMP.sub("", line.strip()).strip() for line in output.splitlines())
-    return " ".join(line for line in lines if line and line not in _MARKERS)
-
-
-def _error_lines(stderr: str) -> list[str]:
-    return [line.strip() for line in stderr.splitlines() if line.strip().lower().startswith("error")]
-
-
-def _last_problem(stderr: str) -> str:
-    """The most telling stderr line: the last `error:` line (a usage dump may follow it)."""
-    errors = _error_lines(stderr)
-    if errors:
-        return errors[-1]
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    return lines[-1] if lines else "no error output"
-
-
-def audio_ctx_for(duration_s: float, setting: int | None) -> int:
-    """The `-ac` value for a run over `duration_s` of audio; `setting` None means auto.
-
-    Auto covers the clip plus a margin, rounded up, never under 512 positions (10 s). Measured
-    on 36 espeak sentences of 1-10 s: half the run time of the full window at an equal or lower
-    word error rate; with a 256 minimum one short command came out as gibberish.
-    """
-    if setting is not None:
-        return setting
-    needed = math.ceil((duration_s + _AUTO_CTX_MARGIN_S) / _CTX_STEP_S)
-    rounded = math.ceil(needed / _AUTO_CTX_ROUND) * _AUTO_CTX_ROUND
-    return min(FULL_CTX, max(_AUTO_CTX_MIN, rounded))
-
-
-def packed_audio_ctx(longest_s: float, setting: int | None) -> int:
-    """The `-ac` of a run over joined packs: enough for the longest pack whatever the setting
-    (a smaller window would cut its end off), the full window when the setting asks for it."""
-    if setting == 0:
-        return 0
-    return max(audio_ctx_for(longest_s, None), setting or 0)
 
 
 def silence_wav(seconds: float) -> bytes:
@@ -233,7 +177,7 @@ class WhisperCppTranscriber:
         runs it by hand (same words, measured on 20 real recordings, alone or several `-f` in one
         run). With a reduced window, `-nt` made this binary repeat short clips ("Turn off the
         bedroom light. Turn off the bedroom light.") and take 4x longer, so timestamps stay on
-        there and `_text_of` cuts them off.
+        there and `text_of` cuts them off.
         """
         ctx = audio_ctx_for(duration_s, self._cfg.audio_ctx)
         return ["-ac", str(ctx), *(["-nt"] if ctx in (0, FULL_CTX) else [])]
@@ -250,7 +194,8 @@ class WhisperCppTranscriber:
         except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL does not get ignored
             log.error("whisper.cpp process %s did not die after SIGKILL", proc.pid)
 
-    def _run(self, args: list[str], stdin: bytes | None, timeout_s: float) -> _Run:
+    def _run(self, args: list[str], stdin: bytes | None, timeout_s: float, watch: OutputWatch | None = None) -> _Run:
+        """One run of the program; `watch` sees its output as it comes (progress)."""
         if self._closed:
             raise EngineError("whisper.cpp transcriber is closed", code="engine_unavailable")
         with self._lock:
@@ -266,7 +211,8 @@ class WhisperCppTranscriber:
                 raise EngineError(f"cannot start whisper.cpp: {exc}", code="engine_unavailable") from exc
             self._proc = proc
             try:
-                out, err = proc.communicate(input=stdin, timeout=timeout_s)
+                out, err = proc.communicate(input=stdin, timeout=timeout_s) if watch is None else \
+                    communicate(proc, stdin, timeout_s, watch)
             except subprocess.TimeoutExpired as exc:
                 self._kill(proc)
                 raise EngineError(f"whisper.cpp took longer than {timeout_s:g} s and was killed",
@@ -279,23 +225,23 @@ class WhisperCppTranscriber:
                 sweep_group(proc)   # nothing the run forked outlives it
         return _Run(proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
 
-    def _run_wav(self, wav: bytes, extra: list[str], timeout_s: float) -> _Run:
+    def _run_wav(self, wav: bytes, extra: list[str], timeout_s: float, watch: OutputWatch | None = None) -> _Run:
         """One run over in-memory WAV bytes: through stdin, or a tmpfs file if stdin fails."""
         if self._stdin_ok is not False:
-            run = self._run(self._args(["-"], extra), wav, timeout_s)
-            failed = run.returncode != 0 or (bool(_error_lines(run.stderr)) and not run.stdout.strip())
+            run = self._run(self._args(["-"], extra), wav, timeout_s, watch)
+            failed = run.returncode != 0 or (bool(error_lines(run.stderr)) and not run.stdout.strip())
             if not failed or self._stdin_ok:
                 self._stdin_ok = True
                 return run
             # `wav` is well-formed by construction, so a failure here before stdin ever worked
             # means this build cannot read `-f -`.
             log.warning("whisper.cpp could not read stdin (%s); using tmpfs files instead",
-                        _last_problem(run.stderr))
+                        last_problem(run.stderr))
         with tempfile.TemporaryDirectory(prefix="whisper-cpp-", dir=_tmp_root()) as tmp:
             path = Path(tmp) / "audio.wav"
             path.write_bytes(wav)
-            run = self._run(self._args([str(path)], extra), None, timeout_s)
-        if self._stdin_ok is None and run.returncode == 0 and not _error_lines(run.stderr):
+            run = self._run(self._args([str(path)], extra), None, timeout_s, watch)
+        if self._stdin_ok is None and run.returncode == 0 and not error_lines(run.stderr):
             self._stdin_ok = False  # the file worked where stdin did not: stop trying stdin
         return run
 
@@ -308,19 +254,28 @@ class WhisperCppTranscriber:
     @staticmethod
     def _single_text(run: _Run) -> str:
         if run.returncode != 0:
-            raise EngineError(f"whisper.cpp exited with {run.returncode}: {_last_problem(run.stderr)}",
+            raise EngineError(f"whisper.cpp exited with {run.returncode}: {last_problem(run.stderr)}",
                               code="engine_error")
-        if _error_lines(run.stderr) and not run.stdout.strip():
+        if error_lines(run.stderr) and not run.stdout.strip():
             # The program skips unreadable input and still exits 0.
-            raise EngineError(f"whisper.cpp: {_last_problem(run.stderr)}", code="engine_error")
-        return _text_of(run.stdout)
+            raise EngineError(f"whisper.cpp: {last_problem(run.stderr)}", code="engine_error")
+        return text_of(run.stdout)
 
-    def transcribe(self, audio: Audio) -> Transcript:
+    #: A single run reports progress (batches do not): see `transcribe`.
+    reports_progress = True
+
+    def transcribe(self, audio: Audio, progress: Progress | None = None) -> Transcript:
+        """One run over one input. With `progress`, `-pp` is added (it only prints, the words are
+        the same) and the output is read as it comes (agent.engines.whisper_stream)."""
         extra = self._ctx_args(audio.duration_s)
+        watch = None
+        if progress is not None:
+            extra.append("-pp")
+            watch = ProgressReader(audio.duration_s, progress, text_of)
         if audio.path is not None:
-            run = self._run(self._args([str(audio.path)], extra), None, self._timeout_s)
+            run = self._run(self._args([str(audio.path)], extra), None, self._timeout_s, watch)
         else:
-            run = self._run_wav(_wav_of(audio.samples), extra, self._timeout_s)
+            run = self._run_wav(_wav_of(audio.samples), extra, self._timeout_s, watch)
         return self._transcript(self._single_text(run))
 
     def _single_result(self, audio: Audio) -> Transcript | Exception:
@@ -401,7 +356,7 @@ class WhisperCppTranscriber:
                 return failed
             if run.returncode != 0:
                 log.warning("whisper.cpp joined run exited with %s (%s); its inputs are redone",
-                            run.returncode, _last_problem(run.stderr))
+                            run.returncode, last_problem(run.stderr))
                 return failed
             out: list[list[str | None]] = []
             for k, (spans, voiced) in enumerate(layouts):
@@ -451,13 +406,13 @@ class WhisperCppTranscriber:
             for i, out in enumerate(outputs):
                 txt = out.with_suffix(".txt")
                 if txt.is_file():
-                    results[i] = self._transcript(_text_of(txt.read_text("utf-8", "replace")))
+                    results[i] = self._transcript(text_of(txt.read_text("utf-8", "replace")))
                 elif whole_run_ok:
                     assert run is not None
                     results[i] = self._input_error(inputs[i], run.stderr)
             if run is not None and run.returncode != 0:
                 log.warning("whisper.cpp batch exited with %s (%s); finishing one by one",
-                            run.returncode, _last_problem(run.stderr))
+                            run.returncode, last_problem(run.stderr))
         for i, audio in enumerate(audios):
             if results[i] is None:
                 results[i] = self._single_result(audio)
@@ -466,6 +421,6 @@ class WhisperCppTranscriber:
     @staticmethod
     def _input_error(path: str, stderr: str) -> EngineError:
         quoted = f"'{path}'"
-        mine = [line for line in _error_lines(stderr) if quoted in line]
+        mine = [line for line in error_lines(stderr) if quoted in line]
         message = mine[-1] if mine else "whisper.cpp wrote no transcript for this input"
         return EngineError(f"whisper.cpp: {message}", code="engine_error")

@@ -48,7 +48,9 @@ class DispatchStats:
 
 class Dispatcher:
     def __init__(self, registry: dict[str, Command], services: Services, *, admission: Admission,
-                 runner: Runner, settings: Settings, job_event: Callable[..., None]) -> None:
+                 runner: Runner, settings: Settings, job_event: Callable[..., None],
+                 stats: DispatchStats | None = None) -> None:
+        """`stats`: the counters `stats` answers read (the app hands the same object to Services)."""
         self._admission = admission
         self._runner = runner
         self.registry = registry
@@ -57,7 +59,7 @@ class Dispatcher:
         self._link: MqttLink | None = None   # pushed: attach()
         self._job_event = job_event
         self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue(maxsize=CONTROL_QUEUE)
-        self.stats = DispatchStats()
+        self.stats = stats if stats is not None else DispatchStats()
         self._lock = threading.Lock()
         self._closed = False
         self._control = threading.Thread(target=self._control_loop, name="control", daemon=True)

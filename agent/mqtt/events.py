@@ -7,9 +7,17 @@ alerts, Home Assistant's `last/*` copies follow transcripts). Written as branche
 registers once, at wiring time, next to the part that owns the policy.
 
 An emitted event is first shown to the guards (which may hold the calling thread, e.g. a job
-abandoned at shutdown must not store anything), then stored durably by the publisher (outbox,
-then MQTT), then shown to the observers, in the order they were registered. Observers are
+abandoned at shutdown must not store anything), then stored by the publisher (outbox, then
+MQTT), then shown to the observers, in the order they were registered. Observers are
 registered before any thread emits and never removed, so emitting takes no lock.
+
+How it is stored (agent.mqtt.outbox: a group commit): a job's progress (`job` `queued` /
+`running`, `transcript`, `summary`, and `vad`, which comes before its segment's job) is stored
+lazily, without an fsync; the job's last event (`done` / `failed`) is stored durably, and that one
+fsync makes every event stored before it survive a power cut too. A job's thread emits that
+last event before its inbox file is finished (or its spool file deleted, or its answer sent), so
+a finished file still always has its events stored: one fsync per job instead of five. Every
+other event (`alert`, a `rejected` job, any new name) is durable at once.
 """
 
 from __future__ import annotations
@@ -20,6 +28,17 @@ from agent.mqtt.publisher import Publisher
 from agent.mqtt.topics import Topics
 
 Observer = Callable[[str, dict[str, Any]], None]
+
+#: Events a later durable event of the same work always follows (see above): stored lazily.
+LAZY_EVENTS = frozenset({"transcript", "summary", "vad"})
+LAZY_JOB_STATES = frozenset({"queued", "running"})
+
+
+def durable(event: str, body: dict[str, Any]) -> bool:
+    """Whether `event` must be fsynced when stored, or may ride on the next durable one."""
+    if event == "job":
+        return body.get("state") not in LAZY_JOB_STATES
+    return event not in LAZY_EVENTS
 
 
 class EventSink:
@@ -48,7 +67,13 @@ class EventSink:
     def emit(self, event: str, body: dict[str, Any]) -> None:
         for guard in self._guards:
             guard(event, body)
-        self._publisher.emit(self._topics.event(event), body)
+        self._publisher.emit(self._topics.event(event), body, durable=durable(event, body))
         for name, callback in self._observers:
             if name is None or name == event:
                 callback(event, body)
+
+    def emit_ephemeral(self, event: str, body: dict[str, Any]) -> None:
+        """Send `body` on `<root>/event/<event>` at QoS 0 if connected, else drop it: never stored,
+        no guards, no observers. For events that the next one supersedes (job progress: see
+        agent.jobs.progress for why they must not fill the durable outbox)."""
+        self._publisher.send_now(self._topics.event(event), body)

@@ -5,14 +5,20 @@ it, so a broker outage or an agent crash loses nothing. The store is bounded: wh
 oldest events are dropped and counted, because a device that is offline for a week must not
 fill its SD card.
 
-Each `put` is its own commit with synchronous=FULL, so an event is stored once `put` returns in the
-strongest sense: SQLite has fsynced the WAL, and the event survives a power cut, not only a kill -9
-(with NORMAL a commit is only a write into the WAL file; a power cut can roll back the last ones,
-while the inbox had already moved the file to processed/ on the strength of them). That is one
-fsync per event. Deletes of acknowledged rows run with synchronous=NORMAL: losing one to a power
-cut only sends that event again (at-least-once, as after any crash), and the next `put` makes it
-durable anyway. Acknowledged rows go in one DELETE per round, and a round with nothing new to
-send does not query at all. Costs, measured: docs/reliability.md (bench/outbox_durability.py).
+Each `put` is its own commit, in one of two strengths. A durable put (the default) commits with
+synchronous=FULL: SQLite fsyncs the WAL before `put` returns, so the event survives a power cut,
+not only a kill -9, and so does every event stored before it (a WAL commit makes all earlier ones
+durable too: they are frames earlier in the same file). A lazy put (`durable=False`) commits with
+synchronous=NORMAL: a write into the WAL only, which survives a crash; a power cut may roll it
+back until the next durable put (or a checkpoint, which syncs) has happened. Lazy puts are for
+events that a durable one always follows before anything depends on them: a job's progress
+(`queued`, `running`, `transcript`, `summary`) rides on its `done` / `failed`, which is stored
+durably before its inbox file is finished (see agent.mqtt.events). That is one fsync per job
+instead of one per event: the group commit that docs/reliability.md describes. Deletes of
+acknowledged rows are lazy too: losing one to a power cut only sends that event again
+(at-least-once, as after any crash). Acknowledged rows go in one DELETE per round, and a round with
+nothing new to send does not query at all. Costs, measured: docs/reliability.md
+(bench/outbox_durability.py).
 """
 
 from __future__ import annotations
@@ -28,8 +34,8 @@ log = logging.getLogger(__name__)
 
 #: Ids per DELETE statement (SQLite before 3.32 allows 999 parameters per statement).
 DELETE_CHUNK = 500
-#: SQLite `synchronous` for storing events (durable on return) and for deleting delivered ones.
-PUT_SYNC, ACK_SYNC = "FULL", "NORMAL"
+#: SQLite `synchronous` for a durable put (fsynced on return), and for lazy puts and deletes.
+PUT_SYNC, LAZY_SYNC = "FULL", "NORMAL"
 
 
 class OutboxError(Exception):
@@ -49,8 +55,9 @@ class Outbox:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: the WAL is fsynced at every commit, so a stored event survives a power cut (see above).
-        self._db.execute(f"PRAGMA synchronous={PUT_SYNC}")
+        # FULL for durable puts, NORMAL otherwise (see above); switched per commit by _synchronous
+        self._sync_mode = ""
+        self._synchronous(PUT_SYNC)
         self._db.execute("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                          "topic TEXT NOT NULL, payload BLOB NOT NULL)")
         self._lock = threading.Lock()
@@ -69,9 +76,18 @@ class Outbox:
         count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM events").fetchone()
         return int(count), int(size)
 
-    def put(self, topic: str, payload: bytes) -> int:
+    def _synchronous(self, mode: str) -> None:
+        """The `synchronous` setting for the next commit (a PRAGMA only when it changes)."""
+        if mode != self._sync_mode:
+            self._db.execute(f"PRAGMA synchronous={mode}")
+            self._sync_mode = mode
+
+    def put(self, topic: str, payload: bytes, *, durable: bool = True) -> int:
+        """Store an event; `durable`: fsynced before this returns, with every event stored before it
+        (else a WAL write only, made durable by the next durable put; see the module docstring)."""
         with self._lock:
             try:
+                self._synchronous(PUT_SYNC if durable else LAZY_SYNC)
                 cur = self._db.execute("INSERT INTO events (topic, payload) VALUES (?, ?)", (topic, payload))
             except sqlite3.Error as exc:
                 raise OutboxError(f"cannot store event: {exc}") from exc
@@ -126,11 +142,8 @@ class Outbox:
             return True
         with self._lock:
             try:
-                self._db.execute(f"PRAGMA synchronous={ACK_SYNC}")
-                try:
-                    deleted = self._delete(ids)
-                finally:
-                    self._db.execute(f"PRAGMA synchronous={PUT_SYNC}")
+                self._synchronous(LAZY_SYNC)
+                deleted = self._delete(ids)
             except sqlite3.Error as exc:
                 # SQLITE_FULL on COMMIT rolls back by itself; a second ROLLBACK would raise.
                 if self._db.in_transaction:

@@ -53,14 +53,28 @@ class Publisher:
         self._link = link
         self.wake()
 
-    def emit(self, topic: str, body: dict) -> None:
-        """Store an event durably, then wake the sender."""
+    def emit(self, topic: str, body: dict, *, durable: bool = True) -> None:
+        """Store an event (`durable`: fsynced, with every event before it; see Outbox.put), then
+        wake the sender."""
         try:
-            self.outbox.put(topic, envelope(self.device_id, body))
+            self.outbox.put(topic, envelope(self.device_id, body), durable=durable)
         except Exception as exc:  # disk full, I/O error: the caller's work is not undone
             self._on_store_error(exc)
             return
         self.wake()
+
+    def send_now(self, topic: str, body: dict) -> bool:
+        """Publish at QoS 0 straight to the link, bypassing the outbox; False when not connected
+        (the message is dropped: only for messages a later one supersedes)."""
+        link = self._link
+        if link is None or not link.connected.is_set():
+            return False
+        try:
+            link.publish(topic, envelope(self.device_id, body), qos=0)
+        except Exception:   # an ephemeral message is not worth failing its caller
+            log.debug("ephemeral publish on %s failed", topic, exc_info=True)
+            return False
+        return True
 
     def wake(self) -> None:
         self._idle.clear()
@@ -134,6 +148,13 @@ class Publisher:
 STATE_SETTLE_S = 0.05
 
 
+#: Fields of the state that change without making it worth republishing: the uptime and a running
+#: job's elapsed time (else it would be sent every tick), and which job is running (jobs that follow
+#: each other without a gap would each send one; the counts and a long job's progress fraction
+#: still do). `request/state` always answers the current values.
+VOLATILE = ("uptime_s", "elapsed_s", "job_id", "started_at", "source")
+
+
 class RetainedState:
     """Publishes the retained `state`: now, when it changed, or once a job's thread has ended.
 
@@ -141,11 +162,13 @@ class RetainedState:
     then still counts the job as running; the state that shows the agent idle again only exists
     once that thread has ended. Building, comparing and sending happen under one lock, so the
     last state sent is also the last one built: a job starting on another thread cannot be
-    overtaken by an older `running: 0`. Fields in `volatile` (uptime) do not count as a change.
+    overtaken by an older `running: 0`. Fields in `volatile` (see VOLATILE), at any depth, do
+    not count as a change.
     """
 
     def __init__(self, build: Callable[[], dict[str, Any]], send: Callable[[dict[str, Any]], bool], *,
-                 volatile: tuple[str, ...] = ("uptime_s",), settle_s: float = STATE_SETTLE_S) -> None:
+                 volatile: tuple[str, ...] = VOLATILE,
+                 settle_s: float = STATE_SETTLE_S) -> None:
         """`send` returns False when nothing was sent (not connected): the next call sends then."""
         self._build = build
         self._send = send
@@ -179,7 +202,7 @@ class RetainedState:
     def _publish(self, *, force: bool) -> None:
         with self._lock:
             state = self._build()
-            key = {k: v for k, v in state.items() if k not in self._volatile}
+            key = _without(state, self._volatile)
             if (force or key != self._last) and self._send(state):
                 self._last = key
 
@@ -197,6 +220,15 @@ class RetainedState:
             if alive:   # still finishing (a slow disk): wait again, without holding up the others
                 with self._cond:
                     self._ending[:0] = alive
+
+
+def _without(value: Any, volatile: tuple[str, ...]) -> Any:
+    """`value` with the `volatile` keys left out of every dict in it, however deep."""
+    if isinstance(value, dict):
+        return {k: _without(v, volatile) for k, v in value.items() if k not in volatile}
+    if isinstance(value, list):
+        return [_without(v, volatile) for v in value]
+    return value
 
 
 def _ended(thread: threading.Thread, timeout_s: float = 1.0) -> bool:

@@ -1,8 +1,7 @@
-"""Operations: the alert board, engine-failure and outbox alerts, READY/STATUS and shutdown decisions.
+"""Alerts: the alert board and the outbox alert.
 
-Kept out of the composition root so `App` only wires these parts together, and so every decision
-(when READY is due, when an engine alert fires, when the summarizer is restarted, how long a job
-may run before the watchdog gives up on it) is a small piece of logic tested without a process.
+(When READY is due and how long a job may run: agent/ops/readiness.py; when the engine alert
+fires and when the summarizer is restarted: agent/ops/reactions.py.)
 
 Alerts: one current alert per kind ("memory", "disk", "engine", "outbox", "config"). Every change
 of level is an event on `<root>/event/alert`, and the retained `<root>/alert/<kind>` always holds
@@ -28,9 +27,6 @@ from agent.mqtt.messages import envelope
 
 log = logging.getLogger(__name__)
 
-#: Error codes that mean an engine failed (not the audio, not the request).
-ENGINE_ERROR_CODES = frozenset({"engine_error", "engine_timeout", "engine_unavailable"})
-
 #: Every kind the agent may keep a retained alert for (others may be added by other parts).
 ALERT_KINDS = ("memory", "disk", "engine", "outbox", "config")
 
@@ -41,111 +37,6 @@ STALE_SWEEP_S = 3.0
 
 #: Outbox alerts are re-published (with the new dropped count) at most this often.
 OUTBOX_ALERT_EVERY_S = 30.0
-
-#: READY=1 is sent at the latest this long after start even if MQTT is not connected or an
-#: engine is still loading: below systemd's default TimeoutStartSec (90 s), so a broker that is
-#: down at boot or a slow model does not turn into a restart loop that cannot fix either.
-READY_DEADLINE_S = 60.0
-
-#: STATUS= is refreshed at least this often (and at once when the line changes).
-STATUS_EVERY_S = 10.0
-
-#: Upper bound of the extra time a job may run beyond jobs.timeout_s before the watchdog
-#: considers its worker stuck; a small timeout gets an equally small grace.
-JOB_WATCH_GRACE_MAX_S = 30.0
-
-
-# --- decisions ----------------------------------------------------------------------------------
-
-
-def job_watch_allowance(timeout_s: float) -> float:
-    """How long a job worker may stay busy without progress: jobs.timeout_s + min(30, jobs.timeout_s)."""
-    return timeout_s + min(JOB_WATCH_GRACE_MAX_S, timeout_s)
-
-
-def engines_settled(engines: Mapping[str, Mapping[str, Any]]) -> bool:
-    """Every engine either loaded or failed to load (a failure is final until the config changes,
-    so it must not hold READY back)."""
-    return all(bool(d.get("ready")) or d.get("error") is not None for d in engines.values())
-
-
-def ready_due(connected: bool, engines: Mapping[str, Mapping[str, Any]], waited_s: float,
-              deadline_s: float = READY_DEADLINE_S) -> bool:
-    """READY=1 once MQTT is connected and the engines have settled, or at the latest after `deadline_s`."""
-    return (connected and engines_settled(engines)) or waited_s >= deadline_s
-
-
-def summarizer_restart_due(enabled: bool, kind: str, level: str, data: Mapping[str, Any],
-                           summarizer_pid: int | None) -> bool:
-    """memory.restart_summarizer_when_largest: restart only when memory is critical and the largest
-    process on the system is the summarizer's server (a model server that keeps growing is the
-    usual way a 512 MB device ends up calling the OOM killer)."""
-    if not enabled or kind != "memory" or level != "critical" or summarizer_pid is None:
-        return False
-    top = data.get("top_process") or {}
-    return top.get("pid") == summarizer_pid
-
-
-def status_line(*, phase: str, connected: bool, mqtt_error: str | None, running: int, limit: int,
-                done: int, failed: int, rejected: int, memory_level: str,
-                engines: Mapping[str, Mapping[str, Any]], alerts: list[str]) -> str:
-    """One line for `systemctl status` (STATUS=): what the agent does and what is wrong."""
-    parts = [phase, "mqtt connected" if connected else f"mqtt {mqtt_error or 'connecting'}",
-             f"jobs {running}/{limit}", f"{done} done, {failed} failed, {rejected} rejected",
-             f"memory {memory_level}"]
-    for kind, d in engines.items():
-        name = d.get("name", "?")
-        if d.get("ready"):
-            continue
-        if d.get("error") is not None:
-            parts.append(f"{kind} {name} unavailable: {str(d['error'])[:80]}")
-        else:
-            parts.append(f"{kind} {name} loading")
-    if alerts:
-        parts.append("alerts: " + ", ".join(sorted(alerts)))
-    return "; ".join(parts)
-
-
-class EngineHealth:
-    """Counts consecutive engine failures across jobs; `after` in a row raise the `engine` alert,
-    the next successful job clears it. Fed with the bodies of `job` events."""
-
-    def __init__(self, after: int | Callable[[], int]) -> None:
-        self._after = after
-        self.failures = 0
-        self.alerting = False
-        self._lock = threading.Lock()
-
-    @property
-    def after(self) -> int:
-        """The configured threshold (a callable follows live config changes)."""
-        return self._after() if callable(self._after) else self._after
-
-    def reconfigure(self, after: int) -> None:
-        """A new threshold (jobs.engine_alert_after changed)."""
-        self._after = after
-
-    def observe(self, body: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
-        """("raise", data) when the alert starts, ("clear", data) when it ends, else None."""
-        state = body.get("state")
-        with self._lock:
-            if state == "failed":
-                error = body.get("error") or {}
-                if error.get("code") not in ENGINE_ERROR_CODES:
-                    return None   # bad audio is not the engine's fault
-                self.failures += 1
-                if self.failures >= self.after and not self.alerting:
-                    self.alerting = True
-                    return "raise", {"failures": self.failures, "threshold": self.after,
-                                     "job_id": body.get("job_id"),
-                                     "error": {"code": error.get("code"), "message": error.get("message")}}
-                return None
-            if state == "done":
-                failures, self.failures = self.failures, 0
-                if self.alerting:
-                    self.alerting = False
-                    return "clear", {"failures": failures, "job_id": body.get("job_id")}
-            return None
 
 
 # --- the alert board ----------------------------------------------------------------------------

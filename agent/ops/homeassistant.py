@@ -47,7 +47,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from agent.ops.last_values import TEXT_MAX_CHARS
@@ -231,17 +231,20 @@ class HomeAssistantDiscovery:
     """Publishes, republishes and removes the discovery document as config and broker change.
 
     `sync()` is called on every (re)connect and after every config change; it is idempotent.
-    The settings and topic names are pushed with `reconfigure()`, the current MqttLink (replaced
-    by the app when the mqtt section changes) with `attach()`; `features()` is what the device has
-    now (it decides the optional entities).
+    The settings, topic names and what the device has (`Features`, which decide the optional
+    entities) are pushed with `reconfigure()`, the current MqttLink (replaced by the app when the
+    mqtt section changes) with `attach()`. `thermometer` (the telemetry collector's reading) is
+    asked on every sync whether the host reports a temperature.
     """
 
     def __init__(self, *, settings: HomeAssistantSettings, topics: Topics, version: str,
-                 features: Callable[[], Features] = Features) -> None:
+                 features: Features = Features(),
+                 thermometer: Callable[[], float | None] | None = None) -> None:
         self._settings = settings
         self._topics = topics
         self._link: Any = None
         self._features = features
+        self._thermometer = thermometer
         self._version = version
         self._lock = threading.RLock()
         self._owned: str | None = None        # discovery topic this process publishes (to remove later)
@@ -249,10 +252,15 @@ class HomeAssistantDiscovery:
         self._routed: tuple[Any, str] | None = None   # (link, status topic) subscribed
         self.published = 0
 
-    def reconfigure(self, settings: HomeAssistantSettings, topics: Topics) -> None:
-        """New settings or topic names; the next sync() makes the broker match them."""
+    def reconfigure(self, settings: HomeAssistantSettings, topics: Topics, features: Features) -> None:
+        """New settings, topic names or features; the next sync() makes the broker match them."""
         with self._lock:
-            self._settings, self._topics = settings, topics
+            self._settings, self._topics, self._features = settings, topics, features
+
+    def _features_now(self) -> Features:
+        if self._thermometer is None:
+            return self._features
+        return replace(self._features, temperature=self._thermometer() is not None)
 
     def attach(self, link: Any) -> None:
         """The connection sync() publishes on from now on."""
@@ -278,7 +286,7 @@ class HomeAssistantDiscovery:
                 self._owned, self._sent = None, None
             if wanted is None:
                 return
-            payload = discovery_payload(topics, self._version, self._features())
+            payload = discovery_payload(topics, self._version, self._features_now())
             if connected and (force or self._owned != wanted or self._sent != payload):
                 link.publish(wanted, payload, retain=True)
                 self._sent = payload

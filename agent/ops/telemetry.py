@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from agent.mqtt.messages import envelope
 from agent.ops.memory_budget import BudgetReader
-from agent.ops.monitor import MB, disk_free_mb
+from agent.ops.sampling import MB, disk_free_mb
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,37 @@ class TelemetryCollector:
                 log.debug("disk free of %s: %s", path, exc)
                 free[str(path)] = None
         return free
+
+
+class TelemetryTimer:
+    """Publishes `build()` on <root>/telemetry every telemetry.interval_s while connected (QoS 0,
+    not through the outbox: a stale figure is worth nothing) and hands each to `on_sent` (the
+    retained `last/telemetry` copy). Settings and topic names are pushed with `reconfigure`, the
+    connection with `attach`; `tick()` runs once per main-loop tick."""
+
+    def __init__(self, build: Callable[[], dict[str, Any]], on_sent: Callable[[dict[str, Any]], None], *,
+                 interval_s: float, topics: Any, clock: Callable[[], float] = time.monotonic) -> None:
+        self._build, self._on_sent, self._clock = build, on_sent, clock
+        self._interval_s, self._topics = interval_s, topics
+        self._link: Any = None
+        self._last = float("-inf")
+
+    def reconfigure(self, settings: Any, topics: Any) -> None:
+        self._interval_s, self._topics = settings.telemetry.interval_s, topics
+
+    def attach(self, link: Any) -> None:
+        self._link = link
+
+    def tick(self) -> None:
+        now = self._clock()
+        if self._interval_s <= 0 or now - self._last < self._interval_s:
+            return
+        link = self._link
+        if link is not None and link.connected.is_set():
+            self._last = now
+            stats = self._build()
+            link.publish(self._topics.telemetry, envelope(self._topics.device_id, stats), qos=0)
+            self._on_sent(stats)
 
 
 def _psutil_temperature() -> float | None:

@@ -8,16 +8,16 @@ file claimed, so the job runs again under the same job id, or is completed on re
 is never lost and never in two places. Processing is at-least-once with one record: a crash
 before the finish runs the job again (its events may be published twice, with the same job id,
 so consumers can drop the repeat), but the file ends up with exactly one record. The finish
-comes after the job's events are stored durably in the outbox (synchronous=FULL: fsynced), so a
-power cut can never leave a file in processed/ whose events were lost. Nothing is ever deleted, except where the owner asks
-for it with `keep_processed=False` (the microphone spool: successfully processed segments are
-removed by one unlink, failed ones stay in `failed/` with their reason).
+comes after the job's events are stored durably in the outbox (its `done` / `failed` is fsynced,
+and with it every event before it: agent.mqtt.events), so a power cut can never leave a file in
+processed/ whose events were lost. Nothing is ever deleted, except where the owner asks for it
+with `keep_processed=False` (the microphone spool: successfully processed segments are removed
+by one unlink, failed ones stay in `failed/` with their reason).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import heapq
 import json
 import logging
@@ -29,22 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from agent.settings import InboxSettings
+from agent.sources.inbox_names import (JOB_ID, PENDING_SUFFIX, RECORD_SUFFIX, fit_name, job_id_path, parse_pending,
+                                       pending_path, read_job_id, unique_path)
+from agent.sources.inbox_watch import InboxEvents, shorten_move_pairing
 
 log = logging.getLogger(__name__)
 
 PROCESSING = ".processing"
 INTENT = ".finish.json"   # the finish intent of earlier versions, still completed at start
-JOB_ID = ".job"
-#: A finished file's record, by outcome (True: processed/, False: failed/).
-RECORD_SUFFIX = {True: ".json", False: ".error.json"}
-#: The record while its finish is under way: `.<final name><suffix>` beside where the audio goes.
-#: Distinct per outcome, so a restart knows the record's name even when processed/ and failed/
-#: are the same folder.
-PENDING_SUFFIX = {True: ".ok.pending", False: ".failed.pending"}
 #: Held while a finish picks its free name and reserves it with its pending record, so two jobs
 #: finishing files of the same name (jobs.max_concurrent > 1) never pick the same one.
 _NAMES = threading.Lock()
@@ -93,11 +88,11 @@ class Inbox:
         self._recover_finishes()
         self._remove_stale_temp_files()
         # Hidden names are our own bookkeeping (a temp file a crash left), never a claimed audio file.
-        leftovers = [Claimed(p, p.name, _read_job_id(p)) for p in sorted(self.processing.iterdir(), key=_mtime)
+        leftovers = [Claimed(p, p.name, read_job_id(p)) for p in sorted(self.processing.iterdir(), key=_mtime)
                      if is_candidate_name(p.name) and not p.is_dir() and not p.name.endswith(INTENT)]
-        _shorten_move_pairing()
+        shorten_move_pairing()
         self._observer = Observer()
-        self._observer.schedule(_Events(self), str(self.path), recursive=False)
+        self._observer.schedule(InboxEvents(self.path, self._consider), str(self.path), recursive=False)
         self._observer.start()
         # Scan only once the watch is in place: a file arriving between a scan and the start of
         # the watch would otherwise never be seen (until a restart). Seen twice is harmless.
@@ -116,7 +111,7 @@ class Inbox:
 
     # --- readiness -----------------------------------------------------------------------
 
-    def _consider(self, name: str, *, settle: bool) -> None:
+    def _consider(self, name: str, settle: bool) -> None:
         """Schedule a completeness check: soon after a close or move, after settle_ms otherwise."""
         if not is_candidate_name(name):
             return
@@ -189,7 +184,7 @@ class Inbox:
     def claim(self, name: str) -> Claimed | None:
         """Atomic rename into .processing/; None if the file is gone (taken or removed)."""
         src = self.path / name
-        dst = _unique(self.processing, _fit(name))
+        dst = unique_path(self.processing, fit_name(name))
         try:
             os.rename(src, dst)
         except FileNotFoundError:
@@ -200,7 +195,7 @@ class Inbox:
         """Remember the job id beside the claimed file, so a run after a crash re-runs the job under
         the same id and consumers can drop the repeated events by job_id. Best effort."""
         try:
-            _job_id_path(claimed.path).write_text(job_id)
+            job_id_path(claimed.path).write_text(job_id)
         except OSError as exc:
             log.warning("inbox: cannot remember the job id of %s: %s", claimed.original, exc)
 
@@ -221,8 +216,8 @@ class Inbox:
         if ok and not self.keep_processed:
             return self._delete(claimed)
         dest_dir = self.processed if ok else self.failed
-        final, fd = _reserve(dest_dir, _fit(claimed.original), ok)
-        pending = _pending_path(final, ok)
+        final, fd = _reserve(dest_dir, fit_name(claimed.original), ok)
+        pending = pending_path(final, ok)
         try:
             _write_synced(fd, record)
             os.rename(claimed.path, final)
@@ -255,7 +250,7 @@ class Inbox:
                     log.error("inbox: cannot complete the finish of %s: %s", pending.name, exc)
 
     def _complete_one(self, pending: Path) -> None:
-        parsed = _parse_pending(pending)
+        parsed = parse_pending(pending)
         if parsed is None:
             return
         final, ok = parsed
@@ -308,56 +303,6 @@ class Inbox:
                 log.error("inbox: cannot complete the finish of %s: %s", audio.name, exc)
 
 
-class _Events(FileSystemEventHandler):
-    def __init__(self, inbox: Inbox) -> None:
-        self.inbox = inbox
-
-    def _name(self, path: str | bytes) -> str | None:
-        p = Path(os.fsdecode(path))
-        return p.name if p.parent == self.inbox.path else None
-
-    def on_closed(self, event: FileSystemEvent) -> None:
-        if (name := self._name(event.src_path)) is not None:
-            self.inbox._consider(name, settle=False)
-
-    def on_moved(self, event: FileSystemEvent) -> None:
-        if (name := self._name(event.dest_path)) is not None:
-            self.inbox._consider(name, settle=False)
-
-    def on_created(self, event: FileSystemEvent) -> None:
-        # A same-filesystem `mv` into the folder produces only this event.
-        if (name := self._name(event.src_path)) is not None:
-            self.inbox._consider(name, settle=True)
-
-    def on_modified(self, event: FileSystemEvent) -> None:
-        if not event.is_directory and (name := self._name(event.src_path)) is not None:
-            self.inbox._consider(name, settle=True)
-
-
-#: How long watchdog holds an IN_MOVED_FROM waiting for its IN_MOVED_TO. Both halves of a rename
-#: inside the inbox come in one read of the inotify fd, so pairing needs microseconds; watchdog's
-#: 0.5 s default matters because every claim (a rename out of the watched folder into
-#: .processing/) leaves an unpaired IN_MOVED_FROM at the head of watchdog's queue, and every event
-#: behind it waits too: +0.1-0.5 s on the next file's latency (bench: python -m bench.ab).
-#: A recursive watch would pair the claim instead, but costs ~3 ms of CPU per file in events
-#: from .processing/ and processed/ (inbox throughput 163 -> 108 files/s).
-MOVE_PAIRING_S = 0.02
-
-
-def _shorten_move_pairing() -> None:
-    """Set watchdog's move-pairing delay (a class attribute; its name changed in watchdog 5)."""
-    import importlib
-
-    for module, cls in (("watchdog.observers.inotify_move_event_grouper", "InotifyMoveEventGrouper"),
-                        ("watchdog.observers.inotify_buffer", "InotifyBuffer")):
-        try:
-            klass = getattr(importlib.import_module(module), cls)
-        except (ImportError, AttributeError):
-            continue
-        if getattr(klass, "delay", 0) > MOVE_PAIRING_S:
-            klass.delay = MOVE_PAIRING_S
-
-
 def _mtime(p: Path) -> float:
     try:
         return p.lstat().st_mtime
@@ -365,78 +310,19 @@ def _mtime(p: Path) -> float:
         return 0.0
 
 
-#: Longest file name the filesystem takes; the names derived from an audio file's name (record,
-#: pending record, job id, earlier versions' intent and temp files) add up to 24 bytes, so a
-#: longer name is shortened for them.
-NAME_MAX = 255
-_DERIVED_ROOM = 24
-
-
-def _fit(name: str) -> str:
-    """`name`, or when a name derived from it would exceed NAME_MAX bytes, its stem cut short plus
-    a hash of the whole name (so two long names stay distinct), extension kept."""
-    if len(os.fsencode(name)) + _DERIVED_ROOM <= NAME_MAX:
-        return name
-    stem, dot, ext = name.rpartition(".")
-    if not stem or len(ext) > 16:
-        stem, dot, ext = name, "", ""
-    tag = "~" + hashlib.blake2b(os.fsencode(name), digest_size=4).hexdigest()
-    budget = NAME_MAX - _DERIVED_ROOM - len(os.fsencode(tag + dot + ext))
-    while len(os.fsencode(stem)) > budget:
-        stem = stem[:-1]
-    return stem + tag + dot + ext
-
-
-def _unique(folder: Path, name: str, also: tuple[str, ...] = (), hidden: tuple[str, ...] = ()) -> Path:
-    """`name`, or `stem-1.ext`, `stem-2.ext`... so that nothing is overwritten: neither the name
-    nor `<name><also>` nor `.<name><hidden>` may exist."""
-    stem, dot, ext = name.rpartition(".")
-    if not stem:
-        stem, dot, ext = name, "", ""
-    candidate, n = name, 0
-    while (os.path.lexists(folder / candidate) or any(os.path.lexists(folder / (candidate + s)) for s in also)
-           or any(os.path.lexists(folder / f".{candidate}{s}") for s in hidden)):
-        n += 1
-        candidate = f"{stem}-{n}{dot}{ext}"
-    return folder / candidate
-
-
 def _reserve(folder: Path, name: str, ok: bool) -> tuple[Path, int]:
     """A free final name in `folder` and the open fd of its pending record, which reserves it
     (O_EXCL, under _NAMES) against any other finish in this process."""
     suffixes = tuple(RECORD_SUFFIX.values())
     with _NAMES:
-        final = _unique(folder, name, also=suffixes, hidden=tuple(PENDING_SUFFIX.values()))
-        fd = os.open(_pending_path(final, ok), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        final = unique_path(folder, name, also=suffixes, hidden=tuple(PENDING_SUFFIX.values()))
+        fd = os.open(pending_path(final, ok), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     return final, fd
-
-
-def _pending_path(final: Path, ok: bool) -> Path:
-    return final.with_name(f".{final.name}{PENDING_SUFFIX[ok]}")
-
-
-def _parse_pending(pending: Path) -> tuple[Path, bool] | None:
-    """(final audio path, ok) of a pending record's name; None for a name we did not make."""
-    for ok, suffix in PENDING_SUFFIX.items():
-        if pending.name.endswith(suffix) and len(pending.name) > len(suffix) + 1:
-            return pending.with_name(pending.name[1:-len(suffix)]), ok
-    return None
-
-
-def _job_id_path(audio: Path) -> Path:
-    return audio.with_name(f".{audio.name}{JOB_ID}")
 
 
 def _remove_job_id(audio: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(_job_id_path(audio))
-
-
-def _read_job_id(audio: Path) -> str | None:
-    try:
-        return _job_id_path(audio).read_text().strip() or None
-    except (OSError, UnicodeDecodeError):
-        return None
+        os.unlink(job_id_path(audio))
 
 
 def _record_bytes(data: dict[str, Any]) -> bytes:

@@ -24,7 +24,7 @@ from tests.support.agent import AgentProcess
 from tests.support.broker import free_port, mosquitto_binary
 from tests.support.probe import Probe
 from tests.support.wavs import tone_wav
-from tests.test_ansible import current_user_group, recap, run_playbook, target_python
+from tests.support.ansible import current_user_group, recap, run_playbook, target_python
 
 DEVICES = {"pi-a": "pw-a", "pi-b": "pw-b"}
 

@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import json
-import stat
 import sys
 import time
-from pathlib import Path
 
 from tests.support.http_stub import HTTPStub, json_reply
 from tests.support.models import needs_whisper_cpp, speech_wav, whisper_cpp_binary, whisper_cpp_model
-from tests.test_inbox import drop, records, wait_files, words_found
-
-
-def recording_wrapper(tmp: Path, real: Path) -> tuple[Path, Path]:
-    """The REAL whisper.cpp binary behind a wrapper that appends each argv to a log file."""
-    log = tmp / "whisper-invocations.jsonl"
-    wrapper = tmp / "whisper-cpp-recorded"
-    wrapper.write_text(f"""#!{sys.executable}
-import json, os, sys
-with open({str(log)!r}, "a") as f:
-    f.write(json.dumps(sys.argv[1:]) + "\\n")
-os.execv({str(real)!r}, [{str(real)!r}, *sys.argv[1:]])
-""")
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
-    return wrapper, log
+from tests.support.inbox import drop, records, wait_files, words_found
+from tests.support.invocation_log import recording_wrapper
 
 
 @needs_whisper_cpp

@@ -1,8 +1,8 @@
-"""Unique by default (issue 15, item 4): identical images get distinct device ids, and a device id
-that another connected installation uses is refused before it takes anything over.
+"""Unique by default: identical images get distinct device ids, and a device id that another
+connected installation uses is refused before it takes anything over.
 
 Two agents on this machine share its hostname, exactly like two Pis flashed from one image; each
-gets its own fake machine-id file through VOICE_AGENT_MACHINE_ID_PATH.
+gets its own fake machine id.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.settings import MACHINE_ID_ENV, default_device_id
+from agent.settings import MACHINE_ID_ENV
 from tests.support.agent import AgentProcess
 from tests.support.wait import wait_until
+
 
 MACHINE_A = "0123456789abcdef0123456789abcdef"
 MACHINE_B = "fedcba9876543210fedcba9876543210"
@@ -30,25 +31,6 @@ def machine_id_file(folder: Path, value: str) -> Path:
     path = folder / "machine-id"
     path.write_text(value + "\n")
     return path
-
-
-def test_default_device_id_is_hostname_plus_a_stable_machine_suffix(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(socket, "gethostname", lambda: "raspberrypi")
-    monkeypatch.setenv(MACHINE_ID_ENV, str(machine_id_file(tmp_path / "a", MACHINE_A)))
-    first = default_device_id()
-    assert first == default_device_id(), "stable across calls (and restarts)"
-    monkeypatch.setenv(MACHINE_ID_ENV, str(machine_id_file(tmp_path / "b", MACHINE_B)))
-    second = default_device_id()
-    assert first != second
-    for device_id in (first, second):
-        name, suffix = device_id.rsplit("-", 1)
-        assert name == "raspberrypi" and len(suffix) == 6 and int(suffix, 16) >= 0
-        assert MACHINE_A[:6] not in suffix and MACHINE_B[:6] not in suffix   # the id itself is not exposed
-    monkeypatch.setenv(MACHINE_ID_ENV, str(machine_id_file(tmp_path / "c", "uninitialized")))
-    assert default_device_id() == "raspberrypi", "no usable machine id: the hostname alone"
-    monkeypatch.setattr(socket, "gethostname", lambda: "x" * 63)
-    monkeypatch.setenv(MACHINE_ID_ENV, str(machine_id_file(tmp_path / "d", MACHINE_A)))
-    assert len(default_device_id()) <= 64
 
 
 def unnamed_agent(workdir: Path, port: int, machine_id: Path) -> AgentProcess:

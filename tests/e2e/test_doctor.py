@@ -1,6 +1,7 @@
 """`voice-agent doctor`, run as a user would, one test per problem it detects.
 
-Brokers are real Mosquittos (tests/support/broker.py, the password broker of test_security);
+Brokers are real Mosquittos (tests/support/broker.py; the password broker of
+tests/support/broker_access.py);
 "not installed" is a program name that is nowhere; "not enough memory" is a sparse model file
 larger than this machine's memory. Only Mosquitto missing in demo mode is simulated in-process,
 because it is installed here in /usr/sbin, where the agent itself would find it.
@@ -8,7 +9,6 @@ because it is installed here in /usr/sbin, where the agent itself would find it.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import stat
@@ -22,8 +22,8 @@ import yaml
 from agent.ops import doctor
 from agent.settings import TEST_ENGINES_ENV
 from tests.support.broker import Broker, free_port
-from tests.test_cli import cli
-from tests.test_security import _auth_broker
+from tests.support.cli import cli
+from tests.support.broker_access import auth_broker
 
 
 def executable(path: Path) -> Path:
@@ -111,17 +111,6 @@ def test_llama_server_program_not_installed_is_69(tmp_path: Path, broker: Broker
     assert problem.startswith("PROBLEM  summarizer:") and "'no-such-llama-server'" in problem
 
 
-def test_python_package_not_installed_is_69(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """In-process: pocketsphinx is installed here, so the package looked for is one that is not."""
-    monkeypatch.setitem(doctor.PYTHON_PACKAGES, "pocketsphinx", ("no_such_sphinx_pkg", "voice-agent[pocketsphinx]"))
-    from agent.settings import TranscriberSettings
-    [finding] = doctor.transcriber_findings(TranscriberSettings(engine="pocketsphinx"))
-    assert finding.code == 69 and "no_such_sphinx_pkg is not installed" in finding.detail
-    assert "pip install 'voice-agent[pocketsphinx]'" in finding.line()
-    [finding] = doctor.transcriber_findings(TranscriberSettings(engine="faster_whisper"))
-    assert finding.ok == (importlib.util.find_spec("faster_whisper") is not None)
-
-
 def test_unreachable_broker_is_68(tmp_path: Path) -> None:
     port = free_port()  # bound and released: nothing listens there
     code, lines = run_doctor(tmp_path, {"mqtt": {"host": "127.0.0.1", "port": port},
@@ -133,7 +122,7 @@ def test_unreachable_broker_is_68(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_wrong_credentials_are_77_and_right_ones_pass(tmp_path: Path, protocol: str) -> None:
-    broker = _auth_broker(tmp_path / "broker", {"doc-dev": "right-password"})
+    broker = auth_broker(tmp_path / "broker", {"doc-dev": "right-password"})
     try:
         config = plain(broker, username="doc-dev", password="wrong-password", protocol=protocol)
         code, lines = run_doctor(tmp_path, config)

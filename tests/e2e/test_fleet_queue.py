@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from tests.support.probe import Probe
 from tests.support.speech import LONG_SENTENCES, UTTERANCES, utterance
 from tests.support.whisper_cpp_standin import pcm_digest
-from tests.test_fleet import JOBS_TOPIC, NO_MATCHING_SUBSCRIBERS, worker_config
+from tests.support.fleet import JOBS_TOPIC, NO_MATCHING_SUBSCRIBERS, worker_config
 
 
 def speech_wav(text: str) -> bytes:

@@ -5,7 +5,7 @@ the real whisper_cpp engine against a stand-in program (tests/support/whisper_cp
 that takes 0.2 s per input. A sender sends 30 jobs at once: every job must be done exactly once,
 by more than one device, with its result at `reply_to`, and the sender never has a reason to
 resend (no `busy`, no PUBACK "no matching subscribers", no silence). The burst tests with spoken
-audio and a sender that cannot resend at all are in tests/test_fleet_queue.py.
+audio and a sender that cannot resend at all are in tests/e2e/test_fleet_queue.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -26,24 +25,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tests.support.http_stub import HTTPStub, Reply
-from tests.test_inbox import drop
+from tests.support.inbox import drop
 from tests.support.probe import Probe
 from tests.support.wait import wait_until
-from tests.support.whisper_cpp_standin import pcm_digest, whisper_cpp_standin
+from tests.support.whisper_cpp_standin import pcm_digest
 from tests.support.wavs import tone_wav
-
-JOBS_TOPIC = "voice/jobs/transcribe"
-NO_MATCHING_SUBSCRIBERS = 16
-
-
-def worker_config(tmp_path: Path, **fleet) -> dict:
-    exe, model = whisper_cpp_standin(tmp_path / "standin")
-    return {"fleet": {"worker": True, **fleet},
-            "jobs": {"retry_after_s": 0.2},
-            "inbox": {"enabled": False},
-            "summarizer": {"engine": "none"},
-            "transcriber": {"engine": "whisper_cpp",
-                            "whisper_cpp": {"binary": str(exe), "model": str(model), "threads": 1}}}
+from tests.support.fleet import JOBS_TOPIC, NO_MATCHING_SUBSCRIBERS, worker_config
 
 
 class Sender:
@@ -340,12 +327,3 @@ def test_worker_rejoins_the_group_as_soon_as_an_inbox_job_frees_the_slot(make_ag
         assert all(len(sender.ok(f"shared-{n}")) == 1 for n in range(3))
     finally:
         sender.close()
-
-
-@pytest.mark.parametrize("url", ["ftp://x/y.wav", "http://", "/local.wav"])
-def test_fetch_refuses_other_schemes(url):
-    from agent.errors import RequestError
-    from agent.sources.fleet_fetch import fetch
-    with pytest.raises(RequestError) as info:
-        fetch(url, allow=["x"], max_bytes=1000, timeout_s=1)
-    assert info.value.code == "bad_request"

@@ -37,10 +37,11 @@ from agent.ops.telemetry import TelemetryCollector
 from tests.support.agent import AgentProcess
 from tests.support.broker import Broker, free_port
 from tests.support.http_stub import HTTPStub, json_reply
+from tests.support.paths import REPO
 from tests.support.probe import Probe
 from tests.support.speech import UTTERANCES, build_speech
 
-REPO = Path(__file__).resolve().parents[1]
+
 HASS = Path(os.environ.get("VOICE_AGENT_HASS", REPO / ".cache/homeassistant/venv/bin/hass"))
 DEVICE = "test-dev"
 LONG_TRANSCRIPT = "Zwölf Boxkämpfer jagen Viktor quer über den großen Sylter Deich, sagte sie 🎙. " * 450

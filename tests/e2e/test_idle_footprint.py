@@ -12,7 +12,7 @@ from pathlib import Path
 from tests.support.models import speech_wav
 from tests.support.wait import wait_until
 from tests.support.whisper_cpp_standin import whisper_cpp_standin
-from tests.test_inbox import drop, wait_files
+from tests.support.inbox import drop, wait_files
 
 NUMPY_CORE = "_multiarray_umath"
 

@@ -1,4 +1,7 @@
-"""Audio sources: real PortAudio through ALSA's file plugin, a real pipe, WAV pacing, resampling.
+"""Capture from a microphone: real PortAudio through ALSA's file plugin, and a real pipe beside it.
+
+In-process sources (stdin, WAV pacing, the streaming resampler) are in
+tests/unit/test_audio_sources.py.
 
 PyAudio runs in a subprocess because ALSA reads ~/.asoundrc once per process: the child gets a
 temporary HOME whose .asoundrc turns a raw speech file into the default microphone.
@@ -7,30 +10,27 @@ temporary HOME whose .asoundrc turns a raw speech file into the default micropho
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 import os
 import subprocess
 import sys
-import threading
-import time
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from agent.audio.capture import EndOfStream, StdinSource, StreamResampler, WavFileSource
 from agent.audio.resample import resample
 from agent.audio.segmenter import Segmenter
 from agent.settings import VADSettings
 from tests.support.alsa import fake_microphone_env
-from tests.support.speech import SAMPLE_RATE, SpeechAudio, build_speech, write_raw
+from tests.support.paths import REPO
+from tests.support.speech import SpeechAudio, build_speech, write_raw
+
 
 needs_pyaudio = pytest.mark.skipif(importlib.util.find_spec("pyaudio") is None,
                                    reason="PyAudio is not installed (pip install '.[mic]')")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 TOLERANCE_S = 0.15
 CHILD_TIMEOUT_S = 60
 
@@ -193,78 +193,3 @@ def test_a_device_that_stops_delivering_is_a_capture_error_and_restart_works(
     assert error["type"] == "error" and error["code"] == "capture_error", error
     assert "stopped delivering" in error["message"]
     assert restarted["samples"] == [480] * 10
-
-
-# --- StdinSource in process -------------------------------------------------------------------
-
-
-def test_stdin_source_frames_then_end_of_stream() -> None:
-    data = np.arange(1000, dtype=np.int16)
-    source = StdinSource(io.BytesIO(data.astype("<i2").tobytes()))
-    source.start()
-    frames = [source.read(480, timeout=1.0), source.read(480, timeout=1.0), source.read(480, timeout=1.0)]
-    assert [len(f) for f in frames] == [480, 480, 40]  # the last frame is short
-    assert np.array_equal(np.concatenate(frames), data)
-    with pytest.raises(EndOfStream):
-        source.read(480, timeout=1.0)
-
-
-def test_stdin_source_times_out_on_a_quiet_pipe_and_keeps_partial_data() -> None:
-    read_fd, write_fd = os.pipe()
-    with os.fdopen(read_fd, "rb", buffering=0) as reader, os.fdopen(write_fd, "wb", buffering=0) as writer:
-        source = StdinSource(reader)
-        writer.write(np.arange(100, dtype="<i2").tobytes())
-        start = time.monotonic()
-        assert source.read(480, timeout=0.2) is None
-        assert 0.15 <= time.monotonic() - start < 2.0
-        later = threading.Timer(0.1, writer.write, [np.arange(100, 480, dtype="<i2").tobytes()])
-        later.start()
-        frame = source.read(480, timeout=5.0)
-        later.join()
-        assert frame is not None and np.array_equal(frame, np.arange(480))
-
-
-# --- WAV pacing and resampling ----------------------------------------------------------------
-
-
-def write_wav(path: Path, samples: np.ndarray, rate: int = SAMPLE_RATE) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(samples.astype("<i2").tobytes())
-    return path
-
-
-def drain(source: WavFileSource) -> np.ndarray:
-    frames = []
-    source.start()
-    while True:
-        try:
-            frame = source.read(480, timeout=0.5)
-        except EndOfStream:
-            return np.concatenate(frames)
-        if frame is not None:
-            frames.append(frame)
-
-
-@pytest.mark.parametrize("realtime, low, high", [(True, 0.8, 1.2), (False, 0.0, 0.2)])
-def test_wav_file_source_pacing(tmp_path: Path, realtime: bool, low: float, high: float) -> None:
-    samples = (np.random.default_rng(5).standard_normal(SAMPLE_RATE) * 1000).astype(np.int16)
-    source = WavFileSource(write_wav(tmp_path / "one-second.wav", samples), realtime=realtime)
-    start = time.monotonic()
-    out = drain(source)
-    assert low <= time.monotonic() - start <= high
-    assert np.array_equal(out, samples)
-
-
-@pytest.mark.parametrize("rate", [48000, 44100, 8000])
-def test_stream_resampler_matches_whole_signal_resampling(rate: int) -> None:
-    rng = np.random.default_rng(rate)
-    signal = (rng.standard_normal(rate * 2) * 3000).astype(np.int16)
-    whole = resample(signal.astype(np.float32) / 32768.0, rate, SAMPLE_RATE) * 32768.0
-    stream = StreamResampler(rate)
-    pieces = [stream.push(signal[i:i + 441]) for i in range(0, len(signal), 441)] + [stream.finish()]
-    chunked = np.concatenate(pieces)
-    assert len(chunked) == len(whole)
-    assert np.max(np.abs(chunked.astype(np.float64) - whole)) <= 2.0  # rounding only, no seams

@@ -4,7 +4,7 @@ A subscription made while the link is connecting must not be lost: the fleet wor
 shared group right after `link.start()`, and a `route()` that landed after the CONNACK handler
 had listed the filters but before it marked the link connected was never sent to the broker.
 The worker then believed itself subscribed and every shared job went unrouted (seen as a rare
-"no answer at all" in tests/test_fleet.py).
+"no answer at all" in tests/e2e/test_fleet_shared_jobs.py).
 """
 
 from __future__ import annotations

@@ -25,11 +25,12 @@ import pytest
 
 from tests.support.agent import AgentProcess
 from tests.support.broker import Broker, free_port
+from tests.support.paths import REPO
 from tests.support.probe import Probe
 from tests.support.wavs import tone_wav
-from tests.test_inbox import drop
+from tests.support.inbox import drop
 
-REPO = Path(__file__).resolve().parents[1]
+
 FLOWS = REPO / "examples/node-red/flows.json"
 PREFIX = REPO / ".cache/node-red"
 RED_JS = PREFIX / "node_modules/node-red/red.js"

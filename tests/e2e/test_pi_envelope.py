@@ -1,4 +1,4 @@
-"""The Pi envelope in CI size (issue #17), and the Pi profile it runs.
+"""The Pi envelope in CI size, and the Pi profile it runs.
 
 `python -m bench envelope` is the full run (every engine variant, the table in
 docs/performance.md); here the same harness runs the Pi profile (config.pi.yaml) with a small
@@ -22,6 +22,7 @@ from tests.support.agent import REPO, voice_agent_cmd
 from tests.support.broker import Broker
 from tests.support.cgroup import Box, CgroupUnavailable
 
+
 UNIT = REPO / "systemd" / "voice-agent.service"
 PROFILE = REPO / "config.pi.yaml"
 
@@ -43,13 +44,6 @@ def test_pi_profile_passes_check_config(tmp_path: Path) -> None:
     assert effective["transcriber"]["engine"] == "pocketsphinx"
     assert effective["summarizer"]["engine"] == "extractive"
     assert effective["jobs"]["max_concurrent"] == 1, "overlap off"
-
-
-def test_unit_limits_fit_the_envelope() -> None:
-    """The unit's hard ceiling is within the envelope the profile was measured in; MemoryHigh below it."""
-    from bench.envelope import PI_MEMORY_MB
-    high, hard = unit_limit_mb("MemoryHigh"), unit_limit_mb("MemoryMax")
-    assert high < hard <= PI_MEMORY_MB
 
 
 def test_pi_profile_inside_the_envelope(broker: Broker, tmp_path: Path) -> None:

@@ -25,11 +25,10 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent import AgentProcess
+from tests.support.paths import REPO
 from tests.support.probe import Probe
 from tests.support.wait import wait_until
 from tests.support.wavs import tone_wav
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def stored_events(db_path: Path) -> list[dict]:

@@ -35,10 +35,11 @@ from tests.support import real_speech
 from tests.support.broker import Broker
 from tests.support.models import (faster_whisper_model_dir, speech_wav, whisper_cpp_binary,
                                   whisper_cpp_model)
+from tests.support.paths import REPO
 from tests.support.real_speech import Recording, normalize, wer, word_recall
 from tests.support.speech_runs import RunResult, agent_burst, bare_whisper_cpp, to_16k_wav
 
-REPO = Path(__file__).resolve().parents[1]
+
 DEMO_SAMPLE = "hello from the voice agent demo, turn on the kitchen light"
 TOLERANCE = 0.005   # the bound: agent WER <= bare engine WER + 0.005
 

@@ -25,11 +25,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from agent.config.remote import scopes, tunable
-from agent.settings import DEVICE, FLEET, Settings
+from agent.settings import FLEET, Settings
 from tests.support.probe import Probe
 
+
 LOCAL = sorted(path for path, scope in scopes().items() if scope is None)
-DEVICE_ONLY = sorted(path for path, scope in scopes().items() if scope == DEVICE)
 
 
 def _field(path: str) -> tuple[dataclasses.Field, Any]:
@@ -123,21 +123,6 @@ def assert_untouched(probe: Probe, agent, canary: Path, canary_before: dict, con
     assert snapshot(canary) == canary_before, "the canary folder was touched"
     assert agent.alive()
     assert psutil.Process(agent.proc.pid).children(recursive=True) == [], "the agent started a process"
-
-
-def test_schema_declares_a_scope_for_every_key_and_the_dangerous_ones_are_local() -> None:
-    every = scopes()
-    assert set(every) == set(LOCAL) | set(tunable(DEVICE))
-    assert set(tunable(FLEET)) < set(tunable(DEVICE))
-    for path in every:
-        f, annotation = _field(path)
-        names_something = (f.metadata.get("path") or f.metadata.get("secret") or "list[str]" in str(annotation)
-                           and not path.endswith("keywords"))
-        if names_something or path.split(".")[-1] in {"host", "port", "url", "base_url", "binary", "model",
-                                                      "command", "username", "device_id", "topic_prefix",
-                                                      "remote_config", "allowed_commands", "worker", "group",
-                                                      "discovery_prefix", "protocol", "device"}:
-            assert every[path] is None, f"{path} names a program, file, host or identity but is remote-tunable"
 
 
 def test_every_local_key_is_refused_on_both_topics_and_nothing_happens(guarded, probe) -> None:

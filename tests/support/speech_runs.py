@@ -1,6 +1,6 @@
 """The two sides of an accuracy comparison on the same recordings: the bare engine and the agent.
 
-Why both in one place: the test (tests/test_real_speech.py) and the bench (bench/speech_accuracy.py)
+Why both in one place: the test (tests/e2e/test_real_speech_accuracy.py) and the bench (bench/speech_accuracy.py)
 must compare exactly the same things, or a bench row and a test verdict could disagree.
 
 - `bare_whisper_cpp`: the whisper.cpp CLI run file by file, the way a user runs it by hand

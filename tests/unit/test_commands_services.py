@@ -2,7 +2,8 @@
 
 Unit tests: each handler gets a Services of fakes (no broker, no agent process), which is only
 possible because handlers/ no longer reach through `App`. The end-to-end behaviour of the same
-commands is covered in test_foundation, test_security, test_remote_config and test_listen.
+commands is covered in tests/e2e/ (test_request_answers.py, test_live_config.py,
+test_command_allow_list.py, test_remote_config.py, test_listen.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,7 +27,7 @@ def services(**given: Any) -> Services:
     """A Services whose every part is absent (None) unless given: a handler touching a part it
     should not need fails loudly."""
     values: dict[str, Any] = {f.name: None for f in dataclasses.fields(Services)}
-    values["settings"] = Settings
+    values["store"] = SimpleNamespace(settings=Settings())
     values.update(given)
     return Services(**values)
 
@@ -37,12 +39,24 @@ def request(command: str, body: dict[str, Any], sv: Services) -> Request:
 def test_services_is_frozen() -> None:
     sv = services()
     with pytest.raises(dataclasses.FrozenInstanceError):
-        sv.paused = lambda: True  # type: ignore[misc]
+        sv.run = None  # type: ignore[misc]
+
+
+class FakeMicrophone:
+    """Capturing while the last pause call was False (as the listening part answers)."""
+
+    def __init__(self, calls: list[bool]) -> None:
+        self.calls = calls
+        self.present = True
+
+    @property
+    def on(self) -> bool:
+        return not self.calls[-1]
 
 
 def test_pause_and_resume_act_through_the_narrow_callable() -> None:
     calls: list[bool] = []
-    sv = services(set_paused=calls.append, listening=lambda: not calls[-1])
+    sv = services(set_paused=calls.append, microphone=FakeMicrophone(calls))
     assert control.pause(request("pause", {}, sv)) == {"paused": True, "listening": False}
     assert control.resume(request("resume", {}, sv)) == {"paused": False, "listening": True}
     assert calls == [True, False]
@@ -50,7 +64,7 @@ def test_pause_and_resume_act_through_the_narrow_callable() -> None:
 
 def test_listening_without_a_microphone_is_refused_and_changes_nothing() -> None:
     calls: list[bool] = []
-    sv = services(has_microphone=lambda: False, set_listening=calls.append)
+    sv = services(microphone=SimpleNamespace(present=False), set_listening=calls.append)
     with pytest.raises(RequestError) as exc:
         control.listening(request("listening", {"listening": False}, sv))
     assert exc.value.code == "bad_request" and calls == []
@@ -59,7 +73,7 @@ def test_listening_without_a_microphone_is_refused_and_changes_nothing() -> None
 def test_config_set_is_refused_when_remote_config_is_off() -> None:
     off = Settings()
     off = dataclasses.replace(off, mqtt=dataclasses.replace(off.mqtt, remote_config=False))
-    sv = services(settings=lambda: off)   # no store: refused before it is touched
+    sv = services(store=SimpleNamespace(settings=off))   # refused before the overlay is touched
     with pytest.raises(RequestError) as exc:
         config.set_(request("config/set", {"config": {"log_level": "DEBUG"}}, sv))
     assert exc.value.code == "forbidden"
@@ -96,7 +110,7 @@ def test_transcribe_file_takes_only_regular_files_waiting_in_the_inbox(tmp_path:
     (inbox_dir / "taken.wav").write_bytes(b"RIFF")
     os.symlink(outside, inbox_dir / "link.wav")
     inbox = FakeInbox(inbox_dir)
-    sv = services(inbox=lambda: inbox, inbox_name_ok=lambda n: not n.startswith(".") and not n.endswith(".part"))
+    sv = services(inbox=SimpleNamespace(current=inbox), inbox_name_ok=lambda n: not n.startswith(".") and not n.endswith(".part"))
     with pytest.raises(RequestError) as exc:
         jobs.transcribe(request("transcribe", {"file": name}, sv))
     assert exc.value.code == code
@@ -105,7 +119,7 @@ def test_transcribe_file_takes_only_regular_files_waiting_in_the_inbox(tmp_path:
 
 
 def test_transcribe_without_an_inbox_and_bad_base64_are_bad_requests() -> None:
-    sv = services(inbox=lambda: None)
+    sv = services(inbox=SimpleNamespace(current=None))
     for body in ({"file": "a.wav"}, {"audio_b64": "%%%"}, {}, {"file": "a.wav", "audio_b64": "AAAA"}):
         with pytest.raises(RequestError) as exc:
             jobs.transcribe(request("transcribe", body, sv))

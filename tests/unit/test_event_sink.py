@@ -13,7 +13,7 @@ class FakePublisher:
     def __init__(self, log: list[tuple[str, Any]]) -> None:
         self.log = log
 
-    def emit(self, topic: str, body: dict) -> None:
+    def emit(self, topic: str, body: dict, durable: bool = True) -> None:
         self.log.append(("stored", topic))
 
 

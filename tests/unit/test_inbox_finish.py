@@ -5,7 +5,7 @@ cleanup in the agent catches, as if the process had died right there; a new `Inb
 folders then starts the way a restarted agent does. For every n the file must end in exactly one
 place: either still claimed (its job runs again under the same job id) or finished with its
 complete record, and no bookkeeping file may be left behind. The end-to-end kill -9 tests
-(tests/test_inbox.py, tests/test_faults.py) hit these windows only by chance.
+(tests/e2e/test_inbox.py, tests/e2e/test_kill9_recovery.py) hit these windows only by chance.
 """
 
 from __future__ import annotations

@@ -10,8 +10,7 @@ import shutil
 from pathlib import Path
 
 from tests.support.layers import LAYERS, check, imports, layer_of
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.paths import REPO
 
 
 def test_agent_and_handlers_keep_the_layering_contract() -> None:

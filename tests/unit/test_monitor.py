@@ -1,10 +1,8 @@
-"""Memory/disk levels from synthetic samples, the Monitor thread, real psutil samples, telemetry."""
+"""Memory/disk levels from synthetic samples, the Monitor thread, telemetry figures."""
 
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -12,9 +10,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent.ops.monitor import Alert, DiskTracker, LevelTracker, MemorySample, Monitor, disk_free_mb, sample_memory
+from agent.ops.monitor import Alert, DiskTracker, LevelTracker, Monitor
+from agent.ops.sampling import MemorySample, disk_free_mb
 from agent.settings import MemorySettings
 from agent.ops.telemetry import TelemetryCollector
+
 
 SETTINGS = MemorySettings()  # warn 80, critical 92, hysteresis 3, repeat 60 s
 TOP = {"pid": 4242, "name": "llama-server", "rss_mb": 250.0}
@@ -33,9 +33,6 @@ def feed(tracker: LevelTracker, values: list[float], start: float = 0.0) -> list
         if alert is not None:
             alerts.append(alert)
     return alerts
-
-
-# --- LevelTracker -----------------------------------------------------------------------------
 
 
 def test_levels_up_and_down_with_hysteresis() -> None:
@@ -136,9 +133,6 @@ def test_straight_from_ok_to_critical() -> None:
     assert [(a.level, a.data["previous"]) for a in alerts] == [("critical", "ok"), ("ok", "critical")]
 
 
-# --- DiskTracker ------------------------------------------------------------------------------
-
-
 def test_disk_levels_with_hysteresis(tmp_path: Path) -> None:
     free = {"mb": 500.0}
     tracker = DiskTracker(SETTINGS, free_mb=lambda path: free["mb"])  # min 100 MB, clears above 103
@@ -161,9 +155,6 @@ def test_one_alert_per_filesystem(tmp_path: Path) -> None:
 
 def test_disk_free_of_a_folder_not_yet_created(tmp_path: Path) -> None:
     assert disk_free_mb(tmp_path / "missing" / "deeper") == pytest.approx(disk_free_mb(tmp_path), rel=0.01)
-
-
-# --- Monitor ----------------------------------------------------------------------------------
 
 
 class Sink:
@@ -250,39 +241,6 @@ def test_monitor_survives_a_failing_sampler_and_handler() -> None:
         assert alerts[0].level == "critical" and alerts[1].repeat
     finally:
         monitor.stop()
-
-
-# --- real psutil samples ----------------------------------------------------------------------
-
-
-ALLOCATE = (
-    "import sys\n"
-    "block = bytearray(200 * 1024 * 1024)\n"
-    "for i in range(0, len(block), 4096):\n"
-    "    block[i] = 1  # touch every page so it is resident\n"
-    "print('ready', flush=True)\n"
-    "sys.stdin.read()\n"
-)
-
-
-def test_sample_memory_counts_a_child_engine() -> None:
-    child = subprocess.Popen([sys.executable, "-c", ALLOCATE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             text=True)
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "ready", "child allocated its 200 MB"
-        memory = sample_memory()
-        assert memory.children_rss_mb >= 150, memory
-        assert memory.agent_rss_mb > 10
-        assert 0 < memory.used_percent <= 100 and memory.available_mb > 0
-        assert set(memory.top_process) == {"pid", "name", "rss_mb"}
-        assert memory.top_process["rss_mb"] >= 150
-    finally:
-        child.communicate(timeout=10)
-    assert sample_memory().children_rss_mb < 150
-
-
-# --- telemetry --------------------------------------------------------------------------------
 
 
 def test_telemetry_figures(tmp_path: Path) -> None:

@@ -1,0 +1,64 @@
+"""Fleet URL jobs cannot reach what the operator did not list (server-side request forgery).
+
+A canary HTTP server on loopback records every request: a refused URL must leave it untouched.
+"""
+
+from __future__ import annotations
+
+from tests.support.http_stub import HTTPStub, Reply
+from tests.support.whisper_cpp_standin import pcm_digest
+from tests.support.wait import wait_until
+from tests.support.wavs import tone_wav
+from tests.support.fleet import JOBS_TOPIC, worker_config
+
+
+WAV = tone_wav(0.3, freq=440)
+
+
+def subscribed(probe, agent) -> None:
+    """Jobs published before the worker joined its group would be dropped (the probe on `#` hides it)."""
+    wait_until(lambda: probe.request(agent.root, "stats")["data"]["fleet"]["subscribed"], timeout=20,
+               what=f"{agent.device_id} in its group")
+
+
+def canary() -> HTTPStub:
+    return HTTPStub({("GET", "/a.wav"): lambda r: Reply(200, WAV, {"Content-Type": "audio/wav"})})
+
+
+def test_url_jobs_to_loopback_are_refused_unless_listed_exactly_and_the_canary_is_not_hit(make_agent, probe, tmp_path):
+    with canary() as stub:
+        port = stub.url.rsplit(":", 1)[1]
+        # `*.0.0.1` matches the host 127.0.0.1 as a wildcard, never as an exact entry: loopback
+        # stays refused. `localhost` is not listed at all.
+        config = worker_config(tmp_path)
+        config["fleet"]["url_allow"] = ["*.0.0.1", "files.example.org"]
+        agent = make_agent(config).start(probe)
+        subscribed(probe, agent)
+        off = make_agent(worker_config(tmp_path), name="off", device_id="off")   # default: URL jobs off
+        jobs = {"wildcard": f"http://127.0.0.1:{port}/a.wav", "unlisted": f"http://localhost:{port}/a.wav"}
+        for job_id, url in jobs.items():
+            probe.publish(JOBS_TOPIC, {"job_id": job_id, "url": url, "reply_to": "ctl/url"})
+        for job_id in jobs:
+            answer = probe.wait_for("ctl/url", lambda m, j=job_id: m.json["job_id"] == j and m.json["status"] == "error",
+                                    timeout=30, what=f"{job_id} refused")[0].json
+            assert answer["error"]["code"] == "forbidden", answer
+            assert answer["device_id"] == agent.device_id
+        agent.terminate()
+        off.start(probe)
+        subscribed(probe, off)
+        probe.publish(JOBS_TOPIC, {"job_id": "off", "url": f"http://127.0.0.1:{port}/a.wav", "reply_to": "ctl/url"})
+        answer = probe.wait_for("ctl/url", lambda m: m.json["job_id"] == "off", timeout=30, what="refused")[0].json
+        assert answer["error"]["code"] == "forbidden" and "url_allow" in answer["error"]["message"], answer
+        assert stub.requests == []   # nothing reached the canary
+
+
+def test_url_job_from_a_host_listed_exactly_is_fetched(make_agent, probe, tmp_path):
+    with canary() as stub:
+        config = worker_config(tmp_path)
+        config["fleet"]["url_allow"] = ["127.0.0.1"]
+        subscribed(probe, make_agent(config).start(probe))
+        probe.publish(JOBS_TOPIC, {"job_id": "listed", "url": f"{stub.url}/a.wav", "reply_to": "ctl/url"})
+        answer = probe.wait_for("ctl/url", lambda m: m.json["status"] in ("ok", "error"), timeout=30,
+                                what="result")[0].json
+        assert answer["status"] == "ok" and answer["text"] == pcm_digest(WAV), answer
+        assert [r.path for r in stub.requests] == ["/a.wav"]
