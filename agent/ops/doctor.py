@@ -47,7 +47,8 @@ MB = 1024 * 1024
 AGENT_MB = 40                                # idle agent RSS, engines in their own processes: 38-50
 PROGRAM_OVERHEAD_MB = {"whisper_cpp": 80,    # whisper.cpp child peak 227 MB with the 148 MB base model
                        "faster_whisper": 185,  # +185 MB in-process (base int8), about 330 MB resident
-                       "llama_server": 320}    # llama-cpp-python server 575 MB with a 253 MB Gemma GGUF
+                       "llama_server": 320,    # llama-cpp-python server 575-632 MB with a 253 MB Gemma GGUF
+                       "llama_server_native": 90}  # llama.cpp's own llama-server: 336 MB with it
 FLAT_MB = {"pocketsphinx": 120,              # +116 MB in the loading process (model in the wheel)
            "faster_whisper": 330,            # a model *name* (downloaded): base int8
            "bench_metadata": 15}             # the test engine (VOICE_AGENT_TEST_ENGINES=1 only)
@@ -290,7 +291,9 @@ def engine_mb(settings: Settings) -> dict[str, float]:
     elif t.engine in FLAT_MB:
         need[f"transcriber {t.engine}"] = FLAT_MB[t.engine]
     if s.engine == "llama_server" and s.llama_server.command:
-        need["summarizer llama_server"] = PROGRAM_OVERHEAD_MB["llama_server"] + file_mb(s.llama_server.model)
+        native = os.path.basename(s.llama_server.command[0]).startswith("llama-server")
+        need["summarizer llama_server"] = (PROGRAM_OVERHEAD_MB["llama_server_native" if native else "llama_server"]
+                                           + file_mb(s.llama_server.model))
     return need
 
 
