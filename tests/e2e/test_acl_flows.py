@@ -24,28 +24,17 @@ from tests.support.agent import AgentProcess
 from tests.support.broker import free_port, mosquitto_binary
 from tests.support.probe import Probe
 from tests.support.wavs import tone_wav
-from tests.support.ansible import current_user_group, recap, run_playbook, target_python
+from tests.support.ansible import current_user_group, local_broker_inventory, local_broker_vars, recap, run_playbook
 
 DEVICES = {"pi-a": "pw-a", "pi-b": "pw-b"}
 
 
 def start_broker(tmp_path: Path) -> tuple[subprocess.Popen, int]:
-    root = tmp_path / "root"
-    root.mkdir()
-    inventory = tmp_path / "inventory.ini"
-    inventory.write_text("[mqtt_broker]\n"
-                         f"localhost ansible_connection=local ansible_python_interpreter={target_python()}\n")
-    user, group = current_user_group()
+    root, inventory = local_broker_inventory(tmp_path)
+    user, _ = current_user_group()
     port = free_port()
     result = run_playbook(tmp_path, inventory, {
-        "ansible_become": False,
-        "mosquitto_broker_root": str(root),
-        "mosquitto_broker_install_packages": False,
-        "mosquitto_broker_manage_service": False,
-        "mosquitto_broker_file_owner": user,
-        "mosquitto_broker_file_group": group,
-        "mosquitto_broker_listener_port": port,
-        "mosquitto_broker_listener_address": "127.0.0.1",
+        **local_broker_vars(root, port),
         "mosquitto_broker_extra_config": ["persistence false", "set_tcp_nodelay true"],
         "mosquitto_broker_devices": [{"device_id": d, "password": p} for d, p in DEVICES.items()],
         "mosquitto_broker_dashboard_password": "dash",

@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.ansible import (ANSIBLE_DIR, ROOT, ansible_env, ansible_tool, current_user_group, recap,
-                                   run_playbook, target_python)
+from tests.support.ansible import (ANSIBLE_DIR, ROOT, ansible_env, ansible_tool, current_user_group,
+                                   local_broker_inventory, local_broker_vars, recap, run_playbook, target_python)
 
 
 SECRET = "s3cret-never-logged"
@@ -317,24 +317,11 @@ def test_broker_role_is_idempotent_and_confines_each_device(tmp_path: Path) -> N
     from tests.support.broker import free_port, mosquitto_binary
 
     mosquitto = mosquitto_binary()
-    root = tmp_path / "root"
-    root.mkdir()
-    inventory = tmp_path / "inventory.ini"
-    inventory.write_text(
-        "[mqtt_broker]\n"
-        f"localhost ansible_connection=local ansible_python_interpreter={target_python()}\n"
-    )
-    user, group = current_user_group()
+    root, inventory = local_broker_inventory(tmp_path)
+    user, _ = current_user_group()
     port = free_port()
     broker_vars: dict[str, Any] = {
-        "ansible_become": False,
-        "mosquitto_broker_root": str(root),
-        "mosquitto_broker_install_packages": False,
-        "mosquitto_broker_manage_service": False,
-        "mosquitto_broker_file_owner": user,
-        "mosquitto_broker_file_group": group,
-        "mosquitto_broker_listener_port": port,
-        "mosquitto_broker_listener_address": "127.0.0.1",
+        **local_broker_vars(root, port),
         "mosquitto_broker_extra_config": ["persistence false"],
         "mosquitto_broker_devices": [
             {"device_id": "pi-a", "password": "pw:a with spaces"},

@@ -14,7 +14,7 @@ import pytest
 
 from agent.audio import wav
 from agent.audio.wav import WavInfo, decode_bytes, decode_file, is_native, probe
-from agent.errors import AudioError
+from tests.support.audio_errors import expect_error
 
 
 HAVE_TOOLS = shutil.which("espeak-ng") is not None and shutil.which("sox") is not None
@@ -69,14 +69,6 @@ def soxi_duration(path: Path) -> float:
 def corr(a: np.ndarray, b: np.ndarray) -> float:
     n = min(len(a), len(b))
     return float(np.corrcoef(a[:n].astype(np.float64), b[:n].astype(np.float64))[0, 1])
-
-
-def expect_error(code: str, fn, *args, **kwargs) -> AudioError:
-    with pytest.raises(AudioError) as info:
-        fn(*args, **kwargs)
-    assert info.value.code == code, f"expected {code}, got {info.value.code}: {info.value}"
-    assert str(info.value), "messages must not be empty"
-    return info.value
 
 
 @needs_tools

@@ -19,18 +19,8 @@ from paho.mqtt.properties import Properties
 
 from agent.settings import MACHINE_ID_ENV
 from tests.support.agent import AgentProcess
+from tests.support.machine_id import MACHINE_A, MACHINE_B, machine_id_file
 from tests.support.wait import wait_until
-
-
-MACHINE_A = "0123456789abcdef0123456789abcdef"
-MACHINE_B = "fedcba9876543210fedcba9876543210"
-
-
-def machine_id_file(folder: Path, value: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "machine-id"
-    path.write_text(value + "\n")
-    return path
 
 
 def unnamed_agent(workdir: Path, port: int, machine_id: Path) -> AgentProcess:

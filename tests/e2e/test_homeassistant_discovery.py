@@ -9,48 +9,19 @@ import signal
 import subprocess
 import time
 
-import pytest
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-from agent.ops.homeassistant import ALERT_KINDS, Features, discovery_config
+from agent.ops.homeassistant import ALERT_KINDS
 from agent.ops.last_values import TEXT_MAX_BYTES
 from agent.ops.telemetry import TelemetryCollector
-from agent.mqtt.topics import Topics
 from agent.audio.wav import write_wav
 from tests.support.http_stub import HTTPStub, json_reply
 from tests.support.probe import Msg, Probe, retained
 from tests.support.speech import UTTERANCES, build_speech
 from tests.support.wavs import tone_wav
 from tests.support.inbox import drop
+from tests.support.homeassistant import ALWAYS, OPTIONAL, RECORDER_ATTRS_MAX, attributes_size, render
 
 
 DISCOVERY = "homeassistant/device/test-dev/config"
-TOPICS = Topics("voice", "test-dev")
-ENV = ImmutableSandboxedEnvironment()   # Home Assistant templates are sandboxed Jinja2
-
-
-def render(template: str, payload: dict | None = None, **variables) -> str:
-    """Render a template the way Home Assistant's MQTT integration does (value_json = the payload)."""
-    return ENV.from_string(template).render(value_json=payload, **variables).strip()
-
-
-ALL = Features(microphone=True, telemetry=True, temperature=True)
-OPTIONAL = {"vad", "speech", "listening", "jobs_failed", "jobs_rejected", "inbox_waiting", "outbox_queued",
-            "memory_used", "temperature"}
-ALWAYS = {"transcript": "event", "last_transcript": "sensor", "last_summary": "sensor", "memory_level": "sensor",
-          "jobs_running": "sensor", "started": "sensor", "paused": "binary_sensor", "pause": "button",
-          "resume": "button", **{f"{kind}_alert": "binary_sensor" for kind in ALERT_KINDS}}
-RECORDER_ATTRS_MAX = 16 * 1024   # Home Assistant's recorder stores no attributes above this (and warns)
-
-
-@pytest.fixture(scope="module")
-def doc() -> dict:
-    return discovery_config(TOPICS, "9.9.9", ALL)
-
-
-def attributes_size(attributes: dict) -> int:
-    """Bytes of the attributes as the recorder stores them (JSON, UTF-8)."""
-    return len(json.dumps(attributes, ensure_ascii=False, separators=(",", ":")).encode())
 
 
 def test_discovery_retained_republished_on_ha_online_and_removed_when_disabled(make_agent, broker, probe):

@@ -12,24 +12,21 @@ builds it from source (tens of minutes), see README.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import importlib.util
 import os
 import shutil
 import signal
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from agent.engines.llama_server import LlamaServerSummarizer
-from agent.errors import EngineError
-from agent.settings import LlamaServerSettings, SummarizerSettings
+from agent.settings import SummarizerSettings
 from tests.support.broker import free_port
 from tests.support.llama import native_llama_server_command, native_server_binary, wait_gone
+from tests.support.llama_checks import (check_hung_server_is_replaced, check_killed_mid_request_is_retried,
+                                        check_restart_after_kill_9, close_all, llama_settings)
 from tests.support.wait import wait_until
 from tests.support.wavs import tone_wav
 
@@ -60,10 +57,8 @@ def gemma() -> Path:
 
 
 def settings(command: list[str] | None, max_tokens: int = 48, **options) -> SummarizerSettings:
-    options.setdefault("port", free_port())
     options.setdefault("timeout_s", 60.0)  # generous: CI machines are often busy
-    return SummarizerSettings(engine="llama_server", min_words=5, max_tokens=max_tokens,
-                              llama_server=LlamaServerSettings(command=command, **options))
+    return llama_settings(command, max_tokens, **options)
 
 
 @pytest.fixture
@@ -79,11 +74,7 @@ def native(binary: Path, gemma: Path):
         return summarizer
 
     yield make
-    for summarizer in made:
-        pid = summarizer.server.pid if summarizer.server else None
-        summarizer.close()
-        if pid is not None:
-            assert wait_gone(pid), "server outlived close()"
+    close_all(made)
 
 
 def test_native_server_is_health_checked_on_its_health_route_and_summarizes(native) -> None:
@@ -97,48 +88,18 @@ def test_native_server_is_health_checked_on_its_health_route_and_summarizes(nati
 
 
 def test_native_server_restarts_after_kill_9(native) -> None:
-    summarizer = native()
-    assert summarizer.summarize(TRANSCRIPT).text
-    old_pid = summarizer.server.pid
-    os.kill(old_pid, signal.SIGKILL)
-    assert wait_gone(old_pid)
-    assert summarizer.summarize(TRANSCRIPT).text
-    assert summarizer.server.restarts >= 1 and summarizer.server.pid != old_pid
+    check_restart_after_kill_9(native(), TRANSCRIPT)
 
 
 def test_native_server_killed_mid_request_is_restarted_and_retried(native) -> None:
     """The OOM killer's case: the answer never comes, the caller still gets a summary."""
-    summarizer = native(max_tokens=32)
-    victim = summarizer.server.pid
-    killer = threading.Timer(0.3, os.kill, (victim, signal.SIGKILL))
-    killer.start()
-    try:
-        assert summarizer.summarize(f"{TRANSCRIPT} This one is interrupted.").text
-    finally:
-        killer.cancel()
-    assert summarizer.server.restarts == 1 and summarizer.server.pid != victim
+    check_killed_mid_request_is_retried(native(max_tokens=32), TRANSCRIPT)
 
 
 def test_native_hung_server_times_out_and_is_replaced(native) -> None:
     # A timeout far above a 4-token answer (2-4 s here, busy, on a build without SIMD), and below
     # the slowest healthy answer, to tell a hang from slowness.
-    summarizer = native(max_tokens=4, timeout_s=20.0)
-    hung_pid = summarizer.server.pid
-    os.kill(hung_pid, signal.SIGSTOP)
-    try:
-        began = time.monotonic()
-        with pytest.raises(EngineError) as caught:
-            summarizer.summarize(TRANSCRIPT)
-        assert caught.value.code == "engine_timeout"
-        assert time.monotonic() - began < 20.0 + 3
-        assert wait_gone(hung_pid)  # killed, not merely continued
-        summarizer.options = dataclasses.replace(summarizer.options, timeout_s=60.0)
-        assert summarizer.summarize(TRANSCRIPT).text
-        assert summarizer.server.restarts >= 1 and summarizer.server.pid != hung_pid
-    finally:
-        if not wait_gone(hung_pid, timeout_s=0):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(hung_pid, signal.SIGKILL)
+    check_hung_server_is_replaced(native(max_tokens=4, timeout_s=20.0), TRANSCRIPT)
 
 
 def test_native_server_that_cannot_load_its_model_falls_back_to_oneshot(binary: Path, tmp_path: Path) -> None:

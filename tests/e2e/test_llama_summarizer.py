@@ -6,13 +6,9 @@ kills, hangs and the one-shot fallback use child processes.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import os
 import signal
-import socket
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,34 +19,15 @@ from agent.engines.llama_server import LlamaServerSummarizer
 from agent.engines.openai_chat import chat_body, render_prompt
 from agent.engines.supervisor import ServerProcess
 from agent.errors import EngineError
-from agent.settings import LlamaServerSettings, SummarizerSettings
+from tests.support.broker import free_port
 from tests.support.llama import wait_gone
-
-
-TRANSCRIPT = (
-    "Good morning everyone, thanks for joining the weekly planning call. "
-    "The garden project needs raised beds, seeds and a watering system before the end of April. "
-    "Anna will order the seeds for the garden project today. "
-    "Um, sorry, my coffee is getting cold. "
-    "Ben will build the raised beds for the garden this weekend. "
-    "See you all next week."
-)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.support.llama_checks import (check_hung_server_is_replaced, check_killed_mid_request_is_retried,
+                                        check_restart_after_kill_9, close_all, llama_settings)
+from tests.support.summaries import TRANSCRIPT
 
 
 FAILING_SERVER = [sys.executable, "-c", "import sys; sys.exit('cannot load model')"]
 ONESHOT = [sys.executable, "-c", "import sys; print('summary: ' + sys.argv[1][:20])", "{prompt}"]
-
-
-def llama_settings(command: list[str] | None, max_tokens: int = 48, **options) -> SummarizerSettings:
-    options.setdefault("port", free_port())
-    return SummarizerSettings(engine="llama_server", min_words=5, max_tokens=max_tokens,
-                              llama_server=LlamaServerSettings(command=command, **options))
 
 
 def test_llama_oneshot_fallback_when_server_cannot_start() -> None:
@@ -202,11 +179,7 @@ def llama(gemma: Path):
         return summarizer
 
     yield make
-    for summarizer in made:
-        pid = summarizer.server.pid if summarizer.server else None
-        summarizer.close()
-        if pid is not None:
-            assert wait_gone(pid), "server outlived close()"
+    close_all(made)
 
 
 @pytest.mark.slow
@@ -221,51 +194,19 @@ def test_llama_server_summarizes(llama) -> None:
 
 @pytest.mark.slow
 def test_llama_server_restarts_after_kill_9(llama) -> None:
-    summarizer = llama()
-    assert summarizer.summarize(TRANSCRIPT).text
-    old_pid = summarizer.server.pid
-    os.kill(old_pid, signal.SIGKILL)
-    assert wait_gone(old_pid)
-    assert summarizer.summarize(TRANSCRIPT).text
-    assert summarizer.server.restarts >= 1 and summarizer.server.pid != old_pid
+    check_restart_after_kill_9(llama(), TRANSCRIPT)
 
 
 @pytest.mark.slow
 def test_llama_server_killed_mid_request_is_restarted_and_retried(llama) -> None:
     """The OOM killer's case: the answer never comes, the caller still gets a summary."""
-    summarizer = llama(max_tokens=96)
-    victim = summarizer.server.pid
-    killer = threading.Timer(0.3, os.kill, (victim, signal.SIGKILL))
-    killer.start()
-    try:
-        assert summarizer.summarize(f"{TRANSCRIPT} This one is interrupted.").text
-    finally:
-        killer.cancel()
-    assert summarizer.server.restarts == 1 and summarizer.server.pid != victim
+    check_killed_mid_request_is_retried(llama(max_tokens=96), TRANSCRIPT)
 
 
 @pytest.mark.slow
 def test_llama_hung_server_times_out_and_is_replaced(llama) -> None:
     # Short answers keep the healthy calls far below the timeout even on a busy machine.
-    summarizer = llama(max_tokens=8, timeout_s=8.0)
-    hung_pid = summarizer.server.pid
-    os.kill(hung_pid, signal.SIGSTOP)
-    try:
-        began = time.monotonic()
-        with pytest.raises(EngineError) as caught:
-            summarizer.summarize(TRANSCRIPT)
-        assert caught.value.code == "engine_timeout"
-        assert time.monotonic() - began < 8.0 + 3
-        assert wait_gone(hung_pid)  # killed, not merely continued
-        # Only the hang needed the short timeout; on a busy machine a fresh server can be slow.
-        summarizer.options = dataclasses.replace(summarizer.options, timeout_s=60.0)
-        summary = summarizer.summarize(TRANSCRIPT)
-        assert summary.text
-        assert summarizer.server.restarts >= 1 and summarizer.server.pid != hung_pid
-    finally:
-        if not wait_gone(hung_pid, timeout_s=0):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(hung_pid, signal.SIGKILL)
+    check_hung_server_is_replaced(llama(max_tokens=8, timeout_s=8.0), TRANSCRIPT)
 
 
 @pytest.mark.slow

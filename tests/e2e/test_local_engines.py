@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from agent.engines import make_transcriber
 from agent.settings import FasterWhisperSettings, PocketsphinxSettings, TranscriberSettings
-from tests.support.models import REPO_ROOT, faster_whisper_model_dir, speech_wav
+from tests.support.models import REPO_ROOT, SENTENCE, faster_whisper_model_dir, speech  # noqa: F401  (fixture)
 from tests.support.engine_audio import read_audio, word_recall, words
 
 
-SENTENCE = "the quick brown fox jumps over the lazy dog"
 COMMANDS = ("turn on the light", "turn off the light", "play some music", "stop the music", "what time is it")
-
-
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("speech")
-    files = {
-        "sentence": speech_wav(SENTENCE, folder / "sentence.wav"),
-        "command": speech_wav("turn off the light", folder / "command.wav", pad_s=0.3),
-        "music": speech_wav("play some music", folder / "music.wav", pad_s=0.3),
-    }
-    garbage = folder / "garbage.wav"
-    garbage.write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk" + os.urandom(4000))
-    files["garbage"] = garbage
-    return files
 
 
 @pytest.mark.slow

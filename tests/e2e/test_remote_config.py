@@ -14,7 +14,6 @@ import dataclasses
 import json
 import sys
 import time
-import typing
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,25 +23,15 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from agent.config.remote import scopes, tunable
-from agent.settings import FLEET, Settings
+from agent.config.remote import tunable
+from agent.settings import FLEET
 from tests.support.probe import Probe
-
-
-LOCAL = sorted(path for path, scope in scopes().items() if scope is None)
-
-
-def _field(path: str) -> tuple[dataclasses.Field, Any]:
-    cls: Any = Settings
-    *sections, leaf = path.split(".")
-    for name in sections:
-        cls = typing.get_type_hints(cls)[name]
-    return next(f for f in dataclasses.fields(cls) if f.name == leaf), typing.get_type_hints(cls)[leaf]
+from tests.support.settings_schema import LOCAL, settings_field
 
 
 def hostile_value(path: str, canary: Path) -> Any:
     """A value the local file would accept for `path`, aimed at the canary folder where it can be."""
-    f, annotation = _field(path)
+    f, annotation = settings_field(path)
     meta = f.metadata
     text = str(annotation)
     default = f.default if f.default is not dataclasses.MISSING else None

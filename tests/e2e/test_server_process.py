@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,22 +19,10 @@ import pytest
 from agent.engines import supervisor
 from agent.engines.supervisor import ServerProcess, probe
 from agent.errors import EngineError
+from tests.support.broker import free_port
 from tests.support.llama import process_alive as alive, wait_gone
 from tests.support.paths import REPO
-from tests.support.fake_server import SERVER_SCRIPT
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def script(tmp_path: Path) -> Path:
-    path = tmp_path / "fake_server.py"
-    path.write_text(SERVER_SCRIPT)
-    return path
+from tests.support.fake_server import script, servers  # noqa: F401  (fixtures)
 
 
 def make_server(script: Path, *, loading_s: float = 1.0, child_pid_file: str = "-",
@@ -46,15 +33,6 @@ def make_server(script: Path, *, loading_s: float = 1.0, child_pid_file: str = "
         f"http://127.0.0.1:{port}/health",
         start_timeout_s=start_timeout_s, health_interval_s=health_interval_s,
     )
-
-
-@pytest.fixture
-def servers():
-    """Every ServerProcess a test makes is stopped afterwards, even when the test fails."""
-    made: list[ServerProcess] = []
-    yield made
-    for server in made:
-        server.stop(grace_s=1.0)
 
 
 def test_start_waits_through_503_until_healthy(script: Path, servers: list) -> None:

@@ -23,30 +23,15 @@ from agent.errors import EngineError
 from agent.settings import TranscriberSettings, WhisperCppSettings
 from tests.support.models import (
     REPO_ROOT,
+    SENTENCE,
     needs_whisper_cpp,
+    speech,  # noqa: F401  (fixture)
     speech_wav,
     whisper_cpp_binary,
     whisper_cpp_model,
 )
 from tests.support.whisper_cpp_standin import pcm_digest, whisper_cpp_standin
 from tests.support.engine_audio import read_audio, word_recall, words
-
-
-SENTENCE = "the quick brown fox jumps over the lazy dog"
-
-
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("speech")
-    files = {
-        "sentence": speech_wav(SENTENCE, folder / "sentence.wav"),
-        "command": speech_wav("turn off the light", folder / "command.wav", pad_s=0.3),
-        "music": speech_wav("play some music", folder / "music.wav", pad_s=0.3),
-    }
-    garbage = folder / "garbage.wav"
-    garbage.write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk" + os.urandom(4000))
-    files["garbage"] = garbage
-    return files
 
 
 def whisper_cpp_settings(**overrides: object) -> TranscriberSettings:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 
@@ -12,13 +11,8 @@ import psutil
 from agent.engines import make_transcriber
 from agent.audio.clip import Audio
 from agent.settings import TranscriberSettings, WhisperServerSettings
+from tests.support.broker import free_port
 from tests.support import http_stub
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def short_audio() -> Audio:

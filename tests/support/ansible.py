@@ -91,3 +91,29 @@ def recap(result: subprocess.CompletedProcess, host: str = "localhost") -> dict[
 
 def current_user_group() -> tuple[str, str]:
     return pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+
+
+def local_broker_inventory(tmp: Path) -> tuple[Path, Path]:
+    """An empty target root and an inventory that puts this machine in the `mqtt_broker` group."""
+    root = tmp / "root"
+    root.mkdir()
+    inventory = tmp / "inventory.ini"
+    inventory.write_text("[mqtt_broker]\n"
+                         f"localhost ansible_connection=local ansible_python_interpreter={target_python()}\n")
+    return root, inventory
+
+
+def local_broker_vars(root: Path, port: int) -> dict[str, Any]:
+    """The `mosquitto_broker` role's vars for an unprivileged run into `root`: no packages, no
+    service, files owned by the current user, a listener on loopback `port`."""
+    user, group = current_user_group()
+    return {
+        "ansible_become": False,
+        "mosquitto_broker_root": str(root),
+        "mosquitto_broker_install_packages": False,
+        "mosquitto_broker_manage_service": False,
+        "mosquitto_broker_file_owner": user,
+        "mosquitto_broker_file_group": group,
+        "mosquitto_broker_listener_port": port,
+        "mosquitto_broker_listener_address": "127.0.0.1",
+    }

@@ -4,6 +4,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from agent.engines.supervisor import ServerProcess
 
 SERVER_SCRIPT = r'''
 import http.server, subprocess, sys, time
@@ -27,3 +32,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
 print("serving on", port, flush=True)
 http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
 '''
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Path:
+    """SERVER_SCRIPT written to a file a test can start."""
+    path = tmp_path / "fake_server.py"
+    path.write_text(SERVER_SCRIPT)
+    return path
+
+
+@pytest.fixture
+def servers():
+    """Every ServerProcess a test makes is stopped afterwards, even when the test fails."""
+    made: list[ServerProcess] = []
+    yield made
+    for server in made:
+        server.stop(grace_s=1.0)

@@ -109,3 +109,21 @@ def speech_wav(text: str, path: Path, *, voice: str = "en-us", pad_s: float = 0.
             command += ["pad", f"{pad_s:g}", f"{pad_s:g}"]
         subprocess.run(command, check=True, capture_output=True)
     return path
+
+
+SENTENCE = "the quick brown fox jumps over the lazy dog"
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Files every transcriber is tried on: a sentence, two short commands, and a broken WAV."""
+    folder = tmp_path_factory.mktemp("speech")
+    files = {
+        "sentence": speech_wav(SENTENCE, folder / "sentence.wav"),
+        "command": speech_wav("turn off the light", folder / "command.wav", pad_s=0.3),
+        "music": speech_wav("play some music", folder / "music.wav", pad_s=0.3),
+    }
+    garbage = folder / "garbage.wav"
+    garbage.write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk" + os.urandom(4000))
+    files["garbage"] = garbage
+    return files

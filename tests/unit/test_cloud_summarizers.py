@@ -16,17 +16,10 @@ from agent.engines.openai_chat import OpenAISummarizer
 from agent.errors import EngineError
 from agent.settings import AnthropicSummarizerSettings, OpenAISummarizerSettings, SummarizerSettings
 from tests.support.http_stub import HTTPStub, Reply, json_reply, sequence
+from tests.support.summaries import TRANSCRIPT
 
 
 KEY = "sk-test-0123456789-secret"
-TRANSCRIPT = (
-    "Good morning everyone, thanks for joining the weekly planning call. "
-    "The garden project needs raised beds, seeds and a watering system before the end of April. "
-    "Anna will order the seeds for the garden project today. "
-    "Um, sorry, my coffee is getting cold. "
-    "Ben will build the raised beds for the garden this weekend. "
-    "See you all next week."
-)
 
 
 class OpenAIWire:

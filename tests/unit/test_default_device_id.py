@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 
 import pytest
 
 from agent.settings import MACHINE_ID_ENV, default_device_id
-
-
-MACHINE_A = "0123456789abcdef0123456789abcdef"
-MACHINE_B = "fedcba9876543210fedcba9876543210"
-
-
-def machine_id_file(folder: Path, value: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "machine-id"
-    path.write_text(value + "\n")
-    return path
+from tests.support.machine_id import MACHINE_A, MACHINE_B, machine_id_file
 
 
 def test_default_device_id_is_hostname_plus_a_stable_machine_suffix(tmp_path, monkeypatch) -> None:

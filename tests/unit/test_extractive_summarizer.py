@@ -5,16 +5,7 @@ from __future__ import annotations
 from agent.engines import make_summarizer
 from agent.engines.extractive import ExtractiveSummarizer, NoSummarizer, count_words, split_sentences
 from agent.settings import SummarizerSettings
-
-
-TRANSCRIPT = (
-    "Good morning everyone, thanks for joining the weekly planning call. "
-    "The garden project needs raised beds, seeds and a watering system before the end of April. "
-    "Anna will order the seeds for the garden project today. "
-    "Um, sorry, my coffee is getting cold. "
-    "Ben will build the raised beds for the garden this weekend. "
-    "See you all next week."
-)
+from tests.support.summaries import TRANSCRIPT
 
 
 def test_extractive_picks_informative_sentences_in_original_order() -> None:

@@ -5,41 +5,21 @@ from __future__ import annotations
 import json
 
 import pytest
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from agent.ops.homeassistant import ALERT_KINDS, ATTR_TEXT_MAX, Features, discovery_config
 from agent.ops.last_values import TEXT_MAX_BYTES, TEXT_MAX_CHARS, bounded_text, copy_of
 from agent.mqtt.messages import envelope
 from agent.ops.telemetry import TelemetryCollector
 from agent.mqtt.topics import Topics
+from tests.support.homeassistant import ALL, ALWAYS, OPTIONAL, RECORDER_ATTRS_MAX, attributes_size, render
 
 
 TOPICS = Topics("voice", "test-dev")
-ENV = ImmutableSandboxedEnvironment()   # Home Assistant templates are sandboxed Jinja2
-
-
-def render(template: str, payload: dict | None = None, **variables) -> str:
-    """Render a template the way Home Assistant's MQTT integration does (value_json = the payload)."""
-    return ENV.from_string(template).render(value_json=payload, **variables).strip()
-
-
-ALL = Features(microphone=True, telemetry=True, temperature=True)
-OPTIONAL = {"vad", "speech", "listening", "jobs_failed", "jobs_rejected", "inbox_waiting", "outbox_queued",
-            "memory_used", "temperature"}
-ALWAYS = {"transcript": "event", "last_transcript": "sensor", "last_summary": "sensor", "memory_level": "sensor",
-          "jobs_running": "sensor", "started": "sensor", "paused": "binary_sensor", "pause": "button",
-          "resume": "button", **{f"{kind}_alert": "binary_sensor" for kind in ALERT_KINDS}}
-RECORDER_ATTRS_MAX = 16 * 1024   # Home Assistant's recorder stores no attributes above this (and warns)
 
 
 @pytest.fixture(scope="module")
 def doc() -> dict:
     return discovery_config(TOPICS, "9.9.9", ALL)
-
-
-def attributes_size(attributes: dict) -> int:
-    """Bytes of the attributes as the recorder stores them (JSON, UTF-8)."""
-    return len(json.dumps(attributes, ensure_ascii=False, separators=(",", ":")).encode())
 
 
 def test_device_document_shape(doc):

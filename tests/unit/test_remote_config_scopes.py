@@ -2,23 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-import typing
-from typing import Any
-
 from agent.config.remote import scopes, tunable
-from agent.settings import DEVICE, FLEET, Settings
-
-
-LOCAL = sorted(path for path, scope in scopes().items() if scope is None)
-
-
-def _field(path: str) -> tuple[dataclasses.Field, Any]:
-    cls: Any = Settings
-    *sections, leaf = path.split(".")
-    for name in sections:
-        cls = typing.get_type_hints(cls)[name]
-    return next(f for f in dataclasses.fields(cls) if f.name == leaf), typing.get_type_hints(cls)[leaf]
+from agent.settings import DEVICE, FLEET
+from tests.support.settings_schema import LOCAL, settings_field
 
 
 def test_schema_declares_a_scope_for_every_key_and_the_dangerous_ones_are_local() -> None:
@@ -26,7 +12,7 @@ def test_schema_declares_a_scope_for_every_key_and_the_dangerous_ones_are_local(
     assert set(every) == set(LOCAL) | set(tunable(DEVICE))
     assert set(tunable(FLEET)) < set(tunable(DEVICE))
     for path in every:
-        f, annotation = _field(path)
+        f, annotation = settings_field(path)
         names_something = (f.metadata.get("path") or f.metadata.get("secret") or "list[str]" in str(annotation)
                            and not path.endswith("keywords"))
         if names_something or path.split(".")[-1] in {"host", "port", "url", "base_url", "binary", "model",

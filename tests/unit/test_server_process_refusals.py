@@ -10,23 +10,7 @@ import pytest
 
 from agent.engines.supervisor import ServerProcess
 from agent.errors import EngineError
-from tests.support.fake_server import SERVER_SCRIPT
-
-
-@pytest.fixture
-def script(tmp_path: Path) -> Path:
-    path = tmp_path / "fake_server.py"
-    path.write_text(SERVER_SCRIPT)
-    return path
-
-
-@pytest.fixture
-def servers():
-    """Every ServerProcess a test makes is stopped afterwards, even when the test fails."""
-    made: list[ServerProcess] = []
-    yield made
-    for server in made:
-        server.stop(grace_s=1.0)
+from tests.support.fake_server import script, servers  # noqa: F401  (fixtures)
 
 
 def test_missing_command_is_engine_unavailable(servers: list) -> None:

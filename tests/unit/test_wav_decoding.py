@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from agent.audio.wav import WavInfo, decode_bytes, decode_file, encode_wav, is_native, probe, write_wav
 from agent.errors import AudioError
+from tests.support.audio_errors import expect_error
 
 
 def chunk(cid: bytes, body: bytes, size: int | None = None) -> bytes:
@@ -54,14 +55,6 @@ def pcm16(samples: list[int] | np.ndarray, channels: int = 1, rate: int = 16000,
 def tone(freq: float, rate: int, seconds: float = 1.0, amp: float = 0.5) -> np.ndarray:
     t = np.arange(int(rate * seconds)) / rate
     return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def expect_error(code: str, fn, *args, **kwargs) -> AudioError:
-    with pytest.raises(AudioError) as info:
-        fn(*args, **kwargs)
-    assert info.value.code == code, f"expected {code}, got {info.value.code}: {info.value}"
-    assert str(info.value), "messages must not be empty"
-    return info.value
 
 
 def test_native_detection_needs_all_four_properties() -> None:
