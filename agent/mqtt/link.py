@@ -42,6 +42,12 @@ def authenticate(client: mqtt.Client, settings: MQTTSettings) -> None:
                        cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         client.tls_insecure_set(settings.tls.insecure)
 
+def live(link: MqttLink | None) -> MqttLink | None:
+    """`link` while it is connected, else None: what every part that publishes on the link itself
+    (not through the outbox) checks first, since paho queues a publish made while disconnected."""
+    return link if link is not None and link.connected.is_set() else None
+
+
 class MqttLink:
     def __init__(self, settings: MQTTSettings, topics: Topics, *, host: str, port: int,
                  on_connect: Callable[[], None], on_publish: Callable[[int], None],

@@ -18,7 +18,7 @@ from collections import deque
 from typing import Any, Callable
 
 from agent.mqtt.messages import envelope
-from agent.mqtt.link import MqttLink
+from agent.mqtt.link import MqttLink, live
 from agent.mqtt.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,8 @@ class Publisher:
     def send_now(self, topic: str, body: dict) -> bool:
         """Publish at QoS 0 straight to the link, bypassing the outbox; False when not connected
         (the message is dropped: only for messages a later one supersedes)."""
-        link = self._link
-        if link is None or not link.connected.is_set():
+        link = live(self._link)
+        if link is None:
             return False
         try:
             link.publish(topic, envelope(self.device_id, body), qos=0)

@@ -13,6 +13,7 @@ import threading
 from functools import partial
 from typing import Any
 
+from agent.mqtt.link import live
 from agent.mqtt.messages import envelope
 from agent.mqtt.publisher import RetainedState
 from agent.mqtt.topics import Topics
@@ -34,13 +35,9 @@ class RetainedFacts:
     def retarget(self, topics: Topics) -> None:
         self._topics = topics
 
-    def _connected_link(self) -> Any:
-        link = self._link
-        return link if link is not None and link.connected.is_set() else None
-
     def publish(self) -> bool:
         """The config and the state now; False (nothing sent) while not connected."""
-        link = self._connected_link()
+        link = live(self._link)
         if link is None:
             return False
         topics = self._topics
@@ -57,7 +54,7 @@ class RetainedFacts:
             self.state.publish_after(threading.current_thread())
 
     def _send_state(self, state: dict[str, Any]) -> bool:
-        link = self._connected_link()
+        link = live(self._link)
         if link is None:
             return False
         link.publish(self._topics.state, envelope(self._topics.device_id, state), retain=True)

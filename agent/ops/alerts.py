@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from agent.mqtt.link import live
 from agent.mqtt.messages import envelope
 
 log = logging.getLogger(__name__)
@@ -165,15 +166,11 @@ class AlertBoard:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _connected_link(self) -> Any:
-        link = self._link
-        return link if link is not None and link.connected.is_set() else None
-
     def _event(self, body: dict[str, Any], direct: bool) -> None:
         if not direct:
             self._emit("alert", body)
             return
-        link = self._connected_link()
+        link = live(self._link)
         if link is None:
             # Only the latest body of a kind is worth sending once we are back.
             kind = body.get("kind")
@@ -182,7 +179,7 @@ class AlertBoard:
         _quietly(link.publish, self._topics.event("alert"), envelope(self._topics.device_id, body), qos=1)
 
     def _retain(self, kind: str, body: dict[str, Any] | None) -> None:
-        link = self._connected_link()
+        link = live(self._link)
         if link is None:
             return   # republished by on_connect
         payload = b"" if body is None else envelope(self._topics.device_id, body)

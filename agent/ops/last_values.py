@@ -38,6 +38,7 @@ import threading
 import time
 from typing import Any
 
+from agent.mqtt.link import live
 from agent.mqtt.messages import envelope
 
 log = logging.getLogger(__name__)
@@ -143,8 +144,8 @@ class LastValues:
             time.sleep(SEND_EVERY_S)
 
     def _send(self, name: str, body: dict[str, Any]) -> None:
-        link = self._link
-        if link is None or not link.connected.is_set():
+        link = live(self._link)
+        if link is None:
             return   # sent by on_connect
         try:
             link.publish(self._topics.last(name), envelope(self._topics.device_id, body), qos=1, retain=True)

@@ -16,6 +16,7 @@ import time
 from contextlib import AbstractContextManager
 from typing import Any, Callable, Mapping
 
+from agent.mqtt.link import live
 from agent.ops.systemd import Notifier, WatchdogGate, WatchdogPinger, watchdog_interval
 
 log = logging.getLogger(__name__)
@@ -70,11 +71,6 @@ def status_line(*, phase: str, connected: bool, mqtt_error: str | None, running:
     return "; ".join(parts)
 
 
-
-def _connected(link: Any) -> bool:
-    return link is not None and link.connected.is_set()
-
-
 class Readiness:
     """READY=1 once due, STATUS= when the line changed (or every STATUS_EVERY_S), RELOADING=1 around
     a reload. The parts it reads are handed in at wiring time; the connection is pushed (`attach`)."""
@@ -98,7 +94,7 @@ class Readiness:
         phase = ("stopping" if self._stopping.is_set() else "paused" if self._run.paused
                  else "running" if self.ready_sent else "starting")
         return status_line(
-            phase=phase, connected=_connected(link), mqtt_error=link.last_error if link is not None else None,
+            phase=phase, connected=live(link) is not None, mqtt_error=link.last_error if link is not None else None,
             running=self._slot.running, limit=self._slot.limit, done=self._pipeline.done,
             failed=self._pipeline.failed, rejected=self._run.rejected, memory_level=self._monitor.level,
             engines=self._engines.describe(), alerts=list(self._alerts))
@@ -107,7 +103,7 @@ class Readiness:
         """Once per main-loop tick: READY=1 when due, else STATUS= when it changed."""
         now = self._clock()
         if not self.ready_sent:
-            connected = _connected(self._link)
+            connected = live(self._link) is not None
             engines = self._engines.describe()
             if ready_due(connected, engines, now - self._t0):
                 if not (connected and engines_settled(engines)):

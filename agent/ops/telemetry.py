@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 
+from agent.mqtt.link import live
 from agent.mqtt.messages import envelope
 from agent.ops.memory_budget import BudgetReader
 from agent.ops.sampling import MB, disk_free_mb
@@ -126,8 +127,8 @@ class TelemetryTimer:
         now = self._clock()
         if self._interval_s <= 0 or now - self._last < self._interval_s:
             return
-        link = self._link
-        if link is not None and link.connected.is_set():
+        link = live(self._link)
+        if link is not None:
             self._last = now
             stats = self._build()
             link.publish(self._topics.telemetry, envelope(self._topics.device_id, stats), qos=0)
