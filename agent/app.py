@@ -30,7 +30,6 @@ from agent.mqtt.connection import Connections
 from agent.mqtt.dispatch import Dispatcher, DispatchStats
 from agent.mqtt.events import EventSink
 from agent.mqtt.link import MqttLink
-from agent.mqtt.messages import utc_now_iso
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.publisher import Publisher
 from agent.mqtt.retained import RetainedFacts
@@ -47,6 +46,7 @@ from agent.sources.inbox import is_candidate_name
 from agent.sources.inbox_feed import InboxFeed, WorkerFactory
 from agent.sources.listening import Listening, SpeechMeter
 from agent.sources.run_control import RunControl
+from agent.timestamps import utc_iso
 from handlers import build_registry
 from handlers.status import stats_of
 from handlers.base import Services
@@ -64,7 +64,7 @@ class App:
         self.store = store
         self.listen_source = listen_source
         self.settings: Settings = store.settings
-        self.run_state = RunState(utc_now_iso())
+        self.run_state = RunState(utc_iso())
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._lock = threading.RLock()

@@ -21,8 +21,9 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Callable
+
+from agent.timestamps import utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,6 @@ def bounded_text(text: str, limit: int = TEXT_MAX_CHARS) -> tuple[str, bool]:
     if 0 <= space < len(tail) - 1:
         tail = tail[space + 1:]
     return tail, True
-
-
-def _utc_iso(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -89,7 +86,7 @@ class JobProgress:
 
     def started(self, job_id: str, source: dict[str, Any]) -> None:
         with self._lock:
-            self._jobs[job_id] = _Running(job_id, dict(source), _utc_iso(self._wall()), self._clock())
+            self._jobs[job_id] = _Running(job_id, dict(source), utc_iso(self._wall()), self._clock())
 
     def ended(self, job_id: str) -> None:
         """Idempotent: a job may end by `done`, `failed` and the runner's own cleanup."""

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from typing import Any
 
-
-def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+from agent.timestamps import utc_iso
 
 
 def envelope(device_id: str, body: dict[str, Any]) -> bytes:
     """Serialize a message body with the fields every consumer may rely on."""
     # backslashreplace: a str from a non-UTF-8 file name (surrogate escapes) becomes the JSON
     # escape "\udcff" instead of an exception that would lose the event.
-    return json.dumps({**body, "ts": utc_now_iso(), "device_id": device_id},
+    return json.dumps({**body, "ts": utc_iso(), "device_id": device_id},
                       separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8", "backslashreplace")
 
 
