@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from agent.ops.alerts import AlertBoard
@@ -40,20 +40,15 @@ class EngineHealth:
     """Counts consecutive engine failures across jobs; `after` in a row raise the `engine` alert,
     the next successful job clears it. Fed with the bodies of `job` events."""
 
-    def __init__(self, after: int | Callable[[], int]) -> None:
-        self._after = after
+    def __init__(self, after: int) -> None:
+        self.after = after
         self.failures = 0
         self.alerting = False
         self._lock = threading.Lock()
 
-    @property
-    def after(self) -> int:
-        """The configured threshold (a callable follows live config changes)."""
-        return self._after() if callable(self._after) else self._after
-
     def reconfigure(self, after: int) -> None:
         """A new threshold (jobs.engine_alert_after changed)."""
-        self._after = after
+        self.after = after
 
     def observe(self, body: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
         """("raise", data) when the alert starts, ("clear", data) when it ends, else None."""

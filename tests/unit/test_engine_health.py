@@ -43,7 +43,7 @@ def test_the_summarizer_is_restarted_only_when_due() -> None:
 
 
 def test_engine_health_counts_consecutive_engine_failures_only() -> None:
-    health = EngineHealth(lambda: 2)
+    health = EngineHealth(2)
     engine = {"state": "failed", "error": {"code": "engine_error", "message": "exit 1"}, "job_id": "j"}
     corrupt = {"state": "failed", "error": {"code": "corrupt", "message": "not audio"}}
     assert health.observe({"state": "running"}) is None
