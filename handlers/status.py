@@ -46,7 +46,7 @@ def stats_of(sv: Services) -> dict[str, Any]:
                    "published": sv.publisher.published, "dropped": outbox.dropped},
         "caches": {"config": {"hits": store.hits, "misses": store.misses},
                    "transcripts": pipeline.transcripts.stats(),
-                   "summaries": pipeline.summaries.stats(), "vad": sv.vad_cache_stats()},
+                   "summaries": pipeline.summary.summaries.stats(), "vad": sv.vad_cache_stats()},
     }
 
 

@@ -91,14 +91,6 @@ class Pipeline:
         self.done = 0
         self.failed = 0
 
-    @property
-    def summaries(self) -> LRUCache:
-        return self.summary.summaries
-
-    @property
-    def summarize_stage(self) -> Stage:
-        return self.summary.stage
-
     def reconfigure(self, settings: Settings) -> None:
         """A new config, pushed by the app. Jobs already inside a stage finish under the old bound;
         new ones use the new one."""
