@@ -151,6 +151,19 @@ def table(rows: Iterable[Row], markdown: bool = False) -> str:
 # --- processes --------------------------------------------------------------------------------
 
 
+def write_marked_block(path: Path, block: str, begin: str, end: str, new_heading: str = "") -> None:
+    """Put `block` (which starts with `begin` and ends with `end`) in `path` in place of the one
+    between those markers, or append it (after `new_heading`) where there is none yet: a bench
+    rewrites its own table in docs/performance.md and leaves the rest of the page alone."""
+    text = path.read_text() if path.exists() else ""
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = (text.rstrip() + "\n\n" if text else "# Performance\n\n") + new_heading + block + "\n"
+    path.write_text(text)
+
+
 def rss_mb(pid: int) -> float:
     """Resident set size of a process in MB (VmRSS)."""
     return _status_kb(pid, "VmRSS") / 1024

@@ -52,7 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, Watcher, machine, speech_files, unique_copy, wait_engines_ready
+from bench.common import (REPO, Watcher, machine, speech_files, unique_copy, wait_engines_ready,
+                          write_marked_block)
 from tests.support.agent import AgentProcess
 from tests.support.broker import Broker
 from tests.support.cgroup import Box, CgroupUnavailable
@@ -471,13 +472,7 @@ def write_doc(path: Path, outcomes: list[Outcome], quick: bool, info: dict[str, 
         table(outcomes),
         END,
     ])
-    text = path.read_text() if path.exists() else "# Performance\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## Envelope\n\n" + block + "\n"
-    path.write_text(text)
+    write_marked_block(path, block, BEGIN, END, new_heading="## Envelope\n\n")
 
 
 def main(argv: list[str] | None = None) -> int:

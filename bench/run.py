@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import Broker, Results, machine, table  # noqa: E402
+from bench.common import Broker, Results, machine, table, write_marked_block  # noqa: E402
 
 ORDER = ("roundtrip", "footprint", "inbox", "outbox", "pipeline", "listen", "server", "overlap", "speech")
 
@@ -137,13 +137,7 @@ def write_doc(path: Path, res: Results, info: dict, quick: bool, total: float, t
         table(res.rows, markdown=True),
         END,
     ])
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = (text.rstrip() + "\n\n" if text else "# Performance\n\n") + block + "\n"
-    path.write_text(text)
+    write_marked_block(path, block, BEGIN, END)
     print(f"wrote the table to {path}")
 
 
