@@ -102,9 +102,13 @@ class App:
                                    say=self.notifier.status)
         make_worker = WorkerFactory(self.admission, self.runner, self.pipeline.job_event, self.engines.batch_size)
         self.inbox = InboxFeed(s.inbox, make_worker)
+        # Home Assistant Assist over Wyoming (off by default; the package is imported only when on)
+        from agent.sources.wyoming_service import WyomingService
+        self.wyoming = WyomingService(s, admission=self.admission, runner=self.runner, emit=self.events.emit,
+                                      microphone=self._has_microphone(s), version=__version__)
         self.listening = Listening(s, source=listen_source, run=self.run_state, admission=self.admission,
                                    make_worker=make_worker, emit=self.events.emit, on_change=self.publish_state,
-                                   board=self.board, cache=self.vad_cache)
+                                   board=self.board, cache=self.vad_cache, divert=self.wyoming.offer)
         self.monitor = Monitor(s.memory, self._watched_paths, self._on_alert)
         self.telemetry = TelemetryCollector(self._watched_paths)
         # imported here: `import agent.app` stays cheap (the fleet worker loads requests)
@@ -143,10 +147,13 @@ class App:
     def topics(self) -> Topics:
         return Topics(self.settings.mqtt.topic_prefix, self.settings.device_id)
 
+    def _has_microphone(self, s: Settings) -> bool:
+        return s.listen.enabled or bool(self.listen_source)
+
     def _features(self, s: Settings) -> Any:
         """What the device has for Home Assistant (the thermometer is asked on each sync)."""
         from agent.ops.homeassistant import Features
-        return Features(microphone=s.listen.enabled or bool(self.listen_source), telemetry=s.telemetry.interval_s > 0)
+        return Features(microphone=self._has_microphone(s), telemetry=s.telemetry.interval_s > 0)
 
     def _watched_paths(self) -> list[Path]:
         return [Path(self.settings.state_dir), Path(self.settings.inbox.path)]
@@ -218,6 +225,7 @@ class App:
         self.link.start()
         self.inbox.start()
         self.listening.start()
+        self.wyoming.start()
         self.fleet.start()
         self.monitor.start()
         self.watchdog.start()
@@ -239,6 +247,7 @@ class App:
         self._stop.set()
         self.admission.set_stopping()
         self.monitor.stop()
+        self.wyoming.stop()   # Home Assistant sees the connections end now, not at a timeout
         self.grace.begin()   # requests are answered busy; inbox and spool files wait on disk
         self.inbox.stop(grace_s=0)
         self.grace.wait()
@@ -288,6 +297,7 @@ class App:
             restarted += self.inbox.reconfigure(new.inbox, changed="inbox" in sections)
             if sections & {"listen", "vad"}:
                 restarted += self.listening.restart(new)
+            restarted += self.wyoming.reconfigure(new, self._has_microphone(new))
             if sections & {"mqtt", "device_id"}:
                 # The same client id cannot be connected twice: the old link leaves first.
                 if self.link is not None:

@@ -389,6 +389,24 @@ class FleetSettings:
 
 
 @dataclass(frozen=True)
+class WyomingSettings:
+    """Home Assistant Assist over the Wyoming protocol (agent/sources/wyoming_server.py). Every key is
+    local-only: Wyoming has no authentication, so nothing received over MQTT may open or widen it."""
+
+    enabled: bool = opt(False, doc="Serve Wyoming: the satellite on `port` (when a microphone is configured) "
+                                   "and the speech-to-text service on `stt_port`.")
+    bind: str = opt("127.0.0.1", doc="Address the listeners bind to; loopback unless set here (e.g. 0.0.0.0).")
+    port: int = opt(10700, doc="Satellite endpoint (Home Assistant connects to it and runs Assist pipelines).",
+                    min=1, max=65535)
+    stt_port: int | None = opt(10300, doc="Speech-to-text endpoint; null = not offered.", min=1, max=65535)
+    allow: list[str] = opt(doc="Client addresses or networks allowed to connect (Home Assistant's); others "
+                               "are closed at once.", factory=lambda: ["127.0.0.1", "::1"])
+    output_device: str | None = opt(None, doc="PyAudio output device (name or index) for Assist's spoken answers; "
+                                              "null = answers are not spoken (the pipeline ends at intent handling).")
+    zeroconf: bool = opt(True, doc="Advertise _wyoming._tcp (python zeroconf; not when bound to loopback).")
+
+
+@dataclass(frozen=True)
 class Settings:
     device_id: str = opt(doc="Device name in topics and the MQTT client id ([A-Za-z0-9_-]); default: "
                              "<hostname>-<6 hex from /etc/machine-id>, e.g. raspberrypi-3fa2c1.",
@@ -407,3 +425,4 @@ class Settings:
     telemetry: TelemetrySettings = section(TelemetrySettings, "Periodic telemetry.")
     homeassistant: HomeAssistantSettings = section(HomeAssistantSettings, "Home Assistant discovery.")
     fleet: FleetSettings = section(FleetSettings, "Fleet-wide shared jobs.")
+    wyoming: WyomingSettings = section(WyomingSettings, "Home Assistant Assist over Wyoming (local-only).")

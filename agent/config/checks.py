@@ -22,6 +22,7 @@ from agent.settings import (
     MQTTSettings,
     Settings,
     TLSSettings,
+    WyomingSettings,
 )
 
 _DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -95,6 +96,23 @@ def _check_fleet(values: dict[str, Any], add: Add) -> None:
         add("group", "must be a non-empty name without '/', '+' or '#'", group)
 
 
+def _check_wyoming(values: dict[str, Any], add: Add) -> None:
+    import ipaddress
+
+    for key in ("bind",):
+        try:
+            ipaddress.ip_address(values.get(key, ""))
+        except ValueError:
+            add(key, "must be an IP address (127.0.0.1, 0.0.0.0, ::)", values.get(key))
+    for item in values.get("allow") or ():
+        try:
+            ipaddress.ip_network(str(item), strict=False)
+        except ValueError:
+            add("allow", "each entry must be an IP address or network (192.168.1.10, 192.168.1.0/24)", item)
+    if values.get("port") is not None and values.get("port") == values.get("stt_port"):
+        add("stt_port", "must differ from port", values.get("stt_port"))
+
+
 CROSS_CHECKS: Mapping[type, Callable[[dict[str, Any], Add], None]] = types.MappingProxyType({
     Settings: _check_settings,
     MQTTSettings: _check_mqtt,
@@ -102,6 +120,7 @@ CROSS_CHECKS: Mapping[type, Callable[[dict[str, Any], Add], None]] = types.Mappi
     MemorySettings: _check_memory,
     HomeAssistantSettings: _check_homeassistant,
     FleetSettings: _check_fleet,
+    WyomingSettings: _check_wyoming,
 })
 
 

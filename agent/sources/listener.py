@@ -39,8 +39,11 @@ class Listener:
                  source: dict[str, Any] | None, emit: Callable[[str, dict], None],
                  wanted: Callable[[], bool], on_change: Callable[[], None],
                  raise_alert: Callable[[str, str, dict], None], clear_alert: Callable[[str], None],
-                 cache: VadCache | None = None) -> None:
+                 cache: VadCache | None = None, divert: Callable[[Any], bool] | None = None) -> None:
+        """`divert(samples)` may take a finished utterance instead of the spool (the Wyoming satellite
+        sends it to Home Assistant); it returns True when it took it."""
         self.listen, self.vad, self.spool = listen, vad, Path(spool)
+        self._divert = divert
         self.spec = source or {"kind": "mic"}
         self.kind = self.spec["kind"]
         self.read_samples = max(1, TARGET_RATE * listen.read_ms // 1000)
@@ -196,18 +199,21 @@ class Listener:
         assert isinstance(event, SpeechEnd)
         self.segments += 1
         name = f"{event.segment_id}.wav"
-        spooled = True
+        assist = self._divert is not None and self._divert(event.samples)
+        spooled = not assist
         try:
-            write_wav(self.spool / name, event.samples)   # atomic: the spool never sees half a file
-            self.spooled += 1
+            if not assist:
+                write_wav(self.spool / name, event.samples)   # atomic: the spool never sees half a file
+                self.spooled += 1
         except OSError as exc:
             spooled = False
             self.spool_errors += 1
             log.error("listening: cannot spool segment %s: %s", event.segment_id, exc)
+        extra = {"assist": True} if assist else {}
         self._emit("vad", {"event": "speech_end", "segment_id": event.segment_id, "source": self.source.name,
                            "start_s": round(offset + event.start_s, 3), "end_s": round(offset + event.end_s, 3),
                            "duration_s": round(event.duration_s, 3), "rms_dbfs": round(event.rms_dbfs, 1),
-                           "reason": event.reason, "spooled": spooled})
+                           "reason": event.reason, "spooled": spooled, **extra})
 
     # --- state and alerts ----------------------------------------------------------------
 

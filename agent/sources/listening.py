@@ -48,8 +48,9 @@ class Listening:
     def __init__(self, settings: Settings, *, source: dict[str, Any] | None, run: RunState,
                  admission: Admission, make_worker: Callable[[InboxSettings, str], InboxWorker],
                  emit: Callable[[str, dict], None], on_change: Callable[[], None], board: Any,
-                 cache: VadCache) -> None:
+                 cache: VadCache, divert: Callable[[Any], bool] | None = None) -> None:
         self._settings = settings
+        self._divert = divert
         self._source = source
         self._run, self._admission, self._make_worker = run, admission, make_worker
         self._emit, self._on_change, self._board, self._cache = emit, on_change, board, cache
@@ -97,7 +98,7 @@ class Listening:
         from agent.sources.listener import Listener   # numpy, the VAD: only when listening
         self.listener = Listener(s.listen, s.vad, spool, source=self._source, emit=self._emit,
                                  wanted=self.wanted, on_change=self._on_change, raise_alert=self._board.raise_,
-                                 clear_alert=self._board.clear, cache=self._cache)
+                                 clear_alert=self._board.clear, cache=self._cache, divert=self._divert)
 
     def start(self, start_spool: bool = True) -> None:
         if start_spool and self.spool_worker is not None:
