@@ -22,7 +22,8 @@ reliability:
 	  tests/e2e/test_resources_stay_flat.py
 
 # A real Home Assistant (2025.4 from PyPI, in .cache/homeassistant/venv with Python 3.13) discovers
-# the agent, restarts, and must show every entity with a value (docs/home-assistant.md).
+# the agent, restarts, and must show every entity with a value (docs/home-assistant.md); its Assist
+# uses the agent over Wyoming as speech-to-text and as a satellite.
 homeassistant-test:
 	scripts/homeassistant-venv
-	$(PYTEST) -q -s -m homeassistant tests/e2e/test_homeassistant_real.py
+	$(PYTEST) -q -s -m homeassistant tests/e2e/test_homeassistant_real.py tests/e2e/test_wyoming_homeassistant.py
