@@ -170,14 +170,17 @@ def test_home_assistant_stt_api_returns_the_agents_transcript(setup, tmp_path):
     published = probe.wait_for(f"{agent.root}/event/transcript", lambda m: m.json["source"]["kind"] == "wyoming",
                                what="the Wyoming job's transcript on MQTT")[-1].json
     assert published["text"] == result["text"], (published, result)
+    print(f"\nPOST /api/stt/{STT_ENTITY}: {json.dumps(result)}")
 
 
 def test_satellite_utterance_turns_on_the_light_and_survives_a_home_assistant_restart(setup):
     ha, agent, probe = setup
     wait_state(ha, LIGHT, "off", agent)
     wait_log(agent, "is ready for pipelines", 1)   # Home Assistant sent run-satellite
+    t0 = time.monotonic()
     say(agent, "turn on the kitchen light")
     wait_state(ha, LIGHT, "on", agent)
+    on_s = time.monotonic() - t0
     assist = probe.wait_for(f"{agent.root}/event/assist", lambda m: m.json["event"] == "transcript",
                             what="Home Assistant's transcript on MQTT")[-1].json
     assert "kitchen light" in assist["text"].lower(), assist
@@ -202,6 +205,8 @@ def test_satellite_utterance_turns_on_the_light_and_survives_a_home_assistant_re
     wait_log(agent, "is ready for pipelines", 3, timeout=120)
     say(agent, "turn on the kitchen light")
     wait_state(ha, LIGHT, "on", agent)
+    print(f"\nutterance written to light on: {on_s:.1f} s; event/assist:",
+          *(json.dumps(m.json) for m in probe.on(f"{agent.root}/event/assist")[:3]), sep="\n")
     waits = [line for line in ha.log_text().splitlines() if "Waiting on integrations" in line
              or ("wyoming" in line and "is taking over" in line)]
     assert not waits, waits

@@ -166,3 +166,31 @@ def test_one_connection_per_role_and_disconnects_logged_once_a_minute(agent):
              ("disconnected" in line or "replaces" in line or "silent" in line)]
     # one line for the satellite role, one for the speech-to-text role: not one per disconnect
     assert len(lines) <= 2, lines
+
+
+def test_wyoming_keys_cannot_be_changed_over_mqtt(agent):
+    agent, probe = agent
+    for change in ({"enabled": False}, {"bind": "0.0.0.0"}, {"allow": ["0.0.0.0/0"]}, {"port": 1234}):
+        answer = probe.request(agent.root, "config/set", {"config": {"wyoming": change}}, timeout=5)
+        assert answer["status"] == "error" and answer["error"]["code"] == "forbidden", (change, answer)
+
+
+def test_advertised_over_zeroconf_under_a_name_from_the_device_id(tmp_path):
+    zeroconf = pytest.importorskip("zeroconf")
+    broker = Broker(tmp_path / "broker").start()
+    probe = Probe(broker.host, broker.port)
+    stt_port = free_port()
+    agent = AgentProcess(tmp_path / "agent", broker.port, {
+        "wyoming": {"enabled": True, "stt_port": stt_port, "bind": "0.0.0.0", "allow": ["127.0.0.1"]}})
+    agent.start(probe)
+    zc = zeroconf.Zeroconf()
+    try:
+        info = zc.get_service_info("_wyoming._tcp.local.", "voice-agent-test-dev-stt._wyoming._tcp.local.",
+                                   timeout=10_000)
+        assert info is not None, agent.log()[-2000:]
+        assert info.port == stt_port and info.properties == {b"role": b"stt"}
+    finally:
+        zc.close()
+        agent.stop()
+        probe.close()
+        broker.stop()
