@@ -26,6 +26,7 @@ from agent.jobs.runner import Runner
 from agent.jobs.slot import new_job_id
 from agent.settings import InboxSettings
 from agent.sources.wyoming_frames import FrameError
+from agent.sources.wyoming_server import in_thread
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,7 @@ class AsrSession:
             return
         inbox = self._inbox()
         job = Job(new_job_id(), Source("wyoming", "stt"), lambda: load_bytes(wav, inbox), summarize=False)
-        loop = asyncio.get_running_loop()
-        [result] = await loop.run_in_executor(None, lambda: self._runner.run(ticket, [job], catch_all=True))
+        [result] = await in_thread(lambda: self._runner.run(ticket, [job], catch_all=True), "wyoming-stt-job")
         if isinstance(result, AgentError):
             await self._conn.send(Error(text=result.message, code=result.code).event())
         else:

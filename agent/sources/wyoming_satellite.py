@@ -19,6 +19,7 @@ import logging
 from typing import Any, Callable
 
 from agent.sources.wyoming_frames import FrameError
+from agent.sources.wyoming_server import in_thread
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class SatelliteSession:
         played = False
         if self._output_device and pcm:
             try:
-                await asyncio.get_running_loop().run_in_executor(None, play_pcm, self._output_device, fmt, pcm)
+                await in_thread(lambda: play_pcm(self._output_device, fmt, pcm), "wyoming-play")
                 played = True
             except Exception as exc:   # a missing or busy sound card must not end the satellite
                 log.warning("wyoming satellite: cannot play the answer on %s: %s", self._output_device, exc)

@@ -31,6 +31,31 @@ WRITE_TIMEOUT_S = 5.0
 LOG_EVERY_S = 60.0
 
 
+async def in_thread(work: Callable[[], Any], name: str) -> Any:
+    """`work()` in a thread of its own, awaited without blocking the loop. Unlike the loop's
+    executor, a result that arrives after the loop closed (a job finishing during shutdown) is
+    dropped quietly instead of logging a traceback."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future = loop.create_future()
+
+    def deliver(ok: bool, value: Any) -> None:
+        if not done.done():
+            done.set_result(value) if ok else done.set_exception(value)
+
+    def run() -> None:
+        try:
+            outcome = (True, work())
+        except BaseException as exc:   # handed to the awaiting coroutine
+            outcome = (False, exc)
+        try:
+            loop.call_soon_threadsafe(deliver, *outcome)
+        except RuntimeError:
+            pass   # the loop is closed: nobody waits for this any more
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await done
+
+
 class RateLimitedLog:
     """At most one line per `every_s`; the next one says how many were left out."""
 

@@ -10,10 +10,10 @@ through the Wyoming sockets, MQTT and the agent's log only.
 
 from __future__ import annotations
 
-import io
 import subprocess
-import threading
 import time
+
+import numpy as np
 
 import pytest
 
@@ -191,6 +191,88 @@ def test_advertised_over_zeroconf_under_a_name_from_the_device_id(tmp_path):
         assert info.port == stt_port and info.properties == {b"role": b"stt"}
     finally:
         zc.close()
+        agent.stop()
+        probe.close()
+        broker.stop()
+
+
+PLAYBACK_ASOUNDRC = """\
+pcm.fileout {{
+    type file
+    slave.pcm "null"
+    file "{out}"
+    format "raw"
+}}
+pcm.!default {{
+    type plug
+    slave.pcm "fileout"
+}}
+"""
+
+
+def test_satellite_streams_utterances_and_plays_the_spoken_answer(tmp_path):
+    """The test plays Home Assistant's part of the satellite protocol; the answer is played through
+    PyAudio into ALSA's `file` plugin (no sound card here), so the bytes that reach the device are read back."""
+    pytest.importorskip("pyaudio")
+    from wyoming.audio import AudioChunk, AudioStart, AudioStop
+    from wyoming.satellite import RunSatellite
+    from wyoming.tts import Synthesize
+
+    home = tmp_path / "home"
+    home.mkdir()
+    played_file = tmp_path / "played.raw"
+    (home / ".asoundrc").write_text(PLAYBACK_ASOUNDRC.format(out=played_file))
+    broker = Broker(tmp_path / "broker").start()
+    probe = Probe(broker.host, broker.port)
+    sat_port = free_port()
+    agent = AgentProcess(tmp_path / "agent", broker.port, {
+        "wyoming": {"enabled": True, "stt_port": None, "port": sat_port, "output_device": "default"}},
+        env={"HOME": str(home), "JACK_NO_START_SERVER": "1"}, args=["--listen-stdin"])
+    agent.start(probe, stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while "wyoming: serving" not in agent.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ha = WyomingClient(sat_port)
+        ha.send(Describe())
+        ha.read_until("info")
+        ha.send(RunSatellite())
+        deadline = time.monotonic() + 10
+        while "ready for pipelines" not in agent.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # an utterance on the microphone becomes a pipeline run, not a spooled job
+        samples = build_speech(("turn on the kitchen light",), lead_s=0.5, trail_s=2.0).samples
+        agent.proc.stdin.write(samples.astype("<i2").tobytes())
+        agent.proc.stdin.flush()
+        run = ha.read_until("run-pipeline").data
+        assert run["start_stage"] == "asr" and run["end_stage"] == "tts", run   # an output device: TTS
+        assert ha.read_until("audio-start").data["rate"] == 16000
+        streamed = bytearray()
+        while True:
+            event = ha.read_until("audio-chunk", "audio-stop")
+            if event.type == "audio-stop":
+                break
+            streamed += event.payload
+        assert 1.0 < len(streamed) / 32000 < 4.0, len(streamed)
+        vad = probe.wait_for(f"{agent.root}/event/vad", lambda m: m.json["event"] == "speech_end",
+                             what="speech_end")[-1].json
+        assert vad["assist"] is True and vad["spooled"] is False, vad
+        assert not list((tmp_path / "agent" / "state" / "spool").glob("*.wav"))
+        # Home Assistant's answer: its text, then its audio, which the device plays and acknowledges
+        answer = (np.sin(np.arange(22050) * 2 * np.pi * 440 / 22050) * 8000).astype("<i2").tobytes()
+        ha.send(Synthesize(text="Turned on the light"))
+        ha.send(AudioStart(rate=22050, width=2, channels=1))
+        for i in range(0, len(answer), 2048):
+            ha.send(AudioChunk(rate=22050, width=2, channels=1, audio=answer[i:i + 2048]))
+        ha.send(AudioStop())
+        ha.read_until("played", timeout=15)
+        events = {m.json["event"]: m.json for m in probe.on(f"{agent.root}/event/assist")}
+        assert events["answer"]["text"] == "Turned on the light", events
+        tts = probe.wait_for(f"{agent.root}/event/assist", lambda m: m.json["event"] == "tts", what="tts")[-1].json
+        assert tts["played"] is True and tts["audio_s"] == 1.0, tts
+        assert answer[:4096] in played_file.read_bytes(), "the answer did not reach the output device"
+        ha.close()
+    finally:
         agent.stop()
         probe.close()
         broker.stop()
