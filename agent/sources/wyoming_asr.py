@@ -93,7 +93,11 @@ class AsrSession:
             return
         inbox = self._inbox()
         job = Job(new_job_id(), Source("wyoming", "stt"), lambda: load_bytes(wav, inbox), summarize=False)
-        [result] = await in_thread(lambda: self._runner.run(ticket, [job], catch_all=True), "wyoming-stt-job")
+        try:
+            [result] = await in_thread(lambda: self._runner.run(ticket, [job], catch_all=True), "wyoming-stt-job")
+        except Exception:   # the runner gives every job error back as a result; anything else is a bug
+            log.exception("wyoming stt: job %s failed", job.job_id)
+            result = AgentError("internal error; see the agent's log")
         if isinstance(result, AgentError):
             await self._conn.send(Error(text=result.message, code=result.code).event())
         else:

@@ -166,7 +166,11 @@ class WyomingServer:
         if loop is None or loop.is_closed():
             coro.close()
             return False
-        asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            asyncio.run_coroutine_threadsafe(coro, loop)
+        except RuntimeError:   # the loop closed meanwhile (stopping)
+            coro.close()
+            return False
         return True
 
     def session(self, role: str) -> Any:
@@ -254,6 +258,9 @@ class WyomingServer:
                     await session.handle(event)
         except FrameError as exc:
             log.warning("wyoming %s: %s from %s; connection closed", conn.role, exc, conn.peer)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:   # an event without its fields
+            log.warning("wyoming %s: malformed %s event from %s (%s: %s); connection closed", conn.role,
+                        event.type, conn.peer, type(exc).__name__, exc)
         except asyncio.TimeoutError:
             self._disconnects.info("wyoming %s: %s silent for %.0f s; connection closed", conn.role, conn.peer, IDLE_S)
         except (ConnectionError, OSError) as exc:

@@ -129,7 +129,12 @@ def test_hostile_clients_are_closed_with_one_log_line_and_mqtt_is_unaffected(age
     long = WyomingClient(port)
     long.send_raw(b"{" + b" " * 100_000)
     assert long.closed_by_peer()
+    # an event without the fields its type needs (audio-start without a rate)
+    fields = WyomingClient(port)
+    fields.send_raw(header("audio-start", data={"width": 2, "channels": 1}))
+    assert fields.closed_by_peer()
     log = agent.log()
+    assert log.count("malformed audio-start event") == 1, log[-3000:]
     assert log.count("not in wyoming.allow") == 1, log[-3000:]
     assert log.count("payload_length 52428800 is over the bound") == 1, log[-3000:]
     assert log.count("malformed header: not JSON") == 1, log[-3000:]
@@ -140,7 +145,7 @@ def test_hostile_clients_are_closed_with_one_log_line_and_mqtt_is_unaffected(age
     good.send(Describe())
     assert good.read_until("info").data["asr"]
     good.close()
-    for c in (outsider, big, bad, long):
+    for c in (outsider, big, bad, long, fields):
         c.close()
 
 
