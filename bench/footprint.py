@@ -42,6 +42,11 @@ def import_time_ms() -> tuple[float, dict[str, float]]:
     return total / 1000, parts_ms
 
 
+def _free_port() -> int:
+    from tests.support.broker import free_port
+    return free_port()
+
+
 def _llama_summarizer() -> dict | None:
     """The kept llama.cpp server with Gemma 270M, or None where it is not installed."""
     try:
@@ -60,11 +65,14 @@ def startup(res: Results, work: Path, port: int, rounds: int, quick: bool) -> No
     variants: dict[str, dict] = {
         "whisper_cpp": {"transcriber": engine_settings("whisper_cpp")},
         "bench_metadata": {"transcriber": {"engine": "bench_metadata"}},
+        # Home Assistant Assist over Wyoming on loopback (its own thread and loop, the wyoming package)
+        "whisper_cpp + wyoming": {"transcriber": engine_settings("whisper_cpp"),
+                                  "wyoming": {"enabled": True, "stt_port": _free_port()}},
     }
     llama = None if quick else _llama_summarizer()
     if llama is not None:
         variants["whisper_cpp + llama_server"] = {"transcriber": engine_settings("whisper_cpp"), "summarizer": llama}
-    out_of_process = {"whisper_cpp", "whisper_cpp + llama_server"}
+    out_of_process = {"whisper_cpp", "whisper_cpp + llama_server", "whisper_cpp + wyoming"}
     online: dict[str, list[float]] = {k: [] for k in variants}
     ready: dict[str, list[float]] = {k: [] for k in variants}
     idle: dict[str, list[float]] = {k: [] for k in variants}
