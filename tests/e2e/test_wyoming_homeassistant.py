@@ -170,7 +170,7 @@ def test_home_assistant_stt_api_returns_the_agents_transcript(setup, tmp_path):
     published = probe.wait_for(f"{agent.root}/event/transcript", lambda m: m.json["source"]["kind"] == "wyoming",
                                what="the Wyoming job's transcript on MQTT")[-1].json
     assert published["text"] == result["text"], (published, result)
-    print(f"\nPOST /api/stt/{STT_ENTITY}: {json.dumps(result)}")
+    print(f"\nPOST /api/stt/{STT_ENTITY}: {json.dumps(result)}\nevent/transcript: {json.dumps(published)}")
 
 
 def test_satellite_utterance_turns_on_the_light_and_survives_a_home_assistant_restart(setup):
