@@ -10,7 +10,8 @@ Home Assistant connection at a time. The loop is separate from MQTT's thread and
 a job: `describe` and `ping` are answered from it at once while a transcription runs in a worker
 thread. A new satellite connection replaces the old one (Home Assistant reconnecting after its
 restart finds the device at once, whatever became of the old socket); a connection silent for
-`IDLE_S` is closed. Disconnects and refusals are logged at most once a minute.
+`IDLE_S` is closed, unless its session is busy (a long transcription Home Assistant waits for).
+Disconnects and refusals are logged at most once a minute.
 """
 
 from __future__ import annotations
@@ -246,7 +247,12 @@ class WyomingServer:
 
         try:
             while True:
-                event = await asyncio.wait_for(read_event(reader), IDLE_S)
+                try:
+                    event = await asyncio.wait_for(read_event(reader), IDLE_S)
+                except asyncio.TimeoutError:
+                    if session.busy:   # Home Assistant waits in silence for a long transcription
+                        continue
+                    raise
                 if event is None:
                     self._disconnects.info("wyoming %s: %s disconnected", conn.role, conn.peer)
                     return
