@@ -23,7 +23,6 @@ the start (what Settings → Voice assistants writes). A test light (a template 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import urllib.request
@@ -97,7 +96,7 @@ def add_wyoming(ha: HomeAssistant, port: int) -> dict:
 def state(ha: HomeAssistant, entity_id: str) -> str | None:
     try:
         return ha.call("GET", f"/api/states/{entity_id}")["state"]
-    except (OSError, urllib.error.HTTPError):
+    except OSError:   # HTTPError included: the entity may not exist yet
         return None
 
 
