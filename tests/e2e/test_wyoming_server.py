@@ -90,6 +90,8 @@ def test_transcribes_through_the_job_slot_and_answers_pings_meanwhile(agent, tmp
         time.sleep(0.1)
     assert transcript == pcm_digest(wav), transcript   # the engine got exactly the audio sent
     assert len(latencies) >= 5 and max(latencies) < 1.0, latencies   # answered while the 2 s job ran
+    print(f"\n{len(latencies)} pings while the job ran: median {sorted(latencies)[len(latencies) // 2] * 1000:.1f} ms, "
+          f"max {max(latencies) * 1000:.1f} ms")
     job = probe.wait_for(f"{agent.root}/event/transcript", what="the transcript on MQTT")[-1].json
     assert job["text"] == transcript and job["source"]["kind"] == "wyoming", job
     client.close()
