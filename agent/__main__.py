@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -135,12 +136,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     from agent.app import App
 
+    from agent.ops.restart import RESTART_EXIT, reexec, under_systemd
+
     try:
         app = App(store, listen_source=_listen_source(args))
-        return app.run()
+        code = app.run()
     except AgentError as exc:
         logging.getLogger("agent").error("%s", exc.message)
         return EX_UNAVAILABLE
+    if code == RESTART_EXIT and not under_systemd(os.environ):
+        reexec()   # no supervisor to start us again: the same command line, in this process
+    return code
 
 
 def _listen_source(args: argparse.Namespace) -> dict[str, Any] | None:
