@@ -18,7 +18,7 @@ from typing import Any
 from agent.config.parse import _kind_of
 from agent.settings import Settings
 
-SCHEMA_ID = "https://github.com/voice-agent/voice-agent/docs/config.schema.json"
+SCHEMA_ID = "urn:voice-agent:config"   # names this schema; where to fetch it: docs/config.schema.json, <root>/schema
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 _JSON_TYPE = {bool: "boolean", int: "integer", float: "number", str: "string"}
 
