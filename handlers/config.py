@@ -34,13 +34,17 @@ def set_(req: Request) -> dict[str, Any]:
     remote_config_allowed(sv.store.settings, scope)
     restart = req.body.get("restart", False)
     if restart:
-        restart_allowed(sv)
+        restart_allowed(sv, scope)
     answer = applied(sv, stored_overlay(sv, req.body["config"], scope))
     return {**answer, "restarting": True} if restart else answer
 
 
-def restart_allowed(sv: Services) -> None:
-    """Refuse with `rate_limited` while the last restart is less than a minute old."""
+def restart_allowed(sv: Services, scope: str) -> None:
+    """Refuse on the fleet-wide topic (one publish would restart every device at once), and with
+    `rate_limited` while the last restart is less than a minute old."""
+    if scope == FLEET:
+        raise RequestError("restart is not accepted on the fleet-wide topic; restart devices one at a time "
+                           "on their own topics", code="forbidden")
     wait = sv.restart_wait_s()
     if wait > 0:
         raise RequestError(f"restarted less than a minute ago; try again in {wait:.0f} s", code="rate_limited",

@@ -20,7 +20,7 @@ LEVELS: tuple[str, ...] = Settings.__dataclass_fields__["log_level"].metadata["c
 
 
 def restart(req: Request) -> dict[str, Any]:
-    restart_allowed(req.services)
+    restart_allowed(req.services, req.scope)
     return {"restarting": True}
 
 

@@ -16,6 +16,7 @@ Mosquitto. Three wheels of this repository that differ only in their version are
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -36,6 +37,11 @@ from tests.support.probe import Probe
 
 SUPERVISOR = REPO / "tests" / "support" / "supervisor.py"
 SOURCES = ("pyproject.toml", "setup.py", "README.md", "LICENSE", "agent", "handlers")
+
+
+def installed_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment without PYTHONPATH: the devices run the installed package, not this checkout."""
+    return {k: v for k, v in env.items() if k != "PYTHONPATH"}
 
 
 def build_wheel(tmp: Path, version: str) -> Path:
@@ -66,18 +72,29 @@ class Device:
         self.events = tmp / f"{name}-supervisor.jsonl"
         self.proc: subprocess.Popen | None = None
 
+    def seed_venv(self) -> None:
+        """The role's venv made ahead, seeing this test venv's packages through a .pth file: the
+        agent's dependencies are not downloaded and built again for each device (the role's own
+        first install is tested in test_ansible_roles.py); the agent itself is installed by the role."""
+        venv = self.root / "opt/voice-agent/venv"
+        subprocess.run([venv_python(), "-m", "venv", str(venv)], check=True, timeout=120)
+        ours = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
+        target = next(venv.glob("lib/python*/site-packages"))
+        (target / "test-deps.pth").write_text("\n".join(ours) + "\n")
+
     def start(self) -> None:
         log = open(self.events.with_suffix(".log"), "ab")
         self.proc = subprocess.Popen([sys.executable, str(SUPERVISOR), "--events", str(self.events), "--",
                                       str(self.cli), "run", "--config", str(self.config)],
-                                     stdout=log, stderr=log, cwd=self.root)
+                                     stdout=log, stderr=log, cwd=self.root, env=installed_env(dict(os.environ)))
 
     def starts(self) -> list[dict[str, Any]]:
         lines = self.events.read_text().splitlines() if self.events.exists() else []
         return [e for e in map(json.loads, lines) if e["event"] == "start"]
 
     def installed(self) -> str:
-        return subprocess.run([str(self.cli), "version"], capture_output=True, text=True, timeout=60).stdout.strip()
+        return subprocess.run([str(self.cli), "version"], capture_output=True, text=True, timeout=60, cwd=self.root,
+                              env=installed_env(dict(os.environ))).stdout.strip()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -109,8 +126,8 @@ def play(tmp: Path, inv: Path, wheel: Path, **extra: Any) -> subprocess.Complete
     vars_file = tmp / f"vars-{time.monotonic_ns()}.json"
     vars_file.write_text(json.dumps({"voice_agent_wheel": str(wheel), **extra}))
     return subprocess.run([ansible_tool("ansible-playbook"), "-i", str(inv), str(ANSIBLE_DIR / "site.yml"),
-                           "-e", f"@{vars_file}"], cwd=REPO, env=ansible_env(tmp), capture_output=True, text=True,
-                          timeout=900)
+                           "-e", f"@{vars_file}"], cwd=tmp, env=installed_env(ansible_env(tmp)), capture_output=True,
+                          text=True, timeout=900)
 
 
 def state_of(probe: Probe, device: str, pred=lambda s: True, what: str = "state") -> dict[str, Any]:
@@ -124,7 +141,11 @@ def test_rolling_upgrade_one_device_at_a_time_and_a_failed_one_rolled_back(tmp_p
     probe = Probe(broker.host, broker.port, subscribe=("voice/#",))
     a, b = Device(tmp_path, "dev-a"), Device(tmp_path, "dev-b")
     try:
+        for d in (a, b):
+            d.seed_venv()
+        t0 = time.monotonic()
         first = play(tmp_path, inventory(tmp_path, [a, b], broker), wheels["0.9.0"])
+        print(f"first install of two devices: {time.monotonic() - t0:.0f} s")
         assert first.returncode == 0, first.stdout[-5000:]
         for d in (a, b):
             assert d.installed() == "0.9.0"
@@ -133,7 +154,9 @@ def test_rolling_upgrade_one_device_at_a_time_and_a_failed_one_rolled_back(tmp_p
             state_of(probe, d.name, lambda s: s["version"] == "0.9.0", f"{d.name} online with 0.9.0")
 
         # 1. both upgraded, one after the other
+        t0 = time.monotonic()
         upgrade = play(tmp_path, inventory(tmp_path, [a, b], broker), wheels["0.9.1"])
+        print(f"rolling upgrade of two devices: {time.monotonic() - t0:.0f} s")
         assert upgrade.returncode == 0, upgrade.stdout[-5000:]
         new = {d.name: state_of(probe, d.name, lambda s: s["version"] == "0.9.1", f"{d.name} on 0.9.1")
                for d in (a, b)}

@@ -83,6 +83,10 @@ def test_config_set_with_restart_applies_then_restarts_and_re_executes_without_a
     agent = make_agent().start(probe)
     root, pid = agent.root, agent.proc.pid
     before = onlines(probe, root)
+    # never on the fleet-wide topic: one publish would restart every device at once
+    probe.client.publish("voice/all/request/restart", "{}", qos=1)
+    refused = probe.wait_for(f"{root}/response/restart", what="the fleet-wide refusal")[0].json
+    assert refused["error"]["code"] == "forbidden", refused
     probe.client.publish(f"{root}/request/config/set",
                          json.dumps({"config": {"jobs": {"retry_after_s": 7}}, "restart": True}), qos=1)
     answer = probe.wait_for(f"{root}/response/config/set", what="the answer")[0].json
