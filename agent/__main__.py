@@ -1,4 +1,4 @@
-"""Command line: run, check-config, doctor, devices, version.
+"""Command line: run, check-config, doctor, devices, version, schema.
 
 Exit codes follow sysexits: 78 (EX_CONFIG) for a bad config (or a Python too old to run the
 agent), so systemd's RestartPreventExitStatus=78 stops a restart loop that could never succeed.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,12 +50,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds to wait for the broker (default 5)")
     sub.add_parser("devices", help="list audio input devices")
     sub.add_parser("version", help="print the version")
+    sub.add_parser("schema", help="print the config file's JSON Schema",
+                   description="Print the JSON Schema of the config file, generated from the settings "
+                               "(types, ranges, choices, docs; secrets writeOnly; x-remote: who may change "
+                               "a key over MQTT). docs/config.schema.json is this output.")
     args = parser.parse_args(argv)
     return COMMANDS[args.command](args)
 
 
 def cmd_version(args: argparse.Namespace) -> int:
     print(__version__)
+    return EX_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from agent.config.jsonschema import config_schema
+    print(json.dumps(config_schema(), indent=2, ensure_ascii=False))
     return EX_OK
 
 
@@ -123,12 +136,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     from agent.app import App
 
+    from agent.ops.restart import RESTART_EXIT, reexec, under_systemd
+
     try:
         app = App(store, listen_source=_listen_source(args))
-        return app.run()
+        code = app.run()
     except AgentError as exc:
         logging.getLogger("agent").error("%s", exc.message)
         return EX_UNAVAILABLE
+    if code == RESTART_EXIT and not under_systemd(os.environ):
+        reexec()   # no supervisor to start us again: the same command line, in this process
+    return code
 
 
 def _listen_source(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -140,7 +158,7 @@ def _listen_source(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "doctor": cmd_doctor, "devices": cmd_devices,
-            "version": cmd_version}
+            "version": cmd_version, "schema": cmd_schema}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -36,9 +36,12 @@ from agent.mqtt.retained import RetainedFacts
 from agent.mqtt.topics import Topics
 from agent.ops import identity
 from agent.ops.alerts import AlertBoard, OutboxWatch
+from agent.ops.health import Health
+from agent.ops.log_events import LogLines
 from agent.ops.monitor import Alert, Monitor
 from agent.ops.reactions import AlertReactions
 from agent.ops.readiness import Readiness, Watchdog
+from agent.ops.restart import RESTART_EXIT, RestartGate
 from agent.ops.systemd import Notifier
 from agent.ops.telemetry import TelemetryCollector, TelemetryTimer
 from agent.settings import Settings
@@ -73,6 +76,12 @@ class App:
         state_dir = Path(s.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         self.install_id = identity.install_id(state_dir)
+        self.restart_gate = RestartGate(state_dir)
+        self._restart_requested = False
+        self._log_level_override: str | None = None   # request/log_level without persist
+        # WARNING+ log lines on event/log (QoS 0, never stored, secrets redacted)
+        self.log_lines = LogLines(s, self.topics)
+        logging.getLogger().addHandler(self.log_lines)
         self.link: MqttLink | None = None
         self.outbox = Outbox(state_dir / "outbox.sqlite3", max_messages=s.outbox.max_messages,
                              max_bytes=s.outbox.max_bytes, on_overflow=self._outbox_overflow)
@@ -128,11 +137,14 @@ class App:
             telemetry=self.telemetry, outbox=self.outbox, publisher=self.publisher, alerts=self.board.current,
             run=self.run_state, microphone=self.listening, inbox=self.inbox, inbox_name_ok=is_candidate_name,
             requests=self.requests, fleet_stats=self.fleet.stats, vad_cache_stats=self.vad_cache.stats,
-            apply=self.apply, set_paused=self.control.set_paused, set_listening=self.control.set_listening)
+            apply=self.apply, set_paused=self.control.set_paused, set_listening=self.control.set_listening,
+            restart_wait_s=self.restart_gate.wait_s, restart=self._restart, set_log_level=self._set_log_level)
         self.dispatcher = Dispatcher(build_registry(), self.services, admission=self.admission, runner=self.runner,
                                      settings=s, job_event=self.pipeline.job_event, stats=self.requests)
+        self.health = Health(s, self.topics, alerts=self.board.current, engines=self.engines.describe,
+                             outbox=self.outbox, monitor=self.monitor)
         self.connections = Connections(s, self.install_id, on_connect=self._on_connect,
-                                       on_publish=self.publisher.on_puback, on_request=self.dispatcher.on_message)
+                                       on_publish=self._on_puback, on_request=self.dispatcher.on_message)
         self.retained = RetainedFacts(self.services, self.topics)
         self.readiness = Readiness(self.notifier, engines=self.engines, slot=self.slot, pipeline=self.pipeline,
                                    monitor=self.monitor, alerts=self.board.current, run=self.run_state,
@@ -174,7 +186,7 @@ class App:
         part that publishes on it or watches it."""
         self.link = link
         for part in (self.publisher, self.board, self.dispatcher, self.retained, self.homeassistant, self.fleet,
-                     self.last, self.readiness, self.watchdog, self.telemetry_timer):
+                     self.last, self.readiness, self.watchdog, self.telemetry_timer, self.health, self.log_lines):
             part.attach(link)
 
     def _reconfigure_parts(self, new: Settings) -> None:
@@ -185,6 +197,9 @@ class App:
         self.board.retarget(topics)
         self.last.retarget(topics)
         self.retained.retarget(topics)
+        for part in (self.health, self.log_lines):
+            part.retarget(topics)
+            part.reconfigure(new)
         self.dispatcher.reconfigure(new)
         self.homeassistant.reconfigure(new.homeassistant, topics, self._features(new))
         self.fleet.reconfigure(new, topics)
@@ -211,7 +226,8 @@ class App:
             self._main_loop()
         finally:
             self.shutdown()
-        return 0
+        # requested over MQTT: systemd starts us again on this code, elsewhere __main__ re-executes
+        return RESTART_EXIT if self._restart_requested else 0
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         """SIGHUP: reload the config (on the main loop's next tick); SIGTERM, SIGINT: stop."""
@@ -236,6 +252,7 @@ class App:
             self.readiness.tick()
             self.outbox_watch.tick()
             self.retained.state.publish_if_changed()   # e.g. an outbox alert (raised directly, not by emit)
+            self.health.tick()
             self._check_config(reload=self._reload.is_set())
             self.telemetry_timer.tick()
 
@@ -261,6 +278,8 @@ class App:
         self.engines.close()
         self.watchdog.stop()
         self.connections.stop()
+        logging.getLogger().removeHandler(self.log_lines)
+        self.log_lines.close()
 
     # --- config --------------------------------------------------------------------------
 
@@ -287,7 +306,9 @@ class App:
             self._reconfigure_parts(new)
             sections = set(changed_sections(old, new))
             restarted: list[str] = []
-            logging.getLogger().setLevel(new.log_level)
+            if new.log_level != old.log_level:
+                self._log_level_override = None   # the config's own change wins over request/log_level
+            logging.getLogger().setLevel(self._log_level_override or new.log_level)
             self.slot.set_limit(0 if self._stop.is_set() else new.jobs.max_concurrent)   # 0: shutting down
             self.outbox.max_messages, self.outbox.max_bytes = new.outbox.max_messages, new.outbox.max_bytes
             self.monitor.reconfigure(new.memory)
@@ -313,6 +334,24 @@ class App:
         return restarted
 
     # --- retained facts, events, alerts --------------------------------------------------
+
+    def _restart(self) -> None:
+        """request/restart (or config/set with restart: true), after its answer went out: stop as on
+        SIGTERM, then come back (agent/ops/restart.py)."""
+        self.restart_gate.take()
+        log.warning("restart requested over MQTT: stopping, then starting again")
+        self._restart_requested = True
+        self._stop.set()
+
+    def _set_log_level(self, level: str) -> None:
+        with self._lock:
+            self._log_level_override = level
+            logging.getLogger().setLevel(level)
+        log.warning("log level set to %s over MQTT", level)
+
+    def _on_puback(self, mid: int) -> None:
+        self.publisher.on_puback(mid)
+        self.health.on_puback(mid)
 
     def _on_connect(self) -> None:
         self.publisher.wake()

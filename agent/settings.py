@@ -373,6 +373,29 @@ class HomeAssistantSettings:
 
 
 @dataclass(frozen=True)
+class LogsSettings:
+    mqtt_level: str = opt("WARNING", remote=FLEET, doc="Lowest level of the log lines published on <root>/event/log "
+                                                       "(QoS 0, never stored); off = none.",
+                          choices=("off", "INFO", "WARNING", "ERROR"))
+    mqtt_max_per_minute: int = opt(30, remote=FLEET, doc="Most event/log lines per minute; repeats of one log "
+                                                         "statement are collapsed into one line with a count, "
+                                                         "and what is left over is counted as dropped.",
+                                   min=1, max=600)
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    interval_s: float = opt(60.0, remote=FLEET, doc="How often the retained <root>/health is refreshed (and at "
+                                                   "once when its status or reasons change).", min=5, max=86_400)
+    outbox_degraded_percent: float = opt(50.0, remote=FLEET, doc="Outbox backlog (of outbox.max_messages or "
+                                                                "max_bytes) that makes the device degraded; "
+                                                                "90 % makes it failing.", min=1, max=90)
+    broker_rtt_degraded_ms: float = opt(2000.0, remote=FLEET, doc="A broker round trip (health publish to its "
+                                                                 "PUBACK) slower than this is degraded.",
+                                        min=10, max=600_000)
+
+
+@dataclass(frozen=True)
 class FleetSettings:
     worker: bool = opt(False, doc="Take shared jobs from <topic_prefix>/jobs/transcribe (MQTT shared "
                                   "subscription; a job that finds the slots taken waits in a small spool "
@@ -426,3 +449,5 @@ class Settings:
     homeassistant: HomeAssistantSettings = section(HomeAssistantSettings, "Home Assistant discovery.")
     fleet: FleetSettings = section(FleetSettings, "Fleet-wide shared jobs.")
     wyoming: WyomingSettings = section(WyomingSettings, "Home Assistant Assist over Wyoming (local-only).")
+    logs: LogsSettings = section(LogsSettings, "Log lines over MQTT (event/log).")
+    health: HealthSettings = section(HealthSettings, "The retained health summary.")

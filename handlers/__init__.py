@@ -5,10 +5,10 @@ Adding a command means adding it to a module's COMMANDS; the dispatcher never br
 
 from __future__ import annotations
 
-from handlers import config, control, jobs, ping, status
+from handlers import config, control, jobs, operate, ping, status
 from handlers.base import Command
 
-FAMILIES = (ping, status, config, control, jobs)
+FAMILIES = (ping, status, config, control, jobs, operate)
 
 
 def build_registry() -> dict[str, Command]:

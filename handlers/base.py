@@ -109,6 +109,10 @@ class Services:
     apply: Callable[[Settings], list[str]]      # a validated config, live; returns what restarted
     set_paused: Callable[[bool], None]
     set_listening: Callable[[bool], None]
+    # operations (agent/ops/restart.py): seconds until a restart is allowed; restart now (after the answer)
+    restart_wait_s: Callable[[], float]
+    restart: Callable[[], None]
+    set_log_level: Callable[[str], None]        # the running level, until a restart or a config change of it
 
 
 @dataclass(frozen=True)
@@ -127,13 +131,15 @@ class Command:
 
     `fields` maps each accepted body field to (accepted types, required); anything else in the
     body is refused as bad_request so typos do not pass silently. `heavy` commands run under
-    the job slot and may be answered busy or memory_pressure.
+    the job slot and may be answered busy or memory_pressure. `after` runs once the answer has
+    reached the broker (restart: the answer must go out before the connection does).
     """
 
     name: str
     run: Callable[[Request], Any]
     fields: dict[str, tuple[tuple[type, ...], bool]] = field(default_factory=dict)
     heavy: bool = False
+    after: Callable[[Request, Any], None] | None = None
 
     def validate(self, body: dict[str, Any]) -> None:
         for key in body:

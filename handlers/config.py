@@ -29,10 +29,37 @@ def get(req: Request) -> dict[str, Any]:
 
 
 def set_(req: Request) -> dict[str, Any]:
+    """`restart: true` applies the change, answers, then restarts (refused first when rate-limited)."""
     sv, scope = req.services, req.scope
-    _remote_config_allowed(sv.store.settings, scope)
+    remote_config_allowed(sv.store.settings, scope)
+    restart = req.body.get("restart", False)
+    if restart:
+        restart_allowed(sv, scope)
+    answer = applied(sv, stored_overlay(sv, req.body["config"], scope))
+    return {**answer, "restarting": True} if restart else answer
+
+
+def restart_allowed(sv: Services, scope: str) -> None:
+    """Refuse on the fleet-wide topic (one publish would restart every device at once), and with
+    `rate_limited` while the last restart is less than a minute old."""
+    if scope == FLEET:
+        raise RequestError("restart is not accepted on the fleet-wide topic; restart devices one at a time "
+                           "on their own topics", code="forbidden")
+    wait = sv.restart_wait_s()
+    if wait > 0:
+        raise RequestError(f"restarted less than a minute ago; try again in {wait:.0f} s", code="rate_limited",
+                           retry_after_s=round(wait, 1))
+
+
+def _restart_after(req: Request, _data: Any) -> None:
+    if req.body.get("restart"):
+        req.services.restart()
+
+
+def stored_overlay(sv: Services, partial: dict[str, Any], scope: str) -> Settings:
+    """Merge `partial` into the overlay (validated, saved) or raise the answer's error."""
     try:
-        new = sv.store.set_overlay(req.body["config"], scope)
+        return sv.store.set_overlay(partial, scope)
     except RemoteForbidden as exc:
         where = "the fleet-wide topic" if scope == FLEET else "MQTT"
         raise RequestError(f"{', '.join(exc.paths)}: cannot be changed over {where}; "
@@ -43,20 +70,19 @@ def set_(req: Request) -> dict[str, Any]:
     except OSError as exc:   # disk full, read-only state_dir: the old overlay is untouched
         raise RequestError(f"cannot save the config change: {exc.strerror or exc}; nothing was changed",
                            code="storage_error") from None
-    return _applied(sv, new)
 
 
 def reset(req: Request) -> dict[str, Any]:
     sv = req.services
-    _remote_config_allowed(sv.store.settings, req.scope)
+    remote_config_allowed(sv.store.settings, req.scope)
     try:
         new = sv.store.reset_overlay()
     except ConfigError as exc:
         raise _invalid(exc) from None
-    return _applied(sv, new)
+    return applied(sv, new)
 
 
-def _remote_config_allowed(settings: Settings, scope: str) -> None:
+def remote_config_allowed(settings: Settings, scope: str) -> None:
     if not settings.mqtt.remote_config:
         raise RequestError("remote config changes are disabled (mqtt.remote_config: false)", code="forbidden")
     if scope == FLEET and not settings.fleet.remote_config:
@@ -64,7 +90,7 @@ def _remote_config_allowed(settings: Settings, scope: str) -> None:
                            code="forbidden")
 
 
-def _applied(sv: Services, new: Settings) -> dict[str, Any]:
+def applied(sv: Services, new: Settings) -> dict[str, Any]:
     restarted = sv.apply(new)
     return {"revision": sv.store.revision, "restarted": restarted, "restart_needed": bool(restarted)}
 
@@ -77,6 +103,7 @@ def _invalid(exc: ConfigError) -> RequestError:
 
 COMMANDS = [
     Command("config/get", get),
-    Command("config/set", set_, fields={"config": ((dict,), True)}),
+    Command("config/set", set_, fields={"config": ((dict,), True), "restart": ((bool,), False)},
+            after=_restart_after),
     Command("config/reset", reset),
 ]

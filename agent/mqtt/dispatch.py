@@ -149,7 +149,11 @@ class Dispatcher:
             if spec.heavy:
                 self._start_heavy(spec, request, msg)
                 return
-            self._answer(msg, command, ok_answer(spec.run(request), transaction))
+            data = spec.run(request)
+            sent = self._answer(msg, command, ok_answer(data, transaction))
+            if spec.after is not None:
+                _wait_sent(sent)
+                spec.after(request, data)
         except AgentError as exc:
             self._answer_error(msg, command, exc, transaction)
         except Exception:
@@ -232,14 +236,27 @@ class Dispatcher:
             self.stats.errors += 1
         self._answer(msg, command, error_answer(exc.as_dict(), transaction))
 
-    def _answer(self, msg: mqtt.MQTTMessage, command: str, answer: dict[str, Any]) -> None:
+    def _answer(self, msg: mqtt.MQTTMessage, command: str, answer: dict[str, Any]) -> mqtt.MQTTMessageInfo | None:
         link = self._link
         if link is None:
-            return
+            return None
         topic, props = link.reply_properties(msg)
         if topic is None:
             topic = link.topics.response(_safe_command(command))
-        link.publish(topic, envelope(link.topics.device_id, answer), qos=1, properties=props)
+        return link.publish(topic, envelope(link.topics.device_id, answer), qos=1, properties=props)
+
+
+#: How long a command with an `after` step waits for its answer's PUBACK before going on anyway.
+ANSWER_SENT_WAIT_S = 5.0
+
+
+def _wait_sent(info: mqtt.MQTTMessageInfo | None) -> None:
+    if info is None:
+        return
+    try:
+        info.wait_for_publish(timeout=ANSWER_SENT_WAIT_S)
+    except (RuntimeError, ValueError):   # not connected: nothing more to wait for
+        pass
 
 
 def _safe_command(command: str) -> str:

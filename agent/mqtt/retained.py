@@ -1,4 +1,4 @@
-"""The retained `config` and `state` on the broker.
+"""The retained `config`, `schema` and `state` on the broker.
 
 Built by the commands' own builders (handlers/config.config_of, handlers/status.state_of), so an
 answer and its retained copy never differ in shape. Published on every (re)connect and after a
@@ -9,10 +9,12 @@ thread). Topic names are pushed with `retarget`, the connection with `attach`.
 
 from __future__ import annotations
 
+import json
 import threading
 from functools import partial
 from typing import Any
 
+from agent.config.jsonschema import config_schema
 from agent.mqtt.link import live
 from agent.mqtt.messages import envelope
 from agent.mqtt.publisher import RetainedState
@@ -20,6 +22,9 @@ from agent.mqtt.topics import Topics
 from handlers.base import Services
 from handlers.config import config_of
 from handlers.status import state_of
+
+
+_SCHEMA = json.dumps(config_schema(), separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class RetainedFacts:
@@ -42,6 +47,7 @@ class RetainedFacts:
             return False
         topics = self._topics
         link.publish(topics.config, envelope(topics.device_id, config_of(self._services)), retain=True)
+        link.publish(topics.schema, _SCHEMA, retain=True)   # the JSON Schema itself, no envelope
         self.state.publish()
         return True
 

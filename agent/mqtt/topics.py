@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-EVENTS = ("job", "progress", "vad", "transcript", "summary", "alert", "assist")   # progress: QoS 0, never stored
+EVENTS = ("job", "progress", "vad", "transcript", "summary", "alert", "assist", "log")   # progress, log: QoS 0, never stored
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,16 @@ class Topics:
     @property
     def config(self) -> str:
         return f"{self.root}/config"
+
+    @property
+    def schema(self) -> str:
+        """The config file's JSON Schema, retained beside `config` (agent/config/jsonschema.py)."""
+        return f"{self.root}/schema"
+
+    @property
+    def health(self) -> str:
+        """Retained ok / degraded / failing with the reasons (agent/ops/health.py)."""
+        return f"{self.root}/health"
 
     @property
     def telemetry(self) -> str:

@@ -17,6 +17,8 @@ each one has a value right after Home Assistant restarts; only the two event ent
 | Paused | binary sensor | `<root>/state` `paused` |
 | `<Kind>` alert | binary sensor, problem, one per alert kind | `<root>/state` `alerts.<kind>` |
 | Pause / Resume | buttons | `<root>/request/pause` / `resume`, payload `{}` |
+| Health | binary sensor, problem: on unless `ok`; status and reasons as attributes | `<root>/health` |
+| Restart | button, device class restart | `<root>/request/restart`, payload `{}` |
 | Jobs failed / rejected, Inbox backlog, Outbox queued, Memory used, CPU temperature | sensors (telemetry on; temperature where the device reports one) | `<root>/last/telemetry` |
 | Voice activity | event (`speech_start`, `speech_end`), microphone only | `<root>/event/vad` |
 | Speech | binary sensor, microphone only | `<root>/last/speech` `speaking` |
@@ -156,6 +158,19 @@ def discovery_config(topics: Topics, version: str, features: Features = Features
             "value_template": "{{ 'ON' if value_json.paused else 'OFF' }}",
         },
         **{f"{kind}_alert": _problem_sensor(kind, state, uid(f"{kind}_alert")) for kind in ALERT_KINDS},
+        # the retained health summary (agent/ops/health.py): on while not ok, status and reasons as attributes
+        "health": {
+            "p": "binary_sensor", "name": "Health", "unique_id": uid("health"), "device_class": "problem",
+            "entity_category": "diagnostic", "state_topic": topics.health, "payload_on": "ON", "payload_off": "OFF",
+            "value_template": "{{ 'OFF' if value_json.status == 'ok' else 'ON' }}",
+            "json_attributes_topic": topics.health,
+            "json_attributes_template": "{{ {'status': value_json.status, 'reasons': "
+                                        "value_json.reasons | map(attribute='detail') | list} | tojson }}",
+        },
+        "restart": {
+            "p": "button", "name": "Restart", "unique_id": uid("restart"), "device_class": "restart",
+            "entity_category": "config", "command_topic": f"{root}/request/restart", "payload_press": "{}",
+        },
         "pause": {
             "p": "button", "name": "Pause", "unique_id": uid("pause"), "icon": "mdi:pause",
             "command_topic": f"{root}/request/pause", "payload_press": "{}",

@@ -12,6 +12,7 @@ Ansible comes from .cache/ansible-venv (CI installs it there) or from PATH.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import shutil
 import signal
@@ -236,8 +237,10 @@ def test_rebuilt_wheel_with_the_same_version_is_reinstalled(install: Install) ->
         "voice_agent : Copy the agent wheel", "voice_agent : Reinstall the agent when the wheel changed",
     ], recap(result)
     # cwd away from the repository: `python -c` would import ./agent instead of the installed one.
+    # and without PYTHONPATH, which names a checkout when the tests run from one (the guide sets it)
     marker = subprocess.run([str(install.cli.with_name("python")), "-c", "import agent._rebuilt_marker"],
-                            cwd=install.tmp, capture_output=True, text=True, timeout=60)
+                            cwd=install.tmp, capture_output=True, text=True, timeout=60,
+                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert marker.returncode == 0, f"the rebuilt wheel was not installed:\n{marker.stderr}"
     assert recap(install.apply())["changed"] == 0
 

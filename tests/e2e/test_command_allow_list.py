@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 
 COMMANDS = ["ping", "state", "stats", "config/get", "config/set", "config/reset", "pause", "resume", "transcribe",
+            "restart", "log_level",
             "summarize"]
 bodies = st.one_of(
     st.just({}),

@@ -233,10 +233,12 @@ def test_real_home_assistant_sees_every_entity_after_its_restart(tmp_path):
             ha.start()
             ha.login()
             has_thermometer = TelemetryCollector().temperature() is not None
-            expected = 23 + (1 if has_thermometer else 0)   # see agent/ops/homeassistant.py
+            expected = 25 + (1 if has_thermometer else 0)   # see agent/ops/homeassistant.py
 
             def settled(s: dict[str, dict[str, Any]]) -> bool:
-                return len(s) >= expected and all(v["state"] not in ("unknown", "unavailable") for v in s.values())
+                # a button never pressed (Restart, pressed below) has no state of its own: `unknown`
+                return len(s) >= expected and all(v["state"] not in ("unknown", "unavailable") for k, v in s.items()
+                                                  if v["attributes"].get("friendly_name") != f"{DEVICE} Restart")
             states = ha.wait_states(settled, "every entity with a value after the restart", timeout=120)
             restart_s = time.monotonic() - t1
             names = sorted(s["attributes"]["friendly_name"] for s in states.values())
@@ -250,6 +252,10 @@ def test_real_home_assistant_sees_every_entity_after_its_restart(tmp_path):
             assert last["attributes"]["truncated"] is True and LONG_TRANSCRIPT.startswith(last["attributes"]["text"])
             assert float(entity(states, "Memory used")["state"]) > 0
             assert int(entity(states, "Jobs failed")["state"]) == 0
+            # the retained health: failing because of the critical disk alert, the reason as attribute
+            health = entity(states, "Health")
+            assert health["state"] == "on" and health["attributes"]["status"] == "failing", health
+            assert "disk alert: critical" in health["attributes"]["reasons"], health
 
             # the recorder stored the bounded attributes; the log is clean
             time.sleep(2)
@@ -257,6 +263,16 @@ def test_real_home_assistant_sees_every_entity_after_its_restart(tmp_path):
             assert any(a.get("truncated") is True for a in stored), stored
             bad = [line for line in ha.log_text().splitlines() if BOUNDED_WARNINGS.search(line)]
             assert not bad, "\n".join(bad[:20])
+
+            # the Restart button, pressed in Home Assistant: the agent answers, restarts, is back online
+            onlines = len([m for m in probe.on(f"{root}/availability") if m.text == "online"])
+            started_at = probe.on(f"{root}/state")[-1].json["started_at"]
+            ha.call("POST", "/api/services/button/press", {"entity_id": entity(states, "Restart")["entity_id"]})
+            answer = probe.wait_for(f"{root}/response/restart", what="the restart answer")[0].json
+            assert answer["status"] == "ok" and answer["data"] == {"restarting": True}, answer
+            probe.wait_for(f"{root}/availability", lambda m: m.text == "online", count=onlines + 1, timeout=60,
+                           what="back online after the Restart button")
+            probe.wait_for(f"{root}/state", lambda m: m.json["started_at"] != started_at, what="the new run's state")
             version = subprocess.run([str(HASS.with_name("python")), "-c", "import homeassistant.const as c; "
                                       "print(c.__version__)"], capture_output=True, text=True).stdout.strip()
             print(f"\nHome Assistant {version}: first start + onboarding + MQTT {started_s:.1f} s, "

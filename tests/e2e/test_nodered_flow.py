@@ -214,6 +214,9 @@ def test_node_red_dashboard_requests_and_fleet_jobs(tmp_path):
                             and h.get("paused") is False, "device health after the job", proc, log)
         assert health["device"] == agent.device_id and health["failed"] == 0 and health["inbox"] == 0
         assert health["memory_percent"] > 0 and health["uptime_s"] > 0
+        # the agent's retained health summary (ok / degraded / failing with the reasons) in the same row
+        health = wait_lines(out / "health.jsonl", lambda h: h.get("health") == "ok", "the health status", proc, log)
+        assert health["health_reasons"] == "" and health["device"] == agent.device_id
 
         # VAD and alerts, as the agent publishes them (no microphone or memory pressure here)
         probe.publish(f"{root}/event/vad", {"event": "speech_start", "segment_id": "s1", "device_id": "test-dev"})

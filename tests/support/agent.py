@@ -34,8 +34,10 @@ def deep_update(base: dict, extra: dict) -> dict:
 class AgentProcess:
     def __init__(self, workdir: Path, broker_port: int, config: dict[str, Any] | None = None,
                  device_id: str = "test-dev", env: dict[str, str] | None = None,
-                 args: list[str] | None = None) -> None:
+                 args: list[str] | None = None, wrap: list[str] | None = None) -> None:
+        """`wrap`: a command the agent's command line is appended to (a supervisor)."""
         self.workdir = workdir
+        self.wrap = wrap or []
         self.workdir.mkdir(parents=True, exist_ok=True)
         base = {
             "device_id": device_id,
@@ -68,7 +70,7 @@ class AgentProcess:
               timeout: float = 30) -> "AgentProcess":
         started = time.time()
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([*voice_agent_cmd(), "run", "--config", str(self.config_path), *self.args],
+        self.proc = subprocess.Popen([*self.wrap, *voice_agent_cmd(), "run", "--config", str(self.config_path), *self.args],
                                      stdin=stdin, stdout=log, stderr=log, env=self.env, cwd=self.workdir)
         if probe is not None and wait_online:
             n = len([m for m in probe.on(f"{self.root}/availability") if m.payload == b"online"])

@@ -23,7 +23,8 @@ OPTIONAL = {"vad", "speech", "listening", "jobs_failed", "jobs_rejected", "inbox
             "memory_used", "temperature"}
 ALWAYS = {"transcript": "event", "last_transcript": "sensor", "last_summary": "sensor", "memory_level": "sensor",
           "jobs_running": "sensor", "started": "sensor", "paused": "binary_sensor", "pause": "button",
-          "resume": "button", **{f"{kind}_alert": "binary_sensor" for kind in ALERT_KINDS}}
+          "resume": "button", "health": "binary_sensor", "restart": "button",
+          **{f"{kind}_alert": "binary_sensor" for kind in ALERT_KINDS}}
 RECORDER_ATTRS_MAX = 16 * 1024   # Home Assistant's recorder stores no attributes above this (and warns)
 
 

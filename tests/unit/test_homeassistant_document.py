@@ -54,7 +54,20 @@ def test_sensors_read_retained_topics_only_events_read_events(doc):
         if c["p"] == "event":
             assert "/event/" in c["state_topic"], key
         else:
-            assert c["state_topic"] == "voice/test-dev/state" or c["state_topic"].startswith("voice/test-dev/last/"), key
+            assert c["state_topic"] in ("voice/test-dev/state", "voice/test-dev/health") \
+                or c["state_topic"].startswith("voice/test-dev/last/"), key
+
+
+def test_health_problem_sensor_and_restart_button(doc):
+    health, restart = doc["cmps"]["health"], doc["cmps"]["restart"]
+    assert health["state_topic"] == health["json_attributes_topic"] == "voice/test-dev/health"
+    body = {"status": "degraded", "reasons": [{"check": "memory", "status": "degraded", "detail": "memory level warning"}]}
+    assert render(health["value_template"], body) == "ON"
+    assert render(health["value_template"], {"status": "ok", "reasons": []}) == "OFF"
+    assert json.loads(render(health["json_attributes_template"], body)) == {
+        "status": "degraded", "reasons": ["memory level warning"]}
+    assert restart["p"] == "button" and restart["device_class"] == "restart"
+    assert restart["command_topic"] == "voice/test-dev/request/restart" and restart["payload_press"] == "{}"
 
 
 def test_event_entities_get_an_event_type_and_bounded_text(doc):
