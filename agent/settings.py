@@ -402,9 +402,9 @@ class MemorySettings:
                             remote_min=1, remote_max=60)
     warn_percent: float = opt(80.0, remote=FLEET, doc="Memory used percent that raises a warning, of the budget: the "
                                                      "machine or the agent's cgroup limit, whichever leaves less room.",
-                              min=1, max=99)
+                              min=1, max=98)
     critical_percent: float = opt(92.0, remote=FLEET, doc="Used percent that is critical: heavy work is refused "
-                                  "(above warn_percent, below 100).", min=1, max=99)
+                                  "(above warn_percent, below 100).", min=2, max=99)
     min_available_mb: float | None = opt(None, remote=DEVICE, doc="Also critical when less than this is available "
                                          "(over MQTT at most a quarter of the machine's memory).",
                                          min=0, max=1_000_000)

@@ -33,10 +33,10 @@ def test_correlation_data_is_echoed(agent, probe):
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
     props = Properties(PacketTypes.PUBLISH)
-    props.ResponseTopic = "my/inbox"
+    props.ResponseTopic = "voice/results/my-inbox"
     props.CorrelationData = b"corr-42"
     probe.publish(f"{agent.root}/request/ping", {}, properties=props)
-    m = probe.wait_for("my/inbox", what="answer on the Response Topic")[0]
+    m = probe.wait_for("voice/results/my-inbox", what="answer on the Response Topic")[0]
     assert m.properties.CorrelationData == b"corr-42"
     assert m.json["status"] == "ok"
 
