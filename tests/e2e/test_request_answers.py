@@ -13,7 +13,7 @@ from tests.support.probe import Probe
 def test_every_command_answers(agent, broker, protocol):
     client = Probe(broker.host, broker.port, protocol=protocol)
     try:
-        rt = f"reply/{protocol}/x" if protocol == "5" else None
+        rt = f"voice/results/{protocol}/x" if protocol == "5" else None
         for command in ("ping", "state", "stats", "config/get", "pause", "resume"):
             answer = client.request(agent.root, command, {}, response_topic=rt)
             assert answer["status"] == "ok", (command, answer)
