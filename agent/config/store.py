@@ -30,7 +30,7 @@ from agent.config import (
     revision,
     settings_to_dict,
 )
-from agent.config.remote import forbidden, strip_forbidden
+from agent.config.remote import forbidden, strip_forbidden, strip_paths
 from agent.config.remote_limits import remote_problems
 from agent.durable import fsync_dir, write_atomically
 from agent.settings import DEVICE, Settings
@@ -237,6 +237,13 @@ class ConfigStore:
             log.warning("ignoring %s in %s: only the local config file may set %s",
                         ", ".join(dropped), overlay_path, "it" if len(dropped) == 1 else "them")
         settings = self._validate(base, base_lines, overlay)
+        unsafe, off_device = remote_problems(overlay, settings)
+        if unsafe or off_device:   # written by an older version, or now beyond the rules: not trusted
+            dropped = sorted({p.path for p in unsafe + off_device})
+            log.warning("ignoring %s in %s: beyond what a remote change may set (%s)", ", ".join(dropped),
+                        overlay_path, "; ".join(str(p) for p in unsafe + off_device))
+            overlay = strip_paths(overlay, dropped)
+            settings = self._validate(base, base_lines, overlay)
         self._base, self._base_lines = base, base_lines
         self._store(settings, overlay, overlay_path, (base_stat, overlay_stat))
         return settings

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import os
 import typing
+from pathlib import Path
 from typing import Any
 
 import psutil
+import yaml
 
 from agent.config.remote import tunable
 from agent.settings import DEVICE
@@ -175,3 +177,20 @@ def test_summarizer_prompt_is_bounded_with_exactly_one_text(make_agent, probe, b
     assert len([m for m in probe.on(f"{agent.root}/config") if len(m.payload) > 100_000]) == 0
     assert probe.request(agent.root, "summarize", {"text": "One two three four five six seven. Eight nine ten "
                                                            "eleven twelve thirteen fourteen."})["status"] == "ok"
+
+
+def test_an_overlay_beyond_the_remote_bounds_is_not_trusted_at_start(make_agent, probe):
+    """An overlay written before the bounds existed (an attacker's 1 s alert repeat, 1e15 MB
+    minimum, 32 jobs) loses those keys at load, with a warning; the rest still applies."""
+    agent = make_agent()
+    state = Path(agent.config["state_dir"])
+    state.mkdir(parents=True)
+    (state / "config-overlay.yaml").write_text(yaml.safe_dump({
+        "memory": {"repeat_s": 1, "min_available_mb": QUARTER_OF_MEMORY_MB * 2},
+        "jobs": {"max_concurrent": CORES + 1, "cache_size": 7}}))
+    agent.start(probe)
+    config = probe.request(agent.root, "config/get")["data"]["config"]
+    assert config["jobs"]["cache_size"] == 7
+    assert (config["memory"]["repeat_s"], config["memory"]["min_available_mb"], config["jobs"]["max_concurrent"]) \
+        == (60.0, None, 1)
+    assert "beyond what a remote change may set" in agent.log()
