@@ -134,6 +134,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EX_CONFIG
     from agent.ops.logs import configure_logging
     configure_logging(settings.log_level)
+    if os.geteuid() == 0:
+        from agent.ops.doctor import ROOT_FIX, ROOT_WARNING
+        logging.getLogger("agent").warning("%s; %s", ROOT_WARNING, ROOT_FIX)
     from agent.app import App
 
     from agent.ops.restart import RESTART_EXIT, reexec, under_systemd

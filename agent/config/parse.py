@@ -257,6 +257,16 @@ class Parser:
             if high is not None and value > high:
                 self.add(path, f"must be at most {show_number(high)}", value, secret=secret)
                 return False
+        max_len, item_max_len = meta.get("max_len"), meta.get("item_max_len")
+        if max_len is not None and isinstance(value, (str, list)) and len(value) > max_len:
+            unit = "characters" if isinstance(value, str) else "items"
+            self.add(path, f"must be at most {max_len} {unit} (has {len(value)})", value, secret=secret)
+            return False
+        if item_max_len is not None and isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, str) and len(item) > item_max_len:
+                    self.add(f"{path}[{index}]", f"must be at most {item_max_len} characters", item, secret=secret)
+                    return False
         if choices and value in meta.get("test_choices", ()):
             if allows_test_engines(self.environ):
                 return True
@@ -264,7 +274,8 @@ class Parser:
                      secret=secret)
             return False
         if choices and value not in choices:
-            self.add(path, "must be one of " + ", ".join(repr(c) for c in choices), value, secret=secret)
+            shown = ", ".join(repr(c) for c in choices[:12]) + (f", ... ({len(choices)} in all)" if len(choices) > 12 else "")
+            self.add(path, "must be one of " + shown, value, secret=secret)
             return False
         return True
 

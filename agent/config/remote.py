@@ -85,6 +85,11 @@ def strip_forbidden(overlay: Mapping, scope: str = DEVICE) -> tuple[dict, list[s
     return _without(overlay, set(dropped), ""), dropped
 
 
+def strip_paths(overlay: Mapping, paths: list[str]) -> dict:
+    """The overlay without these key paths (a section path drops the whole section)."""
+    return _without(overlay, set(paths), "")
+
+
 def _without(data: Mapping, drop: set[str], prefix: str) -> dict:
     out: dict[str, Any] = {}
     for key, value in data.items():

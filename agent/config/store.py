@@ -30,7 +30,8 @@ from agent.config import (
     revision,
     settings_to_dict,
 )
-from agent.config.remote import forbidden, strip_forbidden
+from agent.config.remote import forbidden, strip_forbidden, strip_paths
+from agent.config.remote_limits import remote_problems
 from agent.durable import fsync_dir, write_atomically
 from agent.settings import DEVICE, Settings
 
@@ -54,6 +55,14 @@ class RemoteForbidden(Exception):
     def __init__(self, paths: list[str]) -> None:
         super().__init__(", ".join(paths))
         self.paths = paths
+
+
+class RemoteUnsafe(Exception):
+    """A remote change valid for the local file but beyond what MQTT may set (agent.config.remote_limits)."""
+
+    def __init__(self, code: str, problems: list[Problem]) -> None:
+        super().__init__("; ".join(str(p) for p in problems))
+        self.code, self.problems = code, problems
 
 
 class ConfigStore:
@@ -113,7 +122,8 @@ class ConfigStore:
         """Merge `partial` into the overlay; persist it only if base + overlay is valid.
 
         A key that `scope` may not change (see agent.config.remote) refuses the whole change with
-        RemoteForbidden before anything is merged, validated or written.
+        RemoteForbidden before anything is merged, validated or written; a valid value beyond the
+        remote bounds (agent.config.remote_limits) with RemoteUnsafe, before anything is written.
         """
         with self._lock:
             self._ensure_loaded()
@@ -124,6 +134,11 @@ class ConfigStore:
                 raise RemoteForbidden(refused)
             overlay = deep_merge(self._overlay, partial)
             settings = self._validate(self._base, self._base_lines, overlay)
+            unsafe, off_device = remote_problems(partial, settings)
+            if off_device:
+                raise RemoteUnsafe("off_device_forbidden", off_device)
+            if unsafe:
+                raise RemoteUnsafe("unsafe_value", unsafe)
             overlay_path = self._overlay_path  # state_dir cannot change through the overlay
             assert overlay_path is not None
             write_atomically(overlay_path, [(_OVERLAY_HEADER + _dump(overlay)).encode("utf-8")], mode=0o600)
@@ -222,6 +237,13 @@ class ConfigStore:
             log.warning("ignoring %s in %s: only the local config file may set %s",
                         ", ".join(dropped), overlay_path, "it" if len(dropped) == 1 else "them")
         settings = self._validate(base, base_lines, overlay)
+        unsafe, off_device = remote_problems(overlay, settings)
+        if unsafe or off_device:   # written by an older version, or now beyond the rules: not trusted
+            dropped = sorted({p.path for p in unsafe + off_device})
+            log.warning("ignoring %s in %s: beyond what a remote change may set (%s)", ", ".join(dropped),
+                        overlay_path, "; ".join(str(p) for p in unsafe + off_device))
+            overlay = strip_paths(overlay, dropped)
+            settings = self._validate(base, base_lines, overlay)
         self._base, self._base_lines = base, base_lines
         self._store(settings, overlay, overlay_path, (base_stat, overlay_stat))
         return settings

@@ -142,6 +142,11 @@ class Dispatcher:
             if transaction is not None and not isinstance(transaction, str):
                 transaction = None
                 raise RequestError("field 'transaction' must be a string", code="bad_request", field="transaction")
+            reply_topic, _props = link.reply_properties(msg)
+            if reply_topic is not None and not link.topics.reply_allowed(reply_topic):
+                raise RequestError(f"the Response Topic must lie below {link.topics.results}/ or "
+                                   f"{link.topics.root}/response/; the request was not run",
+                                   code="reply_topic_forbidden")
             spec = self._lookup(command)
             spec.validate(body)
             scope = FLEET if link.topics.is_fleet_wide(msg.topic) else DEVICE
@@ -241,7 +246,7 @@ class Dispatcher:
         if link is None:
             return None
         topic, props = link.reply_properties(msg)
-        if topic is None:
+        if topic is None or not link.topics.reply_allowed(topic):   # never on an event, state or config topic
             topic = link.topics.response(_safe_command(command))
         return link.publish(topic, envelope(link.topics.device_id, answer), qos=1, properties=props)
 

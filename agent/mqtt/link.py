@@ -30,6 +30,19 @@ _paho_log.setLevel(logging.WARNING)
 
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
 
+#: Room in a PUBLISH besides its payload: the topic and a Response Topic (up to 64 KiB each) and
+#: Correlation Data. A request this much over `max_payload_bytes` still arrives and is answered
+#: `payload_too_large`; a larger one the broker never sends (MQTT 5 Maximum Packet Size).
+PACKET_HEADROOM = 2 * 65_536 + 4096
+
+
+def connect_properties(settings: MQTTSettings) -> Properties:
+    """CONNECT properties: the largest packet the agent accepts, so the broker drops a bigger
+    message instead of the agent reading (and holding) all of it before its size check."""
+    props = Properties(PacketTypes.CONNECT)
+    props.MaximumPacketSize = settings.max_payload_bytes + PACKET_HEADROOM
+    return props
+
 
 
 def authenticate(client: mqtt.Client, settings: MQTTSettings) -> None:
@@ -93,7 +106,8 @@ class MqttLink:
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        self.client.connect_async(self.host, self.port, keepalive=self.settings.keepalive_s)
+        self.client.connect_async(self.host, self.port, keepalive=self.settings.keepalive_s,
+                                  properties=connect_properties(self.settings) if self.v5 else None)
         self.client.loop_start()
 
     def stop(self) -> None:

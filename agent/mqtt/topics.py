@@ -61,6 +61,20 @@ class Topics:
         return f"{self.root}/response/{command}"
 
     @property
+    def results(self) -> str:
+        """Where fleet results and requesters' replies go: `<prefix>/results/<requester>/...`."""
+        return f"{self.prefix}/results"
+
+    def reply_allowed(self, topic: object) -> bool:
+        """A requester-chosen reply topic (MQTT 5 Response Topic, a fleet job's `reply_to`) the
+        device may publish on: below `<prefix>/results/` or this device's own `<root>/response/`,
+        never its (or another device's) event, state, config, last or alert topics."""
+        if not isinstance(topic, str) or any(c in topic for c in "+#\0") or len(topic.encode("utf-8")) > 65535:
+            return False
+        return any(topic.startswith(base) and len(topic) > len(base)
+                   for base in (f"{self.results}/", f"{self.root}/response/"))
+
+    @property
     def request_filters(self) -> tuple[str, str]:
         return f"{self.root}/request/#", f"{self.fleet_request}/#"
 

@@ -64,12 +64,15 @@ class Finding:
     detail: str
     code: int = EX_OK
     fix: str = ""
+    warn: bool = False   # worth a look but not a PROBLEM: a WARNING line, the exit code stays 0
 
     @property
     def ok(self) -> bool:
         return self.code == EX_OK
 
     def line(self) -> str:
+        if self.ok and self.warn:
+            return f"WARNING  {self.check}: {self.detail}." + (f" Fix: {self.fix}" if self.fix else "")
         if self.ok:
             return f"OK       {self.check}: {self.detail}"
         fix = f" Fix: {self.fix}" if self.fix else ""
@@ -112,6 +115,20 @@ def findings(config: Path | None, *, timeout_s: float) -> Iterator[Finding]:
     yield from summarizer_findings(settings.summarizer)
     yield broker_finding(settings, timeout_s)
     yield memory_finding(settings)
+    yield user_finding()
+
+
+ROOT_WARNING = ("running as root: the agent never needs it, and anything that goes wrong then goes wrong "
+                "with every right on the machine")
+ROOT_FIX = "run it as the unit does (User=voice-agent, systemd/voice-agent.service) or as any ordinary user"
+
+
+def user_finding(euid: int | None = None) -> Finding:
+    """Root is never needed (the unit runs as `voice-agent`): a WARNING, not a PROBLEM."""
+    euid = os.geteuid() if euid is None else euid
+    if euid == 0:
+        return Finding("user", ROOT_WARNING, fix=ROOT_FIX, warn=True)
+    return Finding("user", f"not root (uid {euid})")
 
 
 # --- engines -------------------------------------------------------------------------------

@@ -4,12 +4,13 @@ With `fleet.worker: true` the agent stays subscribed to
 `$share/<fleet.group>/<topic_prefix>/jobs/transcribe` (it leaves only when switched off or
 stopping). A job is one JSON object::
 
-    {"job_id": "j-17", "audio_b64": "<WAV/FLAC/... bytes>", "reply_to": "ctl/results",
+    {"job_id": "j-17", "audio_b64": "<WAV/FLAC/... bytes>", "reply_to": "voice/results/ctl",
      "summarize": true, "transaction": "optional, echoed"}
 
 with exactly one of `audio_b64` or `url` (see agent/sources/fleet_fetch.py: only hosts in
 `fleet.url_allow`). `reply_to` may be left out on MQTT 5 when the message carries a Response
-Topic; Correlation Data is echoed either way. Answers go to `reply_to` (QoS 1)::
+Topic; Correlation Data is echoed either way. `reply_to` must lie below `<topic_prefix>/results/`
+(agent.mqtt.topics.Topics.reply_allowed). Answers go to `reply_to` (QoS 1)::
 
     {"job_id", "status": "accepted", "agent_job_id", "device_id", "ts"}    it started here
     {"job_id", "status": "ok", "text", "language", "audio_s", "summary", "engines",
@@ -44,7 +45,7 @@ and however many arrive at once; the sender never resends. Why this holds on Mos
 A job id seen again while this device holds it is not held twice; one seen after it finished
 gets the stored result again (the last RESULTS_KEPT results). Error codes beside the pipeline's
 (`corrupt`, `too_long`, `engine_error`, ...): `bad_request`, `payload_too_large`, `forbidden`,
-`fetch_failed`, `internal` (also for a job that was running when the device stopped twice).
+`reply_topic_forbidden`, `fetch_failed`, `internal` (also for a job that was running when the device stopped twice).
 """
 
 from __future__ import annotations
@@ -279,7 +280,7 @@ class FleetWorker:
         s = self._settings
         try:
             return parse_job(payload, response_topic, correlation, max_bytes=s.mqtt.max_payload_bytes,
-                             url_allow=s.fleet.url_allow)
+                             url_allow=s.fleet.url_allow, reply_allowed=self._topics.reply_allowed)
         except Unanswerable as exc:
             log.warning("fleet: dropped a job that names no reply topic: %s", exc)
         except Refused as exc:

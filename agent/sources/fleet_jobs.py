@@ -1,15 +1,15 @@
 """A shared job's payload, checked before the device holds it (see agent/sources/fleet.py for the protocol).
 
 Everything here is attacker-written: a job is refused with a coded error about itself
-(`bad_request`, `payload_too_large`, `forbidden`) before it is spooled or takes a slot, and a job
-that names no usable reply topic is only logged (there is nobody to tell).
+(`bad_request`, `payload_too_large`, `forbidden`, `reply_topic_forbidden`) before it is spooled or
+takes a slot, and a job that names no usable reply topic is only logged (there is nobody to tell).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from agent.errors import AgentError, RequestError
 from agent.sources.fleet_fetch import check_url
@@ -41,33 +41,39 @@ class Refused(Exception):
         self.transaction, self.correlation = transaction, correlation
 
 
-def valid_topic(topic: Any) -> bool:
-    return (isinstance(topic, str) and 0 < len(topic.encode("utf-8")) <= 65535
-            and not any(c in topic for c in "+#\0"))
-
-
 def parse_job(payload: bytes, response_topic: str | None, correlation: bytes | None, *,
-              max_bytes: int, url_allow: Sequence[str]) -> FleetJob:
-    """The job, or Refused (answer it) / Unanswerable (log it)."""
+              max_bytes: int, url_allow: Sequence[str], reply_allowed: Callable[[object], bool]) -> FleetJob:
+    """The job, or Refused (answer it) / Unanswerable (log it).
+
+    The size is checked before a byte is parsed. Answers go only where `reply_allowed` says (the
+    reply namespace, agent.mqtt.topics.Topics.reply_allowed): a `reply_to` elsewhere is refused on
+    the MQTT 5 Response Topic when that one is allowed, else only logged.
+    """
+    fallback = response_topic if reply_allowed(response_topic) else None
+    if len(payload) > max_bytes:
+        message = f"job of {len(payload)} bytes exceeds mqtt.max_payload_bytes ({max_bytes})"
+        if fallback:
+            raise Refused(RequestError(message, code="payload_too_large"), fallback, None, None, correlation)
+        raise Unanswerable(message)
     try:
         body = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        if response_topic:
+        if fallback:
             raise Refused(RequestError("a job must be a JSON object", code="bad_request"),
-                          response_topic, None, None, correlation) from None
+                          fallback, None, None, correlation) from None
         raise Unanswerable(f"not JSON ({type(exc).__name__})") from None
     if not isinstance(body, dict):
-        if response_topic:
+        if fallback:
             raise Refused(RequestError("a job must be a JSON object", code="bad_request"),
-                          response_topic, None, None, correlation)
+                          fallback, None, None, correlation)
         raise Unanswerable("not a JSON object")
     reply_to = body.get("reply_to", response_topic)
-    if not valid_topic(reply_to):
-        if response_topic and valid_topic(response_topic):
-            raise Refused(RequestError("'reply_to' must be a topic name without wildcards",
-                                       code="bad_request", field="reply_to"),
-                          response_topic, None, None, correlation)
-        raise Unanswerable(f"reply_to {str(reply_to)[:80]!r}")
+    if not reply_allowed(reply_to):
+        if fallback:
+            raise Refused(RequestError("'reply_to' must be a topic below <topic_prefix>/results/ without "
+                                       "wildcards", code="reply_topic_forbidden", field="reply_to"),
+                          fallback, None, None, correlation)
+        raise Unanswerable(f"reply_to {str(reply_to)[:80]!r} is outside the reply namespace")
     job_id = body.get("job_id")
     transaction = body.get("transaction") if isinstance(body.get("transaction"), str) else None
 
@@ -75,9 +81,6 @@ def parse_job(payload: bytes, response_topic: str | None, correlation: bytes | N
         jid = job_id if isinstance(job_id, str) else None
         return Refused(RequestError(message, code=code, **details), reply_to, jid, transaction, correlation)
 
-    if len(payload) > max_bytes:
-        raise refuse(f"job of {len(payload)} bytes exceeds mqtt.max_payload_bytes ({max_bytes})",
-                     code="payload_too_large")
     if not isinstance(job_id, str) or not job_id or len(job_id) > MAX_JOB_ID:
         raise refuse(f"'job_id' must be a non-empty string of at most {MAX_JOB_ID} characters", field="job_id")
     unknown = sorted(set(body) - FIELDS)

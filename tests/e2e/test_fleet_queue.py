@@ -47,7 +47,7 @@ class OnceSender:
     """Publishes each job exactly once (QoS 1, MQTT 5) and records every PUBACK reason and answer."""
 
     def __init__(self, host: str, port: int) -> None:
-        self.reply_to = f"controller/{uuid.uuid4().hex[:6]}"
+        self.reply_to = f"voice/results/{uuid.uuid4().hex[:6]}"
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"once-{uuid.uuid4().hex[:6]}",
                                   protocol=mqtt.MQTTv5)
         self.lock = threading.Condition()

@@ -167,7 +167,7 @@ def test_thirty_shared_jobs_each_done_once_across_the_fleet(make_agent, broker, 
     for a in agents:   # engines loaded (the stand-in ran its warm-up)
         probe.wait_for(f"{a.root}/state", lambda m: m.json["engines"]["transcriber"]["ready"], timeout=30,
                        what=f"{a.device_id} transcriber ready")
-    sender = Sender(broker.host, broker.port, "controller/results")
+    sender = Sender(broker.host, broker.port, "voice/results/controller")
     try:
         wavs = {f"job-{n:02d}": tone_wav(0.3 + 0.01 * n, freq=200 + 20 * n) for n in range(30)}
         started = time.monotonic()
@@ -203,7 +203,7 @@ def test_job_arriving_while_the_slot_is_taken_waits_here_and_runs_after(make_age
     arriving while "a" holds the only slot, waits in the spool (the only worker keeps it: one
     waiting job per slot) and runs after "a", with no answer before it starts."""
     agent = make_agent(worker_config(tmp_path), env={"WHISPER_STANDIN_DELAY_S": "1.5"}).start(probe)
-    sender = Sender(broker.host, broker.port, "controller/one")
+    sender = Sender(broker.host, broker.port, "voice/results/one")
     try:
         first, second = tone_wav(0.4, freq=300), tone_wav(0.4, freq=500)
         for job_id, wav in (("a", first), ("b", second)):
@@ -229,7 +229,7 @@ def test_url_jobs_bad_jobs_and_mqtt5_response_topic(make_agent, broker, probe, t
         config = {**worker_config(tmp_path), "mqtt": {"max_payload_bytes": 25000}}
         config["fleet"] = {**config["fleet"], "url_allow": ["127.0.0.1"]}   # the stub's host, exactly
         agent = make_agent(config).start(probe)
-        sender = Sender(broker.host, broker.port, "controller/misc")
+        sender = Sender(broker.host, broker.port, "voice/results/misc")
         try:
             rt = sender.reply_to
             sender.send("url-ok", {"url": f"{stub.url}/a.wav", "reply_to": rt, "transaction": "t-1"})
@@ -277,7 +277,7 @@ def test_paused_worker_starts_no_shared_job_until_resumed(make_agent, broker, pr
     Now the paused device starts nothing and hands the job back to the group; being the only
     worker it gets it back (held a little longer each time) and runs it once resumed, unsent again."""
     agent = make_agent(worker_config(tmp_path)).start(probe)
-    sender = Sender(broker.host, broker.port, "controller/pause")
+    sender = Sender(broker.host, broker.port, "voice/results/pause")
     try:
         body = {"audio_b64": base64.b64encode(tone_wav(0.3)).decode(), "reply_to": sender.reply_to}
         assert probe.request(agent.root, "pause")["status"] == "ok"
@@ -313,7 +313,7 @@ def test_worker_rejoins_the_group_as_soon_as_an_inbox_job_frees_the_slot(make_ag
     agent = make_agent(config, env={"WHISPER_STANDIN_DELAY_S": "0.4"}).start(probe)
     probe.wait_for(f"{agent.root}/state", lambda m: m.json["engines"]["transcriber"]["ready"], timeout=30,
                    what="transcriber ready")
-    sender = Sender(broker.host, broker.port, "controller/rejoin")
+    sender = Sender(broker.host, broker.port, "voice/results/rejoin")
     try:
         for n in range(3):
             drop(agent.inbox, f"local-{n}.wav", tone_wav(0.4, freq=300 + 50 * n))

@@ -37,17 +37,17 @@ def test_url_jobs_to_loopback_are_refused_unless_listed_exactly_and_the_canary_i
         off = make_agent(worker_config(tmp_path), name="off", device_id="off")   # default: URL jobs off
         jobs = {"wildcard": f"http://127.0.0.1:{port}/a.wav", "unlisted": f"http://localhost:{port}/a.wav"}
         for job_id, url in jobs.items():
-            probe.publish(JOBS_TOPIC, {"job_id": job_id, "url": url, "reply_to": "ctl/url"})
+            probe.publish(JOBS_TOPIC, {"job_id": job_id, "url": url, "reply_to": "voice/results/url"})
         for job_id in jobs:
-            answer = probe.wait_for("ctl/url", lambda m, j=job_id: m.json["job_id"] == j and m.json["status"] == "error",
+            answer = probe.wait_for("voice/results/url", lambda m, j=job_id: m.json["job_id"] == j and m.json["status"] == "error",
                                     timeout=30, what=f"{job_id} refused")[0].json
             assert answer["error"]["code"] == "forbidden", answer
             assert answer["device_id"] == agent.device_id
         agent.terminate()
         off.start(probe)
         subscribed(probe, off)
-        probe.publish(JOBS_TOPIC, {"job_id": "off", "url": f"http://127.0.0.1:{port}/a.wav", "reply_to": "ctl/url"})
-        answer = probe.wait_for("ctl/url", lambda m: m.json["job_id"] == "off", timeout=30, what="refused")[0].json
+        probe.publish(JOBS_TOPIC, {"job_id": "off", "url": f"http://127.0.0.1:{port}/a.wav", "reply_to": "voice/results/url"})
+        answer = probe.wait_for("voice/results/url", lambda m: m.json["job_id"] == "off", timeout=30, what="refused")[0].json
         assert answer["error"]["code"] == "forbidden" and "url_allow" in answer["error"]["message"], answer
         assert stub.requests == []   # nothing reached the canary
 
@@ -57,8 +57,8 @@ def test_url_job_from_a_host_listed_exactly_is_fetched(make_agent, probe, tmp_pa
         config = worker_config(tmp_path)
         config["fleet"]["url_allow"] = ["127.0.0.1"]
         subscribed(probe, make_agent(config).start(probe))
-        probe.publish(JOBS_TOPIC, {"job_id": "listed", "url": f"{stub.url}/a.wav", "reply_to": "ctl/url"})
-        answer = probe.wait_for("ctl/url", lambda m: m.json["status"] in ("ok", "error"), timeout=30,
+        probe.publish(JOBS_TOPIC, {"job_id": "listed", "url": f"{stub.url}/a.wav", "reply_to": "voice/results/url"})
+        answer = probe.wait_for("voice/results/url", lambda m: m.json["status"] in ("ok", "error"), timeout=30,
                                 what="result")[0].json
         assert answer["status"] == "ok" and answer["text"] == pcm_digest(WAV), answer
         assert [r.path for r in stub.requests] == ["/a.wav"]

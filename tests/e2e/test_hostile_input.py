@@ -34,7 +34,7 @@ COMMANDS = ["ping", "state", "stats", "config/get", "config/set", "config/reset"
             "summarize"]
 ERROR_CODES = {"bad_request", "unknown_command", "payload_too_large", "invalid_config", "forbidden", "not_found",
                "busy", "memory_pressure", "corrupt", "empty", "unsupported_format", "too_long", "too_large",
-               "storage_error"}
+               "storage_error", "unsafe_value", "off_device_forbidden"}
 AUDIO_CODES = {"corrupt", "empty", "unsupported_format", "too_long", "too_large", "forbidden"}
 MAX_PAYLOAD = 65536
 MB = 1024 * 1024
@@ -63,7 +63,7 @@ class Asker:
 
     def ask(self, command: str, payload: bytes, timeout: float = 30) -> dict:
         self.n += 1
-        topic = f"fuzz/answers/{uuid.uuid4().hex}"
+        topic = f"voice/results/fuzz/{uuid.uuid4().hex}"
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = topic
         props.CorrelationData = str(self.n).encode()
@@ -207,7 +207,8 @@ def test_mqtt_fuzz_every_request_answered_agent_stays_up_memory_flat(fuzz_agent,
 
 def test_config_set_fuzz_on_its_own_agent_only_ok_or_invalid_config(make_agent, probe):
     """Unrestricted config/set bodies, mqtt section included: answers are only ok, invalid_config,
-    forbidden (a key only the local file may set) or bad_request (a non-object), and the agent never
+    forbidden (a key only the local file may set), unsafe_value / off_device_forbidden (beyond what
+    MQTT may set) or bad_request (a non-object), and the agent never
     ends up unreachable by accident because every change that validates is reverted at once."""
     agent = make_agent({"log_level": "INFO"}, name="config-fuzz").start(probe)
     asker = Asker(probe, agent.root)
@@ -227,7 +228,8 @@ def test_config_set_fuzz_on_its_own_agent_only_ok_or_invalid_config(make_agent, 
         answer = asker.ask("config/set", json.dumps({"config": config}).encode())
         code = "ok" if answer["status"] == "ok" else answer["error"]["code"]
         seen[code] = seen.get(code, 0) + 1
-        assert code in ("ok", "invalid_config", "bad_request", "forbidden"), (config, answer)
+        assert code in ("ok", "invalid_config", "bad_request", "forbidden", "unsafe_value", "off_device_forbidden"), \
+            (config, answer)
         if code == "ok":
             assert asker.ask("config/reset", b"{}")["status"] == "ok"
 

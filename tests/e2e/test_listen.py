@@ -276,7 +276,7 @@ def test_pause_closes_the_microphone_and_resume_reopens_it(make_agent, probe, mi
 def test_critical_memory_stops_listening_until_it_clears(make_agent, probe, tmp_path):
     talk = build_speech(UTTERANCES, gap_s=3.0)
     write_wav(tmp_path / "talk.wav", talk.samples)
-    agent = make_agent({"memory": {"interval_s": 0.2, "min_available_mb": 1e9}},   # always critical
+    agent = make_agent({"memory": {"interval_s": 0.2, "min_available_mb": 1e6}},   # always critical (1 TB)
                        name="wav", args=["--listen-wav", str(tmp_path / "talk.wav")]).start(probe)
     probe.wait_for(f"{agent.root}/event/alert", lambda m: m.json["kind"] == "memory" and
                    m.json["level"] == "critical", what="memory critical")

@@ -55,6 +55,12 @@ def memory_config(warn: float, critical: float, **extra: Any) -> dict[str, Any]:
                        "hysteresis_percent": 1.0, "repeat_s": 1.0, **extra}}
 
 
+def thresholds(warn: float, critical: float) -> dict[str, Any]:
+    """What config/set changes: the levels (the fast sampling and 1 s repeat stay the local
+    file's; over MQTT they are bounded to at least 1 s and 10 s)."""
+    return {"memory": {"warn_percent": round(warn, 2), "critical_percent": round(critical, 2)}}
+
+
 def test_memory_levels_alerts_shedding_and_recovery(make_agent, probe, broker, notify: NotifySocket,
                                                     memory_room) -> None:
     base = used_percent()
@@ -66,7 +72,7 @@ def test_memory_levels_alerts_shedding_and_recovery(make_agent, probe, broker, n
 
     # Warning: the warning threshold moved below the current use.
     warn, critical = max(1.0, base - 3), base + percent_of(hold) / 2
-    assert probe.request(root, "config/set", {"config": memory_config(warn, critical)})["status"] == "ok"
+    assert probe.request(root, "config/set", {"config": thresholds(warn, critical)})["status"] == "ok"
     warning = probe.wait_for(f"{root}/event/alert", lambda m: m.json["kind"] == "memory"
                              and m.json["level"] == "warning", what="memory warning")[0].json
     for key in ("used_percent", "available_mb", "agent_rss_mb", "children_rss_mb", "top_process", "threshold"):
@@ -112,8 +118,8 @@ def test_memory_levels_alerts_shedding_and_recovery(make_agent, probe, broker, n
     wait_until(lambda: "held.wav.json" in records(agent.inbox)["processed"], 15, "the held file processed")
 
     # Thresholds back up: ok, and the retained alert is cleared.
-    assert probe.request(root, "config/set", {"config": memory_config(min(97, base + 30),
-                                                                      min(99, base + 31))})["status"] == "ok"
+    assert probe.request(root, "config/set", {"config": thresholds(min(97, base + 30),
+                                                                   min(99, base + 31))})["status"] == "ok"
     ok = probe.wait_for(f"{root}/event/alert", lambda m: m.json["kind"] == "memory" and m.json["level"] == "ok",
                         what="memory ok")[0].json
     assert ok["previous"] == "warning" and "used_percent" in ok

@@ -13,7 +13,7 @@ from tests.support.probe import Probe
 def test_every_command_answers(agent, broker, protocol):
     client = Probe(broker.host, broker.port, protocol=protocol)
     try:
-        rt = f"reply/{protocol}/x" if protocol == "5" else None
+        rt = f"voice/results/{protocol}/x" if protocol == "5" else None
         for command in ("ping", "state", "stats", "config/get", "pause", "resume"):
             answer = client.request(agent.root, command, {}, response_topic=rt)
             assert answer["status"] == "ok", (command, answer)
@@ -33,10 +33,10 @@ def test_correlation_data_is_echoed(agent, probe):
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
     props = Properties(PacketTypes.PUBLISH)
-    props.ResponseTopic = "my/inbox"
+    props.ResponseTopic = "voice/results/my-inbox"
     props.CorrelationData = b"corr-42"
     probe.publish(f"{agent.root}/request/ping", {}, properties=props)
-    m = probe.wait_for("my/inbox", what="answer on the Response Topic")[0]
+    m = probe.wait_for("voice/results/my-inbox", what="answer on the Response Topic")[0]
     assert m.properties.CorrelationData == b"corr-42"
     assert m.json["status"] == "ok"
 

@@ -110,7 +110,7 @@ CASES = [
     ("memory:\n  min_available_mb: .inf\n", "memory.min_available_mb", "must be a number or null", 2),
     ("inbox:\n  enabled: 1\n", "inbox.enabled", "must be true or false", 2),
     ("inbox:\n  enabled: 'true'\n", "inbox.enabled", "must be true or false", 2),
-    ("transcriber:\n  language: 12\n", "transcriber.language", "must be a string", 2),
+    ("summarizer:\n  prompt: 12\n", "summarizer.prompt", "must be a string", 2),
     ("mqtt:\n  host: 12\n", "mqtt.host", "must be a string or null", 2),
     ("listen:\n  device: 1.5\n", "listen.device", "must be a string, an integer or null", 2),
     ("listen:\n  device: true\n", "listen.device", "must be a string, an integer or null", 2),
