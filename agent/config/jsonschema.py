@@ -1,9 +1,9 @@
 """The config file's JSON Schema, generated from the one schema (agent/settings.py).
 
 Nothing here is written by hand per field: types come from the annotations (read the way the
-parser reads them, `agent.config.parse._kind_of`), ranges and choices from `opt(min=, max=,
-choices=)`, descriptions from `doc`, defaults from the dataclasses. Secrets are `writeOnly` (an
-editor or a UI must never show them back); who may change a key over MQTT is the custom keyword
+parser reads them, `agent.config.parse._kind_of`), ranges, lengths and choices from `opt(min=,
+max=, max_len=, choices=)` (the narrower bounds over MQTT as `x-remote-min` / `x-remote-max`),
+descriptions from `doc`, defaults from the dataclasses. Secrets are `writeOnly` (an editor or a UI must never show them back); who may change a key over MQTT is the custom keyword
 `x-remote` ("device", "fleet" or null = only the local file). Test-only engine choices are left
 out, as they are of every message. `voice-agent schema` prints it, the agent publishes it
 retained at `<root>/schema`, and docs/config.schema.json is this output (a test keeps it so).
@@ -77,6 +77,13 @@ def _leaf(f: dataclasses.Field, annotation: Any) -> dict[str, Any]:
         out["minimum"] = meta["min"]
     if meta.get("max") is not None:
         out["maximum"] = meta["max"]
+    if meta.get("max_len") is not None:
+        out["maxItems" if kind.item is not None else "maxLength"] = meta["max_len"]
+    if meta.get("item_max_len") is not None and kind.item is not None:
+        out["items"]["maxLength"] = meta["item_max_len"]
+    for bound in ("remote_min", "remote_max"):   # narrower over MQTT (agent/config/remote_limits.py)
+        if meta.get(bound) is not None:
+            out[f"x-{bound.replace('_', '-')}"] = meta[bound]
     if f.default is not dataclasses.MISSING:
         out["default"] = f.default
     elif f.default_factory is not dataclasses.MISSING and f.name != "device_id":   # device_id: this host's

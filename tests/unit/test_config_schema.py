@@ -49,6 +49,10 @@ def out_of_range(spec: dict[str, Any]) -> list[tuple[str, Any]]:
         cases.append(("below minimum", spec["minimum"] - 1))
     if "maximum" in spec:
         cases.append(("above maximum", spec["maximum"] + 1))
+    if "maxLength" in spec:
+        cases.append(("too long", "x" * (spec["maxLength"] + 1)))
+    if "maxItems" in spec:
+        cases.append(("too many items", ["x"] * (spec["maxItems"] + 1)))
     if "enum" in spec:
         types = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
         cases.append(("not a choice", "not-a-choice" if "string" in types else 12345))
