@@ -3,9 +3,10 @@
 Nothing here is written by hand per field: types come from the annotations (read the way the
 parser reads them, `agent.config.parse._kind_of`), ranges, lengths and choices from `opt(min=,
 max=, max_len=, choices=)` (the narrower bounds over MQTT as `x-remote-min` / `x-remote-max`),
-descriptions from `doc`, defaults from the dataclasses. Secrets are `writeOnly` (an editor or a UI must never show them back); who may change a key over MQTT is the custom keyword
-`x-remote` ("device", "fleet" or null = only the local file). Test-only engine choices are left
-out, as they are of every message. `voice-agent schema` prints it, the agent publishes it
+descriptions from `doc`, defaults from the dataclasses. Secrets are `writeOnly` (an editor or a
+UI must never show them back); who may change a key over MQTT is the custom keyword `x-remote`
+("device", "fleet" or null = only the local file). Test-only engine choices are left out, as they
+are of every message. `voice-agent schema` prints it, the agent publishes it
 retained at `<root>/schema`, and docs/config.schema.json is this output (a test keeps it so).
 """
 
