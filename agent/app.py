@@ -22,6 +22,7 @@ from agent.config.store import ConfigStore
 from agent.engines.runtime import Engines
 from agent.jobs.admission import Admission
 from agent.jobs.pipeline import Pipeline
+from agent.jobs.retry import Retries, RetryPolicy
 from agent.jobs.run_state import RunState
 from agent.jobs.runner import Runner
 from agent.jobs.shutdown import ShutdownGrace
@@ -36,7 +37,9 @@ from agent.mqtt.retained import RetainedFacts
 from agent.mqtt.topics import Topics
 from agent.ops import identity
 from agent.ops.alerts import AlertBoard, OutboxWatch
+from agent.ops.memory_guard import MemoryGuard
 from agent.ops.monitor import Alert, Monitor
+from agent.ops.oom_watch import OomWatch
 from agent.ops.reactions import AlertReactions
 from agent.ops.readiness import Readiness, Watchdog
 from agent.ops.systemd import Notifier
@@ -96,11 +99,17 @@ class App:
                                  on_summary=self.reactions.on_summary)
         # every source asks admission, then hands its ticket and audio to the one runner
         self.admission = Admission(self.slot, retry_after_s=s.jobs.retry_after_s)
+        # the engine's peak need against the free budget before a job; OOM kills said at once
+        self.memory_guard = MemoryGuard(self.board, s)
+        self.admission.set_need_check(self.memory_guard.check)
+        self.oom_watch = OomWatch(self.memory_guard.on_oom)
+        self.retries = Retries(RetryPolicy.of(s))   # failed files that stay queued for another try
         self.watchdog = Watchdog(self.notifier, s.jobs.timeout_s, tick_s=TICK_S)
         self.runner = Runner(self.pipeline, self.watchdog.watch_job)
         self.grace = ShutdownGrace(self.slot, s.jobs.shutdown_grace_s, beat=self.watchdog.beat,
                                    say=self.notifier.status)
-        make_worker = WorkerFactory(self.admission, self.runner, self.pipeline.job_event, self.engines.batch_size)
+        make_worker = WorkerFactory(self.admission, self.runner, self.pipeline.job_event, self.engines.batch_size,
+                                    self.retries)
         self.inbox = InboxFeed(s.inbox, make_worker)
         self.listening = Listening(s, source=listen_source, run=self.run_state, admission=self.admission,
                                    make_worker=make_worker, emit=self.events.emit, on_change=self.publish_state,
@@ -161,6 +170,7 @@ class App:
         ev.observe("job", self.reactions.observe_job)
         ev.observe("job", self.retained.observe)   # the running count
         ev.observe("job", self.run_state.observe_job)   # the rejected count
+        ev.observe("job", self.memory_guard.observe_job)   # a job done clears an OOM-kill alert
 
     def _attach(self, link: MqttLink) -> None:
         """A new connection (at start, or after an `mqtt` / `device_id` change): pushed to every
@@ -183,7 +193,7 @@ class App:
         self.fleet.reconfigure(new, topics)
         self.telemetry_timer.reconfigure(new, topics)
         self.speech.reconfigure(new.vad)
-        for part in (self.reactions, self.watchdog, self.grace):
+        for part in (self.reactions, self.watchdog, self.grace, self.memory_guard, self.retries):
             part.reconfigure(new)
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -220,6 +230,7 @@ class App:
         self.listening.start()
         self.fleet.start()
         self.monitor.start()
+        self.oom_watch.start()
         self.watchdog.start()
 
     def _main_loop(self) -> None:
@@ -239,6 +250,7 @@ class App:
         self._stop.set()
         self.admission.set_stopping()
         self.monitor.stop()
+        self.oom_watch.stop()
         self.grace.begin()   # requests are answered busy; inbox and spool files wait on disk
         self.inbox.stop(grace_s=0)
         self.grace.wait()

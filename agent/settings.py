@@ -165,6 +165,12 @@ class JobsSettings:
     progress_interval_s: float = opt(2.0, remote=FLEET, doc="At most one `event/progress` per running job this "
                                      "often while an engine that reports progress transcribes; 0 = none.",
                                      min=0, max=3600)
+    retry_tries: int = opt(5, remote=FLEET, doc="Tries of an inbox or spool file whose engine was killed, timed out or "
+                           "was unavailable (not a fault of the file): it stays queued between them; after the last "
+                           "it goes to failed/.", min=1, max=100)
+    retry_backoff_s: float = opt(5.0, remote=FLEET, doc="Wait before the second try of such a file, doubling for each "
+                                 "further one (at most 600 s); admission also waits until memory allows.",
+                                 min=0.1, max=3600)
 
 
 @dataclass(frozen=True)
@@ -358,6 +364,9 @@ class MemorySettings:
     restart_summarizer_when_largest: bool = opt(False, remote=DEVICE, doc="While critical, restart the summarizer server "
                                                            "when it is the largest process.")
     min_disk_free_mb: float = opt(100.0, remote=DEVICE, doc="Alert when the inbox or state folder has less free disk.", min=0)
+    admit_by_engine_need: bool = opt(True, remote=DEVICE, doc="Start a job only when the transcriber's measured peak "
+                                     "(whisper.cpp: its program plus model, started per job) fits in the free memory "
+                                     "budget; otherwise it waits (inbox) or is refused memory_pressure (requests).")
 
 
 @dataclass(frozen=True)

@@ -253,6 +253,11 @@ class WhisperCppTranscriber:
 
     @staticmethod
     def _single_text(run: _Run) -> str:
+        if run.returncode < 0:
+            # Killed by a signal we did not send (a timeout is engine_timeout): on a small device
+            # the kernel's OOM killer. Not the input's fault; the file is tried again (agent/jobs/retry.py).
+            raise EngineError(f"whisper.cpp was killed by signal {-run.returncode} (out of memory?)",
+                              code="engine_killed")
         if run.returncode != 0:
             raise EngineError(f"whisper.cpp exited with {run.returncode}: {last_problem(run.stderr)}",
                               code="engine_error")
