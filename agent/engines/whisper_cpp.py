@@ -148,7 +148,15 @@ class WhisperCppTranscriber:
         self._resolve()
         started = time.monotonic()
         run = self._run_wav(silence_wav(0.5), self._ctx_args(0.5), self._timeout_s)
-        self._single_text(run)
+        try:
+            self._single_text(run)
+        except EngineError as exc:
+            if exc.code != "engine_killed":
+                raise
+            # Killed (out of memory, most likely): program and model are there, and whether a job
+            # fits is admission's to judge when it comes; an engine marked unavailable never would.
+            log.warning("whisper.cpp warm-up: %s; the engine stays available", exc.message)
+            return
         log.info("whisper.cpp warm-up took %.2f s", time.monotonic() - started)
 
     def close(self) -> None:
