@@ -31,6 +31,7 @@ from agent.mqtt.connection import Connections
 from agent.mqtt.dispatch import Dispatcher, DispatchStats
 from agent.mqtt.events import EventSink
 from agent.mqtt.link import MqttLink
+from agent.mqtt.offload import FleetOffload
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.publisher import Publisher
 from agent.mqtt.retained import RetainedFacts
@@ -86,7 +87,9 @@ class App:
         self.board = AlertBoard(self.events.emit, self.topics)
         self.outbox_watch = OutboxWatch(self.board, self.outbox)
         self.slot = JobSlot(s.jobs.max_concurrent)
-        self.engines = Engines(s.transcriber, s.summarizer, on_change=self.publish_state)
+        # `transcriber.engine: fleet` reaches the workers through this (agent/mqtt/offload.py)
+        self.offload = FleetOffload(self.topics, s.transcriber.engine == "fleet")
+        self.engines = Engines(s.transcriber, s.summarizer, on_change=self.publish_state, offload=self.offload)
         self.reactions = AlertReactions(self.board, self.engines, s)
         self.vad_cache = VadCache(s.vad.cache_size)
         self.speech = SpeechMeter(s.vad, self.vad_cache)
@@ -177,7 +180,7 @@ class App:
         part that publishes on it or watches it."""
         self.link = link
         for part in (self.publisher, self.board, self.dispatcher, self.retained, self.homeassistant, self.fleet,
-                     self.last, self.readiness, self.watchdog, self.telemetry_timer):
+                     self.last, self.readiness, self.watchdog, self.telemetry_timer, self.offload):
             part.attach(link)
 
     def _reconfigure_parts(self, new: Settings) -> None:
@@ -191,6 +194,7 @@ class App:
         self.dispatcher.reconfigure(new)
         self.homeassistant.reconfigure(new.homeassistant, topics, self._features(new))
         self.fleet.reconfigure(new, topics)
+        self.offload.reconfigure(new, topics)
         self.telemetry_timer.reconfigure(new, topics)
         self.speech.reconfigure(new.vad)
         for part in (self.reactions, self.watchdog, self.grace, self.memory_guard, self.retries):

@@ -281,9 +281,22 @@ class PocketsphinxSettings:
 
 
 @dataclass(frozen=True)
+class FleetOffloadSettings:
+    """`transcriber.engine: fleet`: each job's audio goes to the fleet's workers (agent/engines/fleet.py)."""
+
+    timeout_s: float = opt(60.0, remote=DEVICE, doc="Longest wait for a worker's transcript; then the fallback "
+                                                    "engine runs, or the file stays queued without one.",
+                           min=1, max=3600)
+    fallback: str | None = opt(None, doc="Local engine used when no worker answers in time (null: the job fails "
+                                         "engine_unavailable, so an inbox file stays queued and is tried again).",
+                               choices=(None, "pocketsphinx", "whisper_cpp", "whisper_server", "faster_whisper"),
+                               test_choices=("bench_metadata",))
+
+
+@dataclass(frozen=True)
 class TranscriberSettings:
     engine: str = opt("pocketsphinx", remote=DEVICE, doc="Transcription engine.",
-                      choices=("pocketsphinx", "whisper_cpp", "whisper_server", "faster_whisper", "openai"),
+                      choices=("pocketsphinx", "whisper_cpp", "whisper_server", "faster_whisper", "openai", "fleet"),
                       test_choices=("bench_metadata",))
     language: str = opt("en", remote=FLEET, doc="Spoken language (ISO 639-1).")
     timeout_s: float = opt(300.0, remote=DEVICE, doc="Longest one transcription may take.", min=1, max=86_400)
@@ -294,6 +307,7 @@ class TranscriberSettings:
     whisper_server: WhisperServerSettings = section(WhisperServerSettings, "whisper.cpp HTTP server.")
     openai: OpenAITranscriberSettings = section(OpenAITranscriberSettings, "OpenAI-compatible API.")
     pocketsphinx: PocketsphinxSettings = section(PocketsphinxSettings, "PocketSphinx (extra).")
+    fleet: FleetOffloadSettings = section(FleetOffloadSettings, "Hand each job to the fleet's workers (engine fleet).")
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,9 @@ def engine_problems(settings: Settings) -> list[Problem]:
             add("transcriber.language", "pocketsphinx ships only a US-English model (use en)", t.language)
         if t.pocketsphinx.grammar and not _is_file(t.pocketsphinx.grammar):
             add("transcriber.pocketsphinx.grammar", "JSGF grammar file not found", t.pocketsphinx.grammar)
+    elif t.engine == "fleet" and settings.fleet.worker:
+        add("fleet.worker", "must be false when transcriber.engine is fleet (the device would take its own jobs)",
+            True)
     elif t.engine == "openai" and not t.openai.api_key:
         add("transcriber.openai.api_key", "is required when transcriber.engine is openai "
                                           "(or set OPENAI_API_KEY)")
