@@ -10,7 +10,10 @@ worker and engine names that are plain names; anything else is dropped with a de
 Nothing in an answer names a file, program or host that the device then uses.
 
 No answer within the timeout, the broker away, or MQTT 5's "no matching subscribers" on the
-publish (no worker at all): `EngineError` at once, and the engine falls back.
+publish (no worker at all): `EngineError`, and the engine falls back. The broker cannot always
+say that nobody took a job (a monitor subscribed to `#` makes every publish "delivered"), so
+after one job went unanswered the fleet counts as silent: the next jobs wait only SILENT_WAIT_S
+for a worker's `accepted` before falling back, until some worker answers again.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ MAX_TEXT = 100_000                          # characters of a worker's transcrip
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _NO_SUBSCRIBERS = 16                        # MQTT 5 PUBACK reason: nobody took the job
 PUBACK_WAIT_S = 5.0
+SILENT_WAIT_S = 5.0                         # wait for a sign of life once the fleet went silent
 
 
 class FleetOffload:
@@ -43,7 +47,9 @@ class FleetOffload:
         self._link: Any = None
         self._routed: tuple[Any, str] | None = None
         self._lock = threading.Lock()
-        self._waiting: dict[str, tuple[threading.Event, list[dict[str, Any]]]] = {}
+        # job id -> (a worker took it, the final answer came, the answer)
+        self._waiting: dict[str, tuple[threading.Event, threading.Event, list[dict[str, Any]]]] = {}
+        self._silent = False
 
     # --- pushed by the app ---------------------------------------------------------------
 
@@ -77,18 +83,26 @@ class FleetOffload:
         if link is None or self._routed is None:
             raise EngineError("no broker connection to reach the fleet", code="engine_unavailable")
         job_id = "offload-" + secrets.token_hex(16)
-        done, box = threading.Event(), []
+        alive, done, box = threading.Event(), threading.Event(), []
         with self._lock:
-            self._waiting[job_id] = (done, box)
+            self._waiting[job_id] = (alive, done, box)
         try:
             body = {"job_id": job_id, "audio_b64": base64.b64encode(wav).decode("ascii"),
                     "reply_to": self._topics.offload_results, "summarize": False}
             t0 = time.monotonic()
             info = link.publish(self._topics.jobs, json.dumps(body).encode(), qos=1)
             info.wait_for_publish(timeout=min(PUBACK_WAIT_S, timeout_s))
-            if link.puback_failure(info.mid) == _NO_SUBSCRIBERS:
+            refused = link.puback_failure(info.mid)
+            if refused == _NO_SUBSCRIBERS:
                 raise EngineError("no fleet worker is subscribed", code="engine_unavailable")
+            if refused is not None:   # e.g. 135: the ACL does not let this device publish jobs
+                raise EngineError(f"the broker refused the job (reason {refused}; see docs/mosquitto-acl.md)",
+                                  code="engine_unavailable")
+            if self._silent and not alive.wait(min(SILENT_WAIT_S, timeout_s)):
+                raise EngineError(f"no fleet worker took the job within {min(SILENT_WAIT_S, timeout_s):g} s "
+                                  "(none answered the job before either)", code="engine_unavailable")
             if not done.wait(max(0.0, timeout_s - (time.monotonic() - t0))):
+                self._silent = self._silent or not alive.is_set()
                 raise EngineError(f"no fleet worker answered within {timeout_s:g} s", code="engine_unavailable")
             answer = box[0]
         finally:
@@ -107,15 +121,17 @@ class FleetOffload:
         except (ValueError, UnicodeDecodeError):
             log.debug("fleet offload: an answer that is not JSON was dropped")
             return
-        if not isinstance(answer, dict) or answer.get("status") not in ("ok", "error"):
+        if not isinstance(answer, dict) or answer.get("status") not in ("accepted", "ok", "error"):
             return
         with self._lock:
             waiting = self._waiting.get(answer.get("job_id")) if isinstance(answer.get("job_id"), str) else None
         if waiting is None:
             log.debug("fleet offload: an answer for no job waiting here was dropped (late, or not ours)")
             return
-        done, box = waiting
-        if done.is_set():
+        alive, done, box = waiting
+        self._silent = False
+        alive.set()
+        if answer["status"] == "accepted" or done.is_set():
             return
         box.append(_checked(answer))
         done.set()
