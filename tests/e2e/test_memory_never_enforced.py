@@ -161,3 +161,22 @@ def test_admission_holds_jobs_the_engine_cannot_fit(box: Box, make_agent, probe:
     assert failed_files(agent) == [] and box.oom_kills() == 0
     probe.wait_for(f"{root}/event/alert", lambda m: m.json.get("kind") == "memory" and m.json.get("level") == "ok"
                    and m.json.get("reason") == "engine_need", timeout=30, what="engine need alert cleared")
+
+
+def test_a_requested_inbox_file_goes_back_when_the_engine_is_unavailable(make_agent, probe: Probe, tmp_path) -> None:
+    """`transcribe` naming an inbox file, with an engine that cannot run (its program is missing):
+    the answer is `engine_unavailable`, and the file is back in the inbox, not in failed/."""
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"not a model")
+    agent = make_agent({"transcriber": {"engine": "whisper_cpp",
+                                        "whisper_cpp": {"binary": str(tmp_path / "no-such-program"),
+                                                        "model": str(model)}},
+                        "inbox": {"settle_ms": 600_000}})   # the inbox worker leaves the file alone
+    agent.start(probe)
+    agent.inbox.mkdir(parents=True, exist_ok=True)
+    recording = real_speech.require(1, kinds=("command",))[0]
+    shutil.copy(recording.path, agent.inbox / "kept.wav")
+    answer = probe.request(agent.root, "transcribe", {"file": "kept.wav"})
+    assert answer["status"] == "error" and answer["error"]["code"] == "engine_unavailable", answer
+    assert (agent.inbox / "kept.wav").is_file(), "the file waits in the inbox again"
+    assert failed_files(agent) == [] and not list((agent.inbox / ".processing").iterdir())
