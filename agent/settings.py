@@ -288,7 +288,7 @@ class FleetOffloadSettings:
                                                     "engine runs, or the file stays queued without one.",
                            min=1, max=3600)
     fallback: str | None = opt(None, doc="Local engine used when no worker answers in time (null: the job fails "
-                                         "engine_unavailable, so an inbox file stays queued and is tried again).",
+                                         "engine_unavailable and an inbox file stays queued until a worker answers).",
                                choices=(None, "pocketsphinx", "whisper_cpp", "whisper_server", "faster_whisper"),
                                test_choices=("bench_metadata",))
 

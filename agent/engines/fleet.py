@@ -7,8 +7,8 @@ own (agent/mqtt/offload.py sends and waits; it is pushed in as `offload`, as eng
 nothing of MQTT). The transcript's engine names the worker: `fleet:<worker device id>/<its
 engine>`. When no worker answers within `transcriber.fleet.timeout_s` (none subscribed, all
 gone, the broker away) the local `transcriber.fleet.fallback` engine transcribes instead; with
-none the job fails `engine_unavailable`, which keeps an inbox file queued for another try
-(agent/jobs/retry.py). A worker that says the audio itself is bad fails the job as bad audio.
+none the job fails `engine_unavailable` (`unanswered`), which keeps an inbox file queued until a
+worker answers (agent/jobs/retry.py: these waits count against no bound). A worker that says the audio itself is bad fails the job as bad audio.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ class FleetTranscriber:
                 raise AudioError(exc.message, code=exc.details["worker_code"]) from exc
             if self._fallback is None:
                 raise EngineError(f"no fleet worker transcribed it ({exc.message}) and "
-                                  "transcriber.fleet.fallback is not set", code="engine_unavailable") from exc
+                                  "transcriber.fleet.fallback is not set", code="engine_unavailable",
+                                  unanswered=True) from exc
             log.warning("fleet: %s; transcribing with the fallback %s", exc.message, self._fallback.name)
             return self._fallback.transcribe(audio)
         worker = answer.get("device_id") or "?"

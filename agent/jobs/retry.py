@@ -6,7 +6,10 @@ was OOM-killed (`engine_killed`), ran out of time (`engine_timeout`) or was not 
 says nothing about the file: it stays queued and is tried again after a backoff (doubling), and
 admission lets it in only once memory allows (agent/jobs/admission.py). The tries are bounded
 (`jobs.retry_tries`), so a file that kills its engine every time ends in `failed/` too, with the
-count in its record. The sources ask `RetryPolicy.delay`; the policy keeps no state.
+count in its record. One exception: a job that no fleet worker answered, with no local fallback
+(`unanswered` in the error, agent/engines/fleet.py), never ran at all, so it is kept queued
+however long the fleet is away (the backoff still grows to its bound). The sources ask
+`RetryPolicy.delay`; the policy keeps no state.
 """
 
 from __future__ import annotations
@@ -38,9 +41,9 @@ class RetryPolicy:
     def delay(self, error: AgentError, tries_done: int) -> float | None:
         """Seconds to wait before the next try of a job whose `tries_done`-th try failed with
         `error`; None when it is finished as failed (the input's fault, or no tries left)."""
-        if not transient(error) or tries_done >= self.tries:
+        if not transient(error) or (tries_done >= self.tries and not error.details.get("unanswered")):
             return None
-        return min(MAX_BACKOFF_S, self.backoff_s * 2 ** (tries_done - 1))
+        return min(MAX_BACKOFF_S, self.backoff_s * 2 ** min(tries_done - 1, 16))
 
 
 class Retries:

@@ -126,3 +126,28 @@ def test_device_offloads_to_worker_and_falls_back_when_it_dies(tmp_path: Path) -
         box.close()
         dash.close()
         broker.stop()
+
+
+def test_without_fallback_a_file_stays_queued_until_a_worker_answers(make_agent, probe: Probe, tmp_path: Path) -> None:
+    """`transcriber.fleet.fallback` unset and no worker: the job fails `engine_unavailable`, the
+    file stays claimed and queued (however many tries that takes), and is transcribed by the
+    first worker that joins. The worker is the whisper.cpp stand-in (tests/support/fleet.py)."""
+    from tests.support.fleet import worker_config
+    from tests.support.wavs import tone_wav
+
+    device = make_agent({"transcriber": {"engine": "fleet", "fleet": {"timeout_s": 2}},
+                         "jobs": {"retry_tries": 1, "retry_backoff_s": 0.5}}, name="device", device_id="pi-small")
+    device.start(probe)
+    device.inbox.mkdir(parents=True, exist_ok=True)
+    (device.inbox / ".wait.wav.part").write_bytes(tone_wav(0.5))
+    (device.inbox / ".wait.wav.part").rename(device.inbox / "wait.wav")
+    kept = probe.wait_for(f"{device.root}/event/job", lambda m: m.json.get("state") == "queued" and "retry" in m.json,
+                          count=2, timeout=30, what="the job queued again twice (beyond retry_tries 1)")
+    assert kept[-1].json["retry"]["error"]["code"] == "engine_unavailable", kept[-1].json
+    assert not (device.inbox / "failed").is_dir() or not list((device.inbox / "failed").iterdir())
+
+    worker = make_agent(worker_config(tmp_path), name="worker", device_id="big-worker")
+    worker.start(probe)
+    wait_until(lambda: (device.inbox / "processed" / "wait.wav.json").exists(), 60, "the kept file transcribed")
+    record = json.loads((device.inbox / "processed" / "wait.wav.json").read_text())
+    assert record["engines"]["transcriber"] == "fleet:big-worker/whisper_cpp", record

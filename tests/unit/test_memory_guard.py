@@ -131,6 +131,8 @@ def test_only_failures_that_are_not_the_input_s_fault_are_retried_with_backoff_a
     assert retries.after_failure("a", killed) == (4, 2)
     assert retries.after_failure("a", killed) == (None, 3)
     assert retries.after_failure("a", killed) == (2, 1), "a finished key starts again"
+    unanswered = EngineError("no fleet worker answered", code="engine_unavailable", unanswered=True)
+    assert [policy.delay(unanswered, n) for n in (1, 3, 50)] == [2, 8, 600], "kept queued while the fleet is away"
 
 
 def test_fleet_engine_is_a_value_only_the_local_file_may_choose() -> None:
