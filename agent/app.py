@@ -22,6 +22,7 @@ from agent.config.store import ConfigStore
 from agent.engines.runtime import Engines
 from agent.jobs.admission import Admission
 from agent.jobs.pipeline import Pipeline
+from agent.jobs.retry import Retries, RetryPolicy
 from agent.jobs.run_state import RunState
 from agent.jobs.runner import Runner
 from agent.jobs.shutdown import ShutdownGrace
@@ -30,6 +31,7 @@ from agent.mqtt.connection import Connections
 from agent.mqtt.dispatch import Dispatcher, DispatchStats
 from agent.mqtt.events import EventSink
 from agent.mqtt.link import MqttLink
+from agent.mqtt.offload import FleetOffload
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.publisher import Publisher
 from agent.mqtt.retained import RetainedFacts
@@ -38,7 +40,9 @@ from agent.ops import identity
 from agent.ops.alerts import AlertBoard, OutboxWatch
 from agent.ops.health import Health
 from agent.ops.log_events import LogLines
+from agent.ops.memory_guard import MemoryGuard
 from agent.ops.monitor import Alert, Monitor
+from agent.ops.oom_watch import OomWatch
 from agent.ops.reactions import AlertReactions
 from agent.ops.readiness import Readiness, Watchdog
 from agent.ops.restart import RESTART_EXIT, RestartGate
@@ -92,7 +96,9 @@ class App:
         self.board = AlertBoard(self.events.emit, self.topics)
         self.outbox_watch = OutboxWatch(self.board, self.outbox)
         self.slot = JobSlot(s.jobs.max_concurrent)
-        self.engines = Engines(s.transcriber, s.summarizer, on_change=self.publish_state)
+        # `transcriber.engine: fleet` reaches the workers through this (agent/mqtt/offload.py)
+        self.offload = FleetOffload(self.topics, s.transcriber.engine == "fleet")
+        self.engines = Engines(s.transcriber, s.summarizer, on_change=self.publish_state, offload=self.offload)
         self.reactions = AlertReactions(self.board, self.engines, s)
         self.vad_cache = VadCache(s.vad.cache_size)
         self.speech = SpeechMeter(s.vad, self.vad_cache)
@@ -105,11 +111,17 @@ class App:
                                  on_summary=self.reactions.on_summary)
         # every source asks admission, then hands its ticket and audio to the one runner
         self.admission = Admission(self.slot, retry_after_s=s.jobs.retry_after_s)
+        # the engine's peak need against the free budget before a job; OOM kills said at once
+        self.memory_guard = MemoryGuard(self.board, s)
+        self.admission.set_need_check(self.memory_guard.check)
+        self.oom_watch = OomWatch(self.memory_guard.on_oom)
+        self.retries = Retries(RetryPolicy.of(s))   # failed files that stay queued for another try
         self.watchdog = Watchdog(self.notifier, s.jobs.timeout_s, tick_s=TICK_S)
         self.runner = Runner(self.pipeline, self.watchdog.watch_job)
         self.grace = ShutdownGrace(self.slot, s.jobs.shutdown_grace_s, beat=self.watchdog.beat,
                                    say=self.notifier.status)
-        make_worker = WorkerFactory(self.admission, self.runner, self.pipeline.job_event, self.engines.batch_size)
+        make_worker = WorkerFactory(self.admission, self.runner, self.pipeline.job_event, self.engines.batch_size,
+                                    self.retries)
         self.inbox = InboxFeed(s.inbox, make_worker)
         # Home Assistant Assist over Wyoming (off by default; the package is imported only when on)
         from agent.sources.wyoming_service import WyomingService
@@ -180,13 +192,15 @@ class App:
         ev.observe("job", self.reactions.observe_job)
         ev.observe("job", self.retained.observe)   # the running count
         ev.observe("job", self.run_state.observe_job)   # the rejected count
+        ev.observe("job", self.memory_guard.observe_job)   # a job done clears an OOM-kill alert
 
     def _attach(self, link: MqttLink) -> None:
         """A new connection (at start, or after an `mqtt` / `device_id` change): pushed to every
         part that publishes on it or watches it."""
         self.link = link
         for part in (self.publisher, self.board, self.dispatcher, self.retained, self.homeassistant, self.fleet,
-                     self.last, self.readiness, self.watchdog, self.telemetry_timer, self.health, self.log_lines):
+                     self.last, self.readiness, self.watchdog, self.telemetry_timer, self.health, self.log_lines,
+                     self.offload):
             part.attach(link)
 
     def _reconfigure_parts(self, new: Settings) -> None:
@@ -203,9 +217,10 @@ class App:
         self.dispatcher.reconfigure(new)
         self.homeassistant.reconfigure(new.homeassistant, topics, self._features(new))
         self.fleet.reconfigure(new, topics)
+        self.offload.reconfigure(new, topics)
         self.telemetry_timer.reconfigure(new, topics)
         self.speech.reconfigure(new.vad)
-        for part in (self.reactions, self.watchdog, self.grace):
+        for part in (self.reactions, self.watchdog, self.grace, self.memory_guard, self.retries):
             part.reconfigure(new)
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -244,6 +259,7 @@ class App:
         self.wyoming.start()
         self.fleet.start()
         self.monitor.start()
+        self.oom_watch.start()
         self.watchdog.start()
 
     def _main_loop(self) -> None:
@@ -265,6 +281,7 @@ class App:
         self.admission.set_stopping()
         self.monitor.stop()
         self.wyoming.stop()   # Home Assistant sees the connections end now, not at a timeout
+        self.oom_watch.stop()
         self.grace.begin()   # requests are answered busy; inbox and spool files wait on disk
         self.inbox.stop(grace_s=0)
         self.grace.wait()

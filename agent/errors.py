@@ -36,6 +36,7 @@ class AudioError(AgentError):
 
 
 class EngineError(AgentError):
-    """An engine failed: engine_error, engine_timeout or engine_unavailable."""
+    """An engine failed: engine_error, engine_killed (by a signal, e.g. the OOM killer), engine_timeout
+    or engine_unavailable."""
 
     code = "engine_error"

@@ -203,6 +203,12 @@ class JobsSettings:
     progress_interval_s: float = opt(2.0, remote=FLEET, doc="At most one `event/progress` per running job this "
                                      "often while an engine that reports progress transcribes; 0 = none.",
                                      min=0, max=3600, remote_min=0.5, off=0)
+    retry_tries: int = opt(5, remote=FLEET, doc="Tries of an inbox or spool file whose engine was killed, timed out or "
+                           "was unavailable (not a fault of the file): it stays queued between them; after the last "
+                           "it goes to failed/.", min=1, max=100)
+    retry_backoff_s: float = opt(5.0, remote=FLEET, doc="Wait before the second try of such a file, doubling for each "
+                                 "further one (at most 600 s); admission also waits until memory allows.",
+                                 min=0.1, max=3600)
 
 
 @dataclass(frozen=True)
@@ -321,9 +327,22 @@ class PocketsphinxSettings:
 
 
 @dataclass(frozen=True)
+class FleetOffloadSettings:
+    """`transcriber.engine: fleet`: each job's audio goes to the fleet's workers (agent/engines/fleet.py)."""
+
+    timeout_s: float = opt(60.0, remote=DEVICE, doc="Longest wait for a worker's transcript; then the fallback "
+                                                    "engine runs, or the file stays queued without one.",
+                           min=1, max=3600)
+    fallback: str | None = opt(None, doc="Local engine used when no worker answers in time (null: the job fails "
+                                         "engine_unavailable and an inbox file stays queued until a worker answers).",
+                               choices=(None, "pocketsphinx", "whisper_cpp", "whisper_server", "faster_whisper"),
+                               test_choices=("bench_metadata",))
+
+
+@dataclass(frozen=True)
 class TranscriberSettings:
     engine: str = opt("pocketsphinx", remote=DEVICE, doc="Transcription engine.",
-                      choices=("pocketsphinx", "whisper_cpp", "whisper_server", "faster_whisper", "openai"),
+                      choices=("pocketsphinx", "whisper_cpp", "whisper_server", "faster_whisper", "openai", "fleet"),
                       test_choices=("bench_metadata",))
     language: str = opt("en", remote=FLEET, doc="Spoken language (ISO 639-1, one Whisper knows), or auto.",
                         choices=LANGUAGES)
@@ -336,6 +355,7 @@ class TranscriberSettings:
     whisper_server: WhisperServerSettings = section(WhisperServerSettings, "whisper.cpp HTTP server.")
     openai: OpenAITranscriberSettings = section(OpenAITranscriberSettings, "OpenAI-compatible API.")
     pocketsphinx: PocketsphinxSettings = section(PocketsphinxSettings, "PocketSphinx (extra).")
+    fleet: FleetOffloadSettings = section(FleetOffloadSettings, "Hand each job to the fleet's workers (engine fleet).")
 
 
 @dataclass(frozen=True)
@@ -416,6 +436,9 @@ class MemorySettings:
                                                            "when it is the largest process.")
     min_disk_free_mb: float = opt(100.0, remote=DEVICE, doc="Alert when the inbox or state folder has less free disk.", min=0,
                                   max=1_000_000_000)
+    admit_by_engine_need: bool = opt(True, remote=DEVICE, doc="Start a job only when the transcriber's measured peak "
+                                     "(whisper.cpp: its program plus model, started per job) fits in the free memory "
+                                     "budget; otherwise it waits (inbox) or is refused memory_pressure (requests).")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from agent.errors import AgentError, RequestError
 from agent.jobs.loading import decode_b64, load_audio_file, load_bytes
 from agent.jobs.pipeline import Source
 from agent.jobs.results import answer_fields
+from agent.jobs.retry import transient
 from handlers.base import Command, Request, Services
 
 
@@ -54,10 +55,26 @@ def _transcribe_file(sv: Services, name: str, job_id: str, summarize: bool) -> d
         record = sv.pipeline.run(job_id, Source("request", name),
                                  lambda: load_audio_file(claimed.path, inbox.settings), summarize=summarize)
     except AgentError as exc:
-        inbox.finish(claimed, {"job_id": job_id, **exc.as_dict()}, ok=False)
+        if not (transient(exc) and _unclaim(claimed.path, inbox.path / name)):
+            inbox.finish(claimed, {"job_id": job_id, **exc.as_dict()}, ok=False)
         raise
     inbox.finish(claimed, record, ok=True)
     return _answer(record)
+
+
+def _unclaim(claimed: Any, waiting: Any) -> bool:
+    """Not the file's fault (agent/jobs/retry.py): back into the inbox, where the inbox worker
+    takes it again. A link, never a rename: a new file of the same name is never overwritten."""
+    try:
+        os.link(claimed, waiting)
+    except OSError:
+        return False
+    try:
+        os.unlink(claimed)
+    except OSError:
+        os.unlink(waiting)   # one place only: it stays claimed and is finished as failed
+        return False
+    return True
 
 
 def _answer(record: dict[str, Any]) -> dict[str, Any]:

@@ -176,6 +176,9 @@ def engine_problems(settings: Settings) -> list[Problem]:
             add("transcriber.language", "pocketsphinx ships only a US-English model (use en)", t.language)
         if t.pocketsphinx.grammar and not _is_file(t.pocketsphinx.grammar):
             add("transcriber.pocketsphinx.grammar", "JSGF grammar file not found", t.pocketsphinx.grammar)
+    elif t.engine == "fleet" and settings.fleet.worker:
+        add("fleet.worker", "must be false when transcriber.engine is fleet (the device would take its own jobs)",
+            True)
     elif t.engine == "openai" and not t.openai.api_key:
         add("transcriber.openai.api_key", "is required when transcriber.engine is openai "
                                           "(or set OPENAI_API_KEY)")
@@ -194,6 +197,35 @@ def engine_problems(settings: Settings) -> list[Problem]:
         env = "OPENAI_API_KEY" if s.engine == "openai" else "ANTHROPIC_API_KEY"
         add(f"summarizer.{s.engine}.api_key", f"is required when summarizer.engine is {s.engine} (or set {env})")
     return problems
+
+
+#: What `transcriber.language: auto` does with each engine (config.example.yaml says the same).
+AUTO_LANGUAGE = {
+    "whisper_cpp": "detected by whisper.cpp (-l auto) from the first 30 s; the transcript's language is null",
+    "whisper_server": "detected by the server (language=auto)",
+    "faster_whisper": "detected by faster-whisper; the transcript names the language it found",
+    "openai": "left to the API (no language field sent), which detects it",
+    "pocketsphinx": "not detected: PocketSphinx has only its US-English model and hears everything as English",
+}
+
+
+def language_notes(settings: Settings) -> list[Problem]:
+    """Why `transcriber.language: auto` will not detect anything with the chosen engine and model
+    (an English-only engine or model transcribes every language as English). Not a refusal: the
+    config works, it just does not do what `auto` suggests."""
+    t = settings.transcriber
+    if t.language != "auto":
+        return []
+    reason = None
+    if t.engine == "pocketsphinx":
+        reason = AUTO_LANGUAGE["pocketsphinx"]
+    elif t.engine in ("whisper_cpp", "whisper_server") and ".en." in os.path.basename(t.whisper_cpp.model or ""):
+        reason = f"not detected: {os.path.basename(t.whisper_cpp.model or '')} is an English-only Whisper model"
+    elif t.engine == "faster_whisper" and os.path.basename(t.faster_whisper.model.rstrip("/")).endswith(".en"):
+        reason = f"not detected: {t.faster_whisper.model} is an English-only Whisper model"
+    if reason is None:
+        return []
+    return [Problem("transcriber.language", f"auto is {reason}; set the language the device hears", "auto")]
 
 
 def _need_file(path: str, value: str | None, what: str, add: Callable[..., None], *, why: str) -> None:

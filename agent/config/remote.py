@@ -21,6 +21,10 @@ from agent.settings import DEVICE, FLEET, Settings
 
 _ALLOWED = {DEVICE: (DEVICE, FLEET), FLEET: (FLEET,)}
 
+#: Values only the local file may choose for a key MQTT may otherwise change: `fleet` hands
+#: every recording the device hears to other machines (agent/engines/fleet.py).
+LOCAL_ONLY_VALUES = {"transcriber.engine": ("fleet",)}
+
 
 def scopes() -> dict[str, str | None]:
     """Every leaf path of the schema with its scope (None = local file only)."""
@@ -70,7 +74,7 @@ def _walk(cls: type, data: Mapping, prefix: str, allowed: tuple[str, ...]) -> li
                 bad.extend(_walk(kind, value, path, allowed))
             elif any(s not in allowed for _p, s in _scopes(kind, path)):
                 bad.append(path)
-        elif f.metadata.get("remote") not in allowed:
+        elif f.metadata.get("remote") not in allowed or value in LOCAL_ONLY_VALUES.get(path, ()):
             bad.append(path)
     return bad
 

@@ -6,6 +6,7 @@ Lazy imports keep `voice-agent` start-up cheap: faster-whisper alone costs hundr
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from agent.engines.base import Summarizer, Transcriber
 from agent.settings import SummarizerSettings, TranscriberSettings, allows_test_engines
@@ -16,6 +17,7 @@ TRANSCRIBERS: dict[str, str] = {
     "faster_whisper": "agent.engines.faster_whisper:FasterWhisperTranscriber",
     "openai": "agent.engines.openai_stt:OpenAITranscriber",
     "pocketsphinx": "agent.engines.pocketsphinx:PocketsphinxTranscriber",
+    "fleet": "agent.engines.fleet:FleetTranscriber",
 }
 
 #: Model-free stand-ins for tests and benchmarks, reachable only with the test switch on
@@ -43,8 +45,10 @@ def transcribers() -> dict[str, str]:
     return {**TRANSCRIBERS, **TEST_TRANSCRIBERS} if allows_test_engines() else TRANSCRIBERS
 
 
-def make_transcriber(settings: TranscriberSettings) -> Transcriber:
-    return _load_class(transcribers()[settings.engine])(settings)
+def make_transcriber(settings: TranscriberSettings, offload: Any = None) -> Transcriber:
+    """`offload`: how the `fleet` engine reaches the workers (agent/mqtt/offload.py); others ignore it."""
+    cls = _load_class(transcribers()[settings.engine])
+    return cls(settings, offload=offload) if settings.engine == "fleet" else cls(settings)
 
 
 def make_summarizer(settings: SummarizerSettings) -> Summarizer:

@@ -102,15 +102,17 @@ class EngineSlot:
 
 class Engines:
     def __init__(self, transcriber: TranscriberSettings, summarizer: SummarizerSettings,
-                 on_change: Callable[[], None]) -> None:
+                 on_change: Callable[[], None], offload: Any = None) -> None:
+        """`offload`: the fleet engine's way to the workers (agent/mqtt/offload.py), built by the app."""
         self._on_change = on_change
+        self._offload = offload
         self._t_settings = transcriber
         self._s_settings = summarizer
         self.transcriber = self._transcriber_slot(transcriber)
         self.summarizer = self._summarizer_slot(summarizer)
 
     def _transcriber_slot(self, s: TranscriberSettings) -> EngineSlot:
-        return EngineSlot("transcriber", lambda: make_transcriber(s), s.engine, self._on_change)
+        return EngineSlot("transcriber", lambda: make_transcriber(s, self._offload), s.engine, self._on_change)
 
     def _summarizer_slot(self, s: SummarizerSettings) -> EngineSlot:
         return EngineSlot("summarizer", lambda: make_summarizer(s), s.engine, self._on_change)

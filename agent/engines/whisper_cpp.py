@@ -148,7 +148,15 @@ class WhisperCppTranscriber:
         self._resolve()
         started = time.monotonic()
         run = self._run_wav(silence_wav(0.5), self._ctx_args(0.5), self._timeout_s)
-        self._single_text(run)
+        try:
+            self._single_text(run)
+        except EngineError as exc:
+            if exc.code != "engine_killed":
+                raise
+            # Killed (out of memory, most likely): program and model are there, and whether a job
+            # fits is admission's to judge when it comes; an engine marked unavailable never would.
+            log.warning("whisper.cpp warm-up: %s; the engine stays available", exc.message)
+            return
         log.info("whisper.cpp warm-up took %.2f s", time.monotonic() - started)
 
     def close(self) -> None:
@@ -253,6 +261,11 @@ class WhisperCppTranscriber:
 
     @staticmethod
     def _single_text(run: _Run) -> str:
+        if run.returncode < 0:
+            # Killed by a signal we did not send (a timeout is engine_timeout): on a small device
+            # the kernel's OOM killer. Not the input's fault; the file is tried again (agent/jobs/retry.py).
+            raise EngineError(f"whisper.cpp was killed by signal {-run.returncode} (out of memory?)",
+                              code="engine_killed")
         if run.returncode != 0:
             raise EngineError(f"whisper.cpp exited with {run.returncode}: {last_problem(run.stderr)}",
                               code="engine_error")

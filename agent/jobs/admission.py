@@ -1,6 +1,7 @@
 """Admission: the one step every source asks before heavy work starts.
 
-Paused? Memory critical? Stopping? A job slot free? The answer is a `Ticket` (it holds the slot)
+Paused? Memory critical? Stopping? A job slot free? Does the engine's peak need fit the memory
+that is free (`set_need_check`, agent/ops/memory_guard.py)? The answer is a `Ticket` (it holds the slot)
 or a coded `Refusal`. The inbox and the microphone spool wait on disk, so their feeders block
 in `admit()` until they are let in; a request and a fleet job are answered at once
 (`try_admit()`): a request gets `busy` / `memory_pressure` back over MQTT, a fleet job goes back
@@ -20,6 +21,10 @@ from agent.jobs.slot import JobSlot
 
 #: The refusal codes; `busy` and `memory_pressure` are part of the MQTT API.
 CODES = ("busy", "memory_pressure", "paused", "stopping")
+
+#: Free memory changes without anyone telling admission: a feeder held back by the engine's
+#: need looks again this often.
+NEED_RECHECK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,7 @@ class Admission:
         self._stopping = False
         self._retry_after_s = retry_after_s
         self._listeners: list[Callable[[], None]] = []
+        self._need_check: Callable[[], Refusal | None] = lambda: None
         slot.on_change(self._changed)
 
     # --- pushed state --------------------------------------------------------------------
@@ -88,6 +94,12 @@ class Admission:
 
     def set_stopping(self, stopping: bool = True) -> None:
         self._set("_stopping", stopping)
+
+    def set_need_check(self, check: Callable[[], Refusal | None]) -> None:
+        """`check()`: a `memory_pressure` refusal when the chosen engine's peak need does not fit
+        the free memory budget now, else None. Asked only when a slot is free, so a full slot
+        still answers `busy` (a running job's memory is in the budget's usage already)."""
+        self._need_check = check
 
     def _set(self, name: str, value: bool) -> None:
         with self._cond:
@@ -147,21 +159,33 @@ class Admission:
         refusal = self.closed_by(request=request)
         if refusal is not None:
             return refusal
+        if self.slot.running >= self.slot.limit:
+            return self.busy()
+        need = self._need_check()
+        if need is not None:
+            return need
         if not self.slot.try_acquire():
             return self.busy()
         return Ticket(self.slot)
 
     def admit(self, timeout: float | None = None, cancelled: Callable[[], bool] = lambda: False) -> Ticket | None:
         """Block until admitted (a ticket), or None once `cancelled()` or after `timeout` seconds.
-        Wakes on every pushed change and every slot take or release (for feeders that wait on disk)."""
+        Wakes on every pushed change and every slot take or release (for feeders that wait on disk),
+        and every NEED_RECHECK_S while the engine's need does not fit."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
                 if cancelled():
                     return None
-                if self.open() and self.slot.running < self.slot.limit and self.slot.try_acquire():
-                    return Ticket(self.slot)
+                held_by_need = False
+                if self.open() and self.slot.running < self.slot.limit:
+                    if self._need_check() is not None:
+                        held_by_need = True
+                    elif self.slot.try_acquire():
+                        return Ticket(self.slot)
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return None
+                if held_by_need:
+                    left = NEED_RECHECK_S if left is None else min(left, NEED_RECHECK_S)
                 self._cond.wait(left)

@@ -78,7 +78,7 @@ class MqttLink:
         self.connected = threading.Event()
         self.connects = 0
         self.last_error: str | None = None
-        self._puback_failures: dict[int, int] = {}   # mid -> PUBACK reason >= 0x80 (see puback_failure)
+        self._puback_failures: dict[int, int] = {}   # mid -> PUBACK reason >= 0x80 or 16 (see puback_failure)
         self.client = self._make_client()
 
     @property
@@ -230,14 +230,16 @@ class MqttLink:
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any,
                     properties: Any) -> None:
-        if getattr(reason_code, "is_failure", False):
+        # 16 "no matching subscribers" is a success to MQTT, but a job nobody took (agent/mqtt/offload.py)
+        if getattr(reason_code, "is_failure", False) or getattr(reason_code, "value", None) == 16:
             if len(self._puback_failures) >= 64:   # nobody asked for the oldest: forget it
                 self._puback_failures.pop(next(iter(self._puback_failures)), None)
             self._puback_failures[mid] = reason_code.value
         self._on_publish_cb(mid)
 
     def puback_failure(self, mid: int) -> int | None:
-        """The broker's refusal of a QoS 1 publish (e.g. 135 not authorized), once, after its PUBACK."""
+        """The broker's refusal of a QoS 1 publish (e.g. 135 not authorized), or 16 (no matching
+        subscribers: delivered to nobody), once, after its PUBACK."""
         return self._puback_failures.pop(mid, None)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:

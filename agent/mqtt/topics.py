@@ -96,6 +96,17 @@ class Topics:
     def shared_jobs(self, group: str) -> str:
         return f"$share/{group}/{self.prefix}/jobs/transcribe"
 
+    @property
+    def jobs(self) -> str:
+        """Where shared transcription jobs are published (workers take them through `shared_jobs`)."""
+        return f"{self.prefix}/jobs/transcribe"
+
+    @property
+    def offload_results(self) -> str:
+        """Where workers answer this device's offloaded jobs (`transcriber.engine: fleet`): under
+        `<prefix>/results/`, which every worker may write, and read by this device alone."""
+        return f"{self.prefix}/results/{self.device_id}/offload"
+
     def ha_discovery(self, discovery_prefix: str) -> str:
         return f"{discovery_prefix}/device/{self.device_id}/config"
 

@@ -291,26 +291,34 @@ def connect_once(m: MQTTSettings, client_id: str, timeout_s: float) -> Finding:
 # --- memory --------------------------------------------------------------------------------
 
 
+def _file_mb(path: str | None) -> float:
+    return os.path.getsize(path) / MB if path and os.path.isfile(path) else 0.0
+
+
+def transcriber_mb(t: TranscriberSettings) -> float:
+    """Peak resident memory of the chosen transcriber beside the agent, in MB (0: none on this
+    device, e.g. an API). Also what admission holds a job back for (agent/ops/memory_guard.py)."""
+    if t.engine == "whisper_cpp" or (t.engine == "whisper_server" and not t.whisper_server.url):
+        return PROGRAM_OVERHEAD_MB["whisper_cpp"] + _file_mb(t.whisper_cpp.model)
+    if t.engine == "faster_whisper":
+        model_bin = os.path.join(t.faster_whisper.model, "model.bin")
+        return (PROGRAM_OVERHEAD_MB["faster_whisper"] + _file_mb(model_bin)
+                if os.path.isfile(model_bin) else FLAT_MB["faster_whisper"])
+    return FLAT_MB.get(t.engine, 0.0)
+
+
 def engine_mb(settings: Settings) -> dict[str, float]:
     """Rough resident memory of the agent and each chosen engine, in MB (see the table above)."""
     t, s = settings.transcriber, settings.summarizer
     need: dict[str, float] = {"agent": AGENT_MB}
 
-    def file_mb(path: str | None) -> float:
-        return os.path.getsize(path) / MB if path and os.path.isfile(path) else 0.0
-
-    if t.engine == "whisper_cpp" or (t.engine == "whisper_server" and not t.whisper_server.url):
-        need[f"transcriber {t.engine}"] = PROGRAM_OVERHEAD_MB["whisper_cpp"] + file_mb(t.whisper_cpp.model)
-    elif t.engine == "faster_whisper":
-        model_bin = os.path.join(t.faster_whisper.model, "model.bin")
-        need["transcriber faster_whisper"] = (PROGRAM_OVERHEAD_MB["faster_whisper"] + file_mb(model_bin)
-                                              if os.path.isfile(model_bin) else FLAT_MB["faster_whisper"])
-    elif t.engine in FLAT_MB:
-        need[f"transcriber {t.engine}"] = FLAT_MB[t.engine]
+    transcriber = transcriber_mb(t)
+    if transcriber:
+        need[f"transcriber {t.engine}"] = transcriber
     if s.engine == "llama_server" and s.llama_server.command:
         native = os.path.basename(s.llama_server.command[0]).startswith("llama-server")
         need["summarizer llama_server"] = (PROGRAM_OVERHEAD_MB["llama_server_native" if native else "llama_server"]
-                                           + file_mb(s.llama_server.model))
+                                           + _file_mb(s.llama_server.model))
     return need
 
 

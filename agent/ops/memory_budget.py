@@ -111,6 +111,28 @@ class BudgetReader:
             found += _walk(v1_root, paths["memory"], _v1_limits)
         return found
 
+    def oom_kills(self) -> int | None:
+        """Processes the kernel OOM-killed in this process's own cgroup (v2 `memory.events`,
+        v1 `memory.oom_control`, both `oom_kill`), or None where no such counter can be read.
+
+        Only the own cgroup: that is where the agent's engine children live, and a parent's
+        count would also take in its siblings' kills. v2 counts kills in descendants too."""
+        try:
+            paths = _parse_proc_cgroup(self.proc_cgroup.read_text())
+        except OSError:
+            return None
+        candidates: list[Path] = []
+        v2_root = self._v2_root()
+        if v2_root is not None and "v2" in paths:
+            candidates.append(_own(v2_root, paths["v2"]) / "memory.events")
+        if "memory" in paths:
+            candidates.append(_own(self.cgroup_root / "memory", paths["memory"]) / "memory.oom_control")
+        for file in candidates:
+            count = _counter(file, "oom_kill")
+            if count is not None:
+                return count
+        return None
+
     def _v2_root(self) -> Path | None:
         """The cgroup2 mount: the root itself (unified), or root/unified (hybrid, as on Debian 10)."""
         for candidate in (self.cgroup_root, self.cgroup_root / "unified"):
@@ -132,6 +154,25 @@ def _parse_proc_cgroup(text: str) -> dict[str, str]:
         elif "memory" in controllers.split(","):
             paths["memory"] = path
     return paths
+
+
+def _own(mount: Path, path: str) -> Path:
+    """The process's cgroup folder under `mount` (the mount itself inside a cgroup namespace)."""
+    relative = path.strip("/")
+    here = mount / relative if relative else mount
+    return here if here.is_dir() else mount
+
+
+def _counter(file: Path, key: str) -> int | None:
+    """The value of `key` in a flat-keyed cgroup file ("key value" lines), None if absent."""
+    try:
+        for line in file.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def _walk(mount: Path, path: str, limits: Callable[[Path, str], list[Budget]]) -> list[Budget]:

@@ -22,7 +22,7 @@ from agent.ops.sampling import MemorySample
 log = logging.getLogger(__name__)
 
 #: Error codes that mean an engine failed (not the audio, not the request).
-ENGINE_ERROR_CODES = frozenset({"engine_error", "engine_timeout", "engine_unavailable"})
+ENGINE_ERROR_CODES = frozenset({"engine_error", "engine_killed", "engine_timeout", "engine_unavailable"})
 
 
 def summarizer_restart_due(enabled: bool, kind: str, level: str, data: Mapping[str, Any],

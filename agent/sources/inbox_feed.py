@@ -8,10 +8,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from agent.jobs.admission import Admission
+from agent.jobs.retry import Retries
 from agent.jobs.runner import Runner
 from agent.settings import InboxSettings
 from agent.sources.inbox import Inbox
@@ -27,10 +28,11 @@ class WorkerFactory:
     runner: Runner
     job_event: Callable[..., None]
     batch_size: Callable[[], int]
+    retries: Retries = field(default_factory=Retries)   # which failed files stay queued (agent/jobs/retry.py)
 
     def __call__(self, settings: InboxSettings, kind: str) -> InboxWorker:
         return InboxWorker(settings, self.admission, self.runner, kind=kind, job_event=self.job_event,
-                           batch_size=self.batch_size, keep_processed=kind != "mic")
+                           batch_size=self.batch_size, keep_processed=kind != "mic", retries=self.retries)
 
 
 class InboxFeed:

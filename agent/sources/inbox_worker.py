@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -19,6 +20,7 @@ from agent.jobs.admission import Admission, Ticket
 from agent.jobs.runner import Result, Runner
 from agent.jobs.slot import new_job_id
 from agent.jobs.loading import load_audio_file
+from agent.jobs.retry import Retries
 from agent.jobs.pipeline import Job, Loaded, Source
 from agent.settings import InboxSettings
 
@@ -33,8 +35,9 @@ def spool_settings(inbox: InboxSettings, path: Path) -> InboxSettings:
 class InboxWorker:
     def __init__(self, settings: InboxSettings, admission: Admission, runner: Runner, *, kind: str = "inbox",
                  job_event: Callable[..., None], batch_size: Callable[[], int] = lambda: 1,
-                 keep_processed: bool = True) -> None:
-        """`keep_processed=False` deletes a file once processed (the mic spool); failed ones are kept."""
+                 keep_processed: bool = True, retries: Retries | None = None) -> None:
+        """`keep_processed=False` deletes a file once processed (the mic spool); failed ones are kept.
+        `retries`: which failed files stay queued for another try (agent/jobs/retry.py)."""
         self.inbox = Inbox(settings, self.on_ready, keep_processed=keep_processed)
         self._admission = admission
         self._runner = runner
@@ -45,6 +48,8 @@ class InboxWorker:
         self._stop = False
         self._leftovers: list[Claimed] = []
         self._queued: dict[str, str] = {}   # ready file name -> job id announced as queued
+        self._retries = retries or Retries()
+        self._retrying: list[tuple[float, Claimed]] = []   # (due, claimed file kept for another try)
         self._active: set[threading.Thread] = set()
         self._thread = threading.Thread(target=self._feed, name=f"{kind}-feeder", daemon=True)
 
@@ -81,13 +86,23 @@ class InboxWorker:
         return bool(self._active)
 
     def _has_work(self) -> bool:
-        return bool(self._leftovers) or self.inbox.ready_count > 0
+        return bool(self._leftovers) or self.inbox.ready_count > 0 or self._retry_due() is not None
+
+    def _retry_due(self) -> Claimed | None:
+        now = time.monotonic()
+        return next((claimed for due, claimed in self._retrying if due <= now), None)
+
+    def _wait_s(self) -> float:
+        """Until the next kept file is due (at most 5 s)."""
+        if not self._retrying:
+            return 5.0
+        return max(0.05, min(5.0, min(due for due, _ in self._retrying) - time.monotonic()))
 
     def _feed(self) -> None:
         """Wait for a file, then for admission (paused, memory, stopping, a free slot), then claim."""
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._stop or self._has_work(), timeout=5)
+                self._cond.wait_for(lambda: self._stop or self._has_work(), timeout=self._wait_s())
                 if self._stop:
                     return
                 if not self._has_work():
@@ -116,6 +131,11 @@ class InboxWorker:
         return batch
 
     def _next_claim(self) -> Claimed | None:
+        with self._cond:
+            due = self._retry_due()
+            if due is not None:
+                self._retrying = [(t, c) for t, c in self._retrying if c is not due]
+                return due
         if self._leftovers:
             return self._leftovers.pop(0)
         name = self.inbox.take_ready()
@@ -143,8 +163,26 @@ class InboxWorker:
 
     def _finish(self, batch: list[tuple[Claimed, str]], jobs: list[Job], results: list[Result]) -> None:
         for (claimed, _), job, result in zip(batch, jobs, results):
+            key = str(claimed.path)
             if isinstance(result, AgentError):
+                delay, tries = self._retries.after_failure(key, result)
+                if delay is not None:
+                    self._keep(replace(claimed, job_id=job.job_id), job, result, delay, tries)
+                    continue
                 record = {"job_id": job.job_id, "source": job.source.as_dict(), **result.as_dict()}
+                if tries > 1:
+                    record["tries"] = tries
                 self.inbox.finish(claimed, record, ok=False)
             else:
+                self._retries.forget(key)
                 self.inbox.finish(claimed, result, ok=True)
+
+    def _keep(self, claimed: Claimed, job: Job, error: AgentError, delay: float, tries: int) -> None:
+        """Not the file's fault: it stays claimed, queued again under its job id, for another try."""
+        log.warning("%s: %s failed (%s: %s); try %d of %d in %.0f s", self.kind, claimed.original, error.code,
+                    error.message, tries + 1, self._retries.policy.tries, delay)
+        with self._cond:
+            self._retrying.append((time.monotonic() + delay, claimed))
+        self._job_event(job.job_id, "queued", job.source.as_dict(),
+                        retry={"try": tries + 1, "of": self._retries.policy.tries, "after_s": round(delay, 1),
+                               "error": error.as_dict()})

@@ -142,3 +142,25 @@ def test_the_test_engine_is_refused_without_the_test_switch(tmp_path: Path) -> N
     accepted = cli("check-config", str(config), env={**env, TEST_ENGINES_ENV: "1"})
     assert accepted.returncode == 0, accepted.stderr
     assert yaml.safe_load(accepted.stdout)["transcriber"]["engine"] == "bench_metadata"
+
+
+def test_language_auto_is_noted_where_the_engine_cannot_detect_it(tmp_path: Path) -> None:
+    """`transcriber.language: auto` works with every engine, but PocketSphinx (and an English-only
+    Whisper model) hears everything as English: check-config accepts it and says so."""
+    sphinx = _check(tmp_path, {"transcriber": {"engine": "pocketsphinx", "language": "auto"}})
+    assert sphinx.returncode == 0, sphinx.stderr
+    assert 'note: transcriber.language = "auto"' in sphinx.stderr and "PocketSphinx" in sphinx.stderr, sphinx.stderr
+    model = _canary(tmp_path / "models" / "ggml-base.en.bin")
+    english = _check(tmp_path, {"transcriber": {"engine": "whisper_cpp", "language": "auto",
+                                                "whisper_cpp": {"model": str(model)}}})
+    assert english.returncode == 0 and "English-only" in english.stderr, english.stderr
+    multilingual = _check(tmp_path, {"transcriber": {"engine": "whisper_cpp", "language": "auto",
+                                                     "whisper_cpp": {"model": str(_canary(tmp_path / "models" / "ggml-base.bin"))}}})
+    assert multilingual.returncode == 0 and "note:" not in multilingual.stderr, multilingual.stderr
+
+
+def test_fleet_engine_is_refused_on_a_device_that_is_also_a_worker(tmp_path: Path) -> None:
+    both = _check(tmp_path, {"transcriber": {"engine": "fleet"}, "fleet": {"worker": True}})
+    assert both.returncode == 78 and "fleet.worker" in both.stderr, both.stderr
+    alone = _check(tmp_path, {"transcriber": {"engine": "fleet", "fleet": {"fallback": "pocketsphinx"}}})
+    assert alone.returncode == 0, alone.stderr

@@ -154,6 +154,23 @@ class Box:
         for folder in {self.memory_dir, *([self.cpu_dir] if self.cpu_dir else [])}:
             (folder / "cgroup.procs").write_text(str(pid))
 
+    def set_memory_max(self, memory_max: int) -> None:
+        """A new memory limit (no swap) while processes run inside: v1 wants the memory+swap
+        limit raised first and lowered last, as it may never be below the memory limit."""
+        if self.kind == "v2":
+            (self.memory_dir / "memory.max").write_text(str(memory_max))
+            self.memory_max = memory_max
+            return
+        files = ["memory.memsw.limit_in_bytes", "memory.limit_in_bytes"]
+        if memory_max < self.memory_max:
+            files.reverse()
+        for name in files:
+            try:
+                (self.memory_dir / name).write_text(str(memory_max))
+            except FileNotFoundError:
+                pass   # no swap accounting
+        self.memory_max = memory_max
+
     def pids(self) -> list[int]:
         text = (self.memory_dir / "cgroup.procs").read_text()
         return [int(p) for p in text.split()]
