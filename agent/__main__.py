@@ -72,7 +72,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     import yaml
 
     from agent.config import ConfigError
-    from agent.config.checks import engine_problems
+    from agent.config.checks import engine_problems, notices
     from agent.config.store import ConfigStore
 
     try:
@@ -87,6 +87,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for problem in refused:
             print(f"{args.path}: {problem}", file=sys.stderr)
         return EX_CONFIG
+    for notice in notices(settings):
+        print(f"{args.path}: warning: {notice}", file=sys.stderr)
     print(yaml.safe_dump(store.effective(redact=True), sort_keys=False), end="")
     return EX_OK
 
