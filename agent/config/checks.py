@@ -221,7 +221,4 @@ def notices(settings: Settings) -> list[str]:
     if wake.engine == "openwakeword" and wake.models:
         found.append("listen.wake_word.engine openwakeword: the models of pyopen-wakeword are licensed CC BY-NC-SA "
                      "4.0 (non-commercial use only); engine micro (Apache-2.0) has no such restriction")
-    if settings.listen.mode == "wake" and not (settings.listen.enabled):
-        found.append("listen.mode wake: listen.enabled is false, so no microphone is listened to "
-                     "(--listen-stdin / --listen-wav still are)")
     return found

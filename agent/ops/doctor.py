@@ -137,7 +137,7 @@ def listen_findings(listen: ListenSettings) -> Iterator[Finding]:
     if wake.models:
         module, extra = PACKAGES[wake.engine]
         if importlib.util.find_spec(module) is None:
-            yield Finding("wake word", f"{wake.engine}: Python package {module} is not installed", EX_UNAVAILABLE,
+            yield Finding("wake_word", f"{wake.engine}: Python package {module} is not installed", EX_UNAVAILABLE,
                           f"pip install '{extra}' into the agent's environment")
         else:
             yield _wake_models(wake)
@@ -157,10 +157,10 @@ def _wake_models(wake: WakeWordSettings) -> Finding:
     try:
         detector = WakeWordDetector(wake)
     except Exception as exc:  # noqa: BLE001 - any load failure is the finding
-        return Finding("wake word", getattr(exc, "message", None) or str(exc), EX_CONFIG,
+        return Finding("wake_word", getattr(exc, "message", None) or str(exc), EX_CONFIG,
                        "correct listen.wake_word.models or model_dir")
     detector.close()
-    return Finding("wake word", f"{wake.engine}: models {', '.join(detector.models)} load")
+    return Finding("wake_word", f"{wake.engine}: models {', '.join(detector.models)} load")
 
 
 def find_program(name: str) -> str | None:

@@ -8,12 +8,20 @@ looks at what was, and was not, published or spooled.
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import time
 
 import numpy as np
 import pytest
+import yaml
 
+from agent.settings import TEST_ENGINES_ENV
+from tests.support.broker import free_port
+from tests.support.cli import cli
+
+from tests.support.homeassistant import render
 from tests.support.probe import Probe
 from tests.support.speech import mix_noise, silence, utterance
 
@@ -59,8 +67,12 @@ def test_nothing_before_the_wake_word_then_one_job_carrying_it(make_agent, probe
     after = np.concatenate([utterance("turn on the kitchen light"), silence(2.0),
                             utterance("and this sentence needs a new wake word"), silence(2.0)])
     before, wake, after = (mix_noise(x, -60.0) for x in (before, wake, after))
-    agent = make_agent(WAKE, args=["--listen-stdin"]).start(probe, stdin=subprocess.PIPE)
+    agent = make_agent({**WAKE, "homeassistant": {"enabled": True}},
+                       args=["--listen-stdin"]).start(probe, stdin=subprocess.PIPE)
     root = agent.root
+    (discovery,) = probe.wait_for("homeassistant/device/test-dev/config", what="discovery document")
+    entity = discovery.json["cmps"]["wake"]
+    assert entity["state_topic"] == f"{root}/event/wake" and entity["event_types"] == ["okay_nabu", "alexa"]
 
     feed(agent.proc, before)
     wait_stream(probe, root, len(before) / SAMPLE_RATE)
@@ -74,6 +86,8 @@ def test_nothing_before_the_wake_word_then_one_job_carrying_it(make_agent, probe
     phrase_end = (len(before) + len(wake) - int(0.3 * SAMPLE_RATE)) / SAMPLE_RATE
     assert phrase_end < woke["at_s"] < phrase_end + 0.5, (woke, phrase_end)
     assert "ts" in woke
+    assert json.loads(render(entity["value_template"], woke)) == {"event_type": "okay_nabu",
+                                                                  "probability": woke["probability"]}
 
     (done,) = probe.wait_for(f"{root}/event/job", lambda m: m.json["state"] == "done", what="the job")
     (transcript,) = probe.wait_for(f"{root}/event/transcript", what="the command's transcript")
@@ -121,3 +135,54 @@ def test_mode_switches_over_mqtt_and_refuses_what_is_not_a_choice(make_agent, pr
         answer = probe.request(root, "config/set", {"config": {"listen": bad}})
         assert answer["status"] == "error", (bad, answer)
     agent.proc.stdin.close()
+
+
+# --- check-config and doctor ---------------------------------------------------------------------
+
+
+def write_config(tmp_path, listen: dict) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"device_id": "wake-dev", "state_dir": str(tmp_path / "state"),
+                                    "mqtt": {"host": "127.0.0.1", "port": free_port()},
+                                    "transcriber": {"engine": "bench_metadata"}, "listen": listen}))
+    return str(path)
+
+
+def doctor_lines(path: str) -> list[str]:
+    out = cli("doctor", "--config", path, "--timeout", "0.5", env={**os.environ, TEST_ENGINES_ENV: "1"})
+    assert "Traceback" not in out.stdout + out.stderr, out.stderr
+    return out.stdout.splitlines()
+
+
+def test_check_config_warns_about_openwakeword_licence_and_refuses_bad_models(tmp_path):
+    env = {**os.environ, TEST_ENGINES_ENV: "1"}
+    oww = write_config(tmp_path, {"mode": "wake", "wake_word": {"engine": "openwakeword", "models": ["hey_rhasspy"]}})
+    out = cli("check-config", oww, env=env)
+    assert out.returncode == 0 and "warning: " in out.stderr and "CC BY-NC-SA 4.0" in out.stderr, out.stderr
+    micro = write_config(tmp_path, {"mode": "wake", "wake_word": {"models": ["okay_nabu"]}})
+    out = cli("check-config", micro, env=env)
+    assert out.returncode == 0 and "warning" not in out.stderr, out.stderr
+    for listen, key in (({"mode": "wake"}, "listen.mode"),
+                        ({"wake_word": {"models": ["../okay_nabu"]}}, "listen.wake_word.models[0]"),
+                        ({"wake_word": {"models": ["alexa:1.5"]}}, "listen.wake_word.models[0]"),
+                        ({"wake_word": {"models": ["alexa", "alexa:0.8"]}}, "listen.wake_word.models[1]"),
+                        ({"noise_suppression": 5}, "listen.noise_suppression")):
+        out = cli("check-config", write_config(tmp_path, listen), env=env)
+        assert out.returncode == 78 and key in out.stderr and "Traceback" not in out.stderr, (listen, out.stderr)
+
+
+def test_doctor_loads_the_configured_models_and_names_a_bad_custom_one(tmp_path):
+    lines = doctor_lines(write_config(tmp_path, {"mode": "wake", "noise_suppression": 2,
+                                                 "wake_word": {"models": ["okay_nabu", "alexa:0.8:3"]}}))
+    assert "OK       wake_word: micro: models okay_nabu, alexa load" in lines, lines
+    assert any(line.startswith("OK       noise: webrtc_noise_gain installed") for line in lines), lines
+    custom = tmp_path / "models"
+    custom.mkdir()
+    (tmp_path / "secret.tflite").write_bytes(b"not a model")
+    (custom / "mine.json").write_text(json.dumps({"model": "../secret.tflite", "micro": {
+        "probability_cutoff": 0.5, "sliding_window_size": 3}}))
+    lines = doctor_lines(write_config(tmp_path, {"wake_word": {"models": ["mine"], "model_dir": str(custom)}}))
+    (problem,) = [line for line in lines if line.startswith("PROBLEM  wake_word")]
+    assert "'mine'" in problem and "same folder" in problem and "(exit 78)" in problem, problem
+    lines = doctor_lines(write_config(tmp_path, {"wake_word": {"engine": "openwakeword", "models": ["alexa"]}}))
+    assert any("warning: listen.wake_word.engine openwakeword" in line for line in lines), lines
