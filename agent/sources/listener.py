@@ -173,7 +173,7 @@ class Listener:
             self._close_gate()
 
     def _analyse(self, gate: WakeGate, frame: Any) -> None:
-        audio, woke = gate.process(frame)
+        audio, heard, woke = gate.process(frame)
         if woke is not None:
             self._emit("wake", {"model": woke.model, "probability": woke.probability, "source": self.source.name,
                                 "at_s": round(self.samples_read / TARGET_RATE + len(frame) / TARGET_RATE, 3)})
@@ -181,7 +181,7 @@ class Listener:
             return
         if audio is None or self._seg is None:
             return
-        for event in self._seg.feed(audio):
+        for event in self._seg.feed(audio, heard if heard is not audio else None):
             self._on_event(event)
             if gate.gated and isinstance(event, SpeechEnd):   # the command is this one utterance
                 self._last_seg_stats = self._seg.stats()

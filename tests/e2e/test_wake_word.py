@@ -186,3 +186,27 @@ def test_doctor_loads_the_configured_models_and_names_a_bad_custom_one(tmp_path)
     assert "'mine'" in problem and "same folder" in problem and "(exit 78)" in problem, problem
     lines = doctor_lines(write_config(tmp_path, {"wake_word": {"engine": "openwakeword", "models": ["alexa"]}}))
     assert any("warning: listen.wake_word.engine openwakeword" in line for line in lines), lines
+
+
+def test_with_noise_suppression_the_vad_hears_clean_audio_and_the_job_gets_the_captured(make_agent, probe):
+    """Suppression decides where speech is; the transcriber gets the microphone's own audio (the
+    stand-in transcriber answers with the duration and level of what it was given)."""
+    from tests.support.speech import pink_noise
+    from tests.support.wake import rms_dbfs
+
+    speech = np.concatenate([silence(1.5), utterance("turn on the kitchen light"), silence(2.0)])
+    stream = np.clip(speech.astype(np.int32) + pink_noise(len(speech) / SAMPLE_RATE, -38.0, seed=9),
+                     -32768, 32767).astype(np.int16)
+    agent = make_agent({"listen": {"enabled": True, "noise_suppression": 2}},
+                       args=["--listen-stdin"]).start(probe, stdin=subprocess.PIPE)
+    feed(agent.proc, stream)
+    agent.proc.stdin.close()
+    (end,) = [m.json for m in probe.wait_for(f"{agent.root}/event/vad", lambda m: m.json["event"] == "speech_end",
+                                              what="speech_end")]
+    (transcript,) = probe.wait_for(f"{agent.root}/event/transcript", what="transcript")
+    words = transcript.json["text"].split()   # "audio 1.23 s rms -20.1 dBFS"
+    duration, level = float(words[1]), float(words[4])
+    first = round(end["start_s"] * SAMPLE_RATE)
+    captured = stream[first:first + round(duration * SAMPLE_RATE)]
+    assert abs(level - rms_dbfs(captured)) <= 0.15, (transcript.json["text"], rms_dbfs(captured))
+    assert transcript.json["source"].get("wake") is None

@@ -62,7 +62,7 @@ def detections(samples: np.ndarray, models: tuple[str, ...] | list[str], noise_s
     found = []
     try:
         for i in range(0, len(samples), block):
-            _, woke = gate.process(samples[i:i + block])
+            _, _, woke = gate.process(samples[i:i + block])
             if woke is not None:
                 found.append(woke)
                 gate.end_command()
