@@ -59,6 +59,7 @@ PROGRAM_OVERHEAD_MB = {"whisper_cpp": 80,    # whisper.cpp child peak 227 MB wit
 FLAT_MB = {"pocketsphinx": 120,              # +116 MB in the loading process (model in the wheel)
            "faster_whisper": 330,            # a model *name* (downloaded): base int8
            "bench_metadata": 15}             # the test engine (VOICE_AGENT_TEST_ENGINES=1 only)
+WAKE_MB = 7   # noise suppression + one microWakeWord model in the agent: +6.4 MB (python -m bench wake)
 PYTHON_PACKAGES = {"pocketsphinx": ("pocketsphinx", "voice-agent[pocketsphinx]"),
                    "faster_whisper": ("faster_whisper", "voice-agent[faster-whisper]")}
 
@@ -340,6 +341,8 @@ def engine_mb(settings: Settings) -> dict[str, float]:
         native = os.path.basename(s.llama_server.command[0]).startswith("llama-server")
         need["summarizer llama_server"] = (PROGRAM_OVERHEAD_MB["llama_server_native" if native else "llama_server"]
                                            + file_mb(s.llama_server.model))
+    if settings.listen.mode == "wake" or settings.listen.noise_suppression or settings.listen.auto_gain:
+        need["listen: wake word / noise suppression"] = WAKE_MB
     return need
 
 

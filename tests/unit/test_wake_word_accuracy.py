@@ -59,3 +59,24 @@ def test_cutoff_and_window_overrides_are_obeyed():
     (quick,) = detections(clip.samples, ["alexa:0.9:1"])      # window 1: the first frame above 0.9
     assert quick.at_s < shipped.at_s
     assert detections(clip.samples, ["alexa:0.9999"]) == []
+
+
+def test_automatic_gain_never_reaches_the_wake_word_model():
+    """The same detections with gain on: the model hears the audio before the gain (or suppression only)."""
+    from dataclasses import replace
+
+    from agent.sources.wake_gate import WakeGate
+    from tests.support.wake import gate_settings
+
+    clip = wake_clip("okay_nabu", "en-gb", snr_db=10.0).samples // 8   # quiet: gain has work to do
+    runs = {}
+    for gain in (0, 31):
+        gate = WakeGate(replace(gate_settings(["okay_nabu"], noise_suppression=2), auto_gain=gain))
+        out = [gate.process(clip[i:i + 480]) for i in range(0, len(clip), 480)]
+        gate.close()
+        woke = [w for _, _, w in out if w is not None]
+        after = np.concatenate([a for a, _, _ in out if a is not None])
+        runs[gain] = (woke, after)
+    assert runs[0][0] == runs[31][0] and len(runs[0][0]) == 1
+    level = {gain: np.sqrt(np.mean(after.astype(np.float64) ** 2)) for gain, (_, after) in runs.items()}
+    assert level[31] > 1.5 * level[0], level   # the gain did act, on what follows the wake
