@@ -80,3 +80,51 @@ def test_automatic_gain_never_reaches_the_wake_word_model():
     assert runs[0][0] == runs[31][0] and len(runs[0][0]) == 1
     level = {gain: np.sqrt(np.mean(after.astype(np.float64) ** 2)) for gain, (_, after) in runs.items()}
     assert level[31] > 1.5 * level[0], level   # the gain did act, on what follows the wake
+
+
+def _stream(detector, samples: np.ndarray) -> list:
+    found = [detector.process(samples[i:i + 480]) for i in range(0, len(samples), 480)]
+    detector.close()
+    return [d for d in found if d is not None]
+
+
+def test_the_refractory_period_ignores_the_same_phrase_firing_again():
+    from agent.audio.wake_word import WakeWordDetector
+    from agent.settings import WakeWordSettings
+
+    clip = wake_clip("alexa", "en-us").samples
+    assert len(_stream(WakeWordDetector(WakeWordSettings(models=["alexa"])), clip)) == 1   # default 2 s
+    assert len(_stream(WakeWordDetector(WakeWordSettings(models=["alexa"], refractory_s=0)), clip)) > 1
+
+
+def test_a_custom_model_loads_from_the_local_folder_by_its_own_name(tmp_path):
+    import json
+    import shutil
+    from pathlib import Path
+
+    import pymicro_wakeword
+
+    from agent.audio.wake_word import WakeWordDetector
+    from agent.settings import WakeWordSettings
+
+    shipped = Path(pymicro_wakeword.__file__).parent / "models"
+    config = json.loads((shipped / "alexa.json").read_text())
+    shutil.copy(shipped / "alexa.tflite", tmp_path / "kitchen_word.tflite")
+    (tmp_path / "kitchen_word.json").write_text(json.dumps({**config, "model": "kitchen_word.tflite"}))
+    detector = WakeWordDetector(WakeWordSettings(models=["kitchen_word"], model_dir=str(tmp_path)))
+    (found,) = _stream(detector, wake_clip("alexa", "en-gb").samples)
+    assert found.model == "kitchen_word"
+
+
+def test_the_openwakeword_engine_runs_its_shipped_models():
+    pytest.importorskip("pyopen_wakeword", reason="pip install '.[wake-openwakeword]'")
+    from agent.audio.wake_word import WakeWordDetector
+    from agent.settings import WakeWordSettings
+
+    detector = WakeWordDetector(WakeWordSettings(engine="openwakeword", models=["alexa", "hey_rhasspy"]))
+    audio = np.concatenate([wake_clip("alexa", "en-gb").samples, silence_s(2.0)])
+    assert [d.model for d in _stream(detector, audio)] == ["alexa"]
+
+
+def silence_s(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * 16000), dtype=np.int16)
