@@ -1,7 +1,7 @@
 """Noise suppression and automatic gain on the live stream, WebRTC's audio processing (PyPI
 `webrtc-noise-gain`, what wyoming-satellite uses) on whole 10 ms frames of 16 kHz int16.
 
-Two separate processors, because they sit at two places in the flow (agent/sources/listener.py):
+Two separate processors, because they sit at two places in the flow (agent/sources/wake_gate.py):
 noise suppression before the wake word model and the VAD, automatic gain only after the wake word
 model. Gain raises the noise floor between words, and upstream projects (wyoming-satellite,
 linux-voice-assistant) keep it away from microWakeWord because it hurts detection.
@@ -33,7 +33,6 @@ class WebRtcFilter:
     until the next block completes it (at most 10 ms of delay)."""
 
     def __init__(self, *, noise_suppression: int = 0, auto_gain: int = 0) -> None:
-        self.noise_suppression, self.auto_gain = noise_suppression, auto_gain
         self._proc = _audio_processor(auto_gain, noise_suppression)
         self._held = b""
 

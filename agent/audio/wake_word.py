@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from agent.audio.source import TARGET_RATE, CaptureError
-from agent.settings import WakeWordSettings, parse_wake_model
+from agent.settings import WAKE_WINDOW_MAX, WakeWordSettings, parse_wake_model
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,9 @@ class WakeWordDetector:
             if Path(tflite).name != tflite or not (config_path.parent / tflite).is_file():
                 raise ValueError(f"model {tflite!r} must be a .tflite file in the same folder")
             shipped_cutoff, shipped_window = float(micro["probability_cutoff"]), int(micro["sliding_window_size"])
+            if not (0 < shipped_cutoff < 1 and 1 <= shipped_window <= WAKE_WINDOW_MAX):
+                raise ValueError(f"probability_cutoff must be between 0 and 1 and sliding_window_size "
+                                 f"between 1 and {WAKE_WINDOW_MAX}")
             # Window 1 in the engine: it returns each raw probability and _Model does the averaging.
             net = package.MicroWakeWord(
                 name, wake_word=str(config.get("wake_word", name)), tflite_model=config_path.parent / tflite,
