@@ -130,10 +130,19 @@ def test_mode_switches_over_mqtt_and_refuses_what_is_not_a_choice(make_agent, pr
     while listen_stats(probe, root)["wake"].get("models") != ["alexa"]:
         assert time.monotonic() < deadline, listen_stats(probe, root)
         time.sleep(0.1)
-    for bad in ({"mode": "always"}, {"noise_suppression": 5}, {"auto_gain": 32}, {"command_max_s": 0},
-                {"wake_word": {"models": ["okay_nabu"]}}, {"wake_word": {"model_dir": "/tmp"}}):
+    for bad in ({"mode": "always"}, {"noise_suppression": 5}, {"noise_suppression": -1}, {"auto_gain": 32},
+                {"command_max_s": 0}, {"command_max_s": 61}, {"wake_word": {"refractory_s": 61}},
+                {"wake_word": {"models": ["okay_nabu"]}}, {"wake_word": {"model_dir": "/tmp"}},
+                {"wake_word": {"engine": "openwakeword"}}):
         answer = probe.request(root, "config/set", {"config": {"listen": bad}})
         assert answer["status"] == "error", (bad, answer)
+    for ends in ({"noise_suppression": 4, "auto_gain": 31, "command_max_s": 60, "wake_word": {"refractory_s": 60}},
+                 {"noise_suppression": 0, "auto_gain": 0, "command_max_s": 1, "wake_word": {"refractory_s": 0}}):
+        answer = probe.request(root, "config/set", {"config": {"listen": ends}})
+        assert answer["status"] == "ok", (ends, answer)
+    feed(agent.proc, np.concatenate([silence(0.5), utterance("alexa", "en-us"), silence(1.0)]))
+    (woke,) = [m.json for m in probe.wait_for(f"{root}/event/wake", what="a wake at the bounds' far ends")]
+    assert woke["model"] == "alexa"
     agent.proc.stdin.close()
 
 
