@@ -85,7 +85,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     import yaml
 
     from agent.config import ConfigError
-    from agent.config.checks import engine_problems, language_notes
+    from agent.config.checks import engine_problems, language_notes, notices
     from agent.config.store import ConfigStore
 
     try:
@@ -102,6 +102,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return EX_CONFIG
     for note in language_notes(settings):   # works, but not as the user may think: said, not refused
         print(f"{args.path}: note: {note}", file=sys.stderr)
+    for notice in notices(settings):
+        print(f"{args.path}: warning: {notice}", file=sys.stderr)
     print(yaml.safe_dump(store.effective(redact=True), sort_keys=False), end="")
     return EX_OK
 

@@ -225,6 +225,42 @@ class InboxSettings:
                            remote_max=200_000_000)
 
 
+#: A wake word model entry: `name`, `name:cutoff` or `name:cutoff:window` (see WakeWordSettings.models).
+WAKE_MODEL_RE = re.compile(r"^([A-Za-z0-9_-]{1,64})(?::(\d*\.?\d+))?(?::(\d{1,3}))?$")
+WAKE_WINDOW_MAX = 100
+
+
+def parse_wake_model(entry: str) -> tuple[str, float | None, int | None] | None:
+    """(name, cutoff override, window override) of a `models` entry, or None when malformed."""
+    m = WAKE_MODEL_RE.match(entry)
+    if not m:
+        return None
+    cutoff = float(m.group(2)) if m.group(2) else None
+    window = int(m.group(3)) if m.group(3) else None
+    if (cutoff is not None and not 0 < cutoff < 1) or (window is not None and not 1 <= window <= WAKE_WINDOW_MAX):
+        return None
+    return m.group(1), cutoff, window
+
+
+@dataclass(frozen=True)
+class WakeWordSettings:
+    """Which wake words wake the microphone (listen.mode wake). Models and their folder are
+    local-only: they name files the device loads."""
+
+    engine: str = opt("micro", doc="Wake word engine: micro (PyPI pymicro-wakeword, Apache-2.0) or openwakeword "
+                                   "(PyPI pyopen-wakeword; its models are CC BY-NC-SA 4.0, non-commercial only).",
+                      choices=("micro", "openwakeword"))
+    models: list[str] = opt(doc="Models run at once, any of them wakes: a name shipped with the engine (micro: "
+                                "okay_nabu, alexa, hey_jarvis, hey_mycroft; openwakeword also hey_rhasspy) or one "
+                                "in model_dir. `name:cutoff` or `name:cutoff:window` overrides the model's "
+                                "probability cutoff (0-1) and sliding window (frames averaged, 1-100).",
+                            factory=list)
+    model_dir: str | None = opt(None, doc="Folder of custom models: <name>.json + its .tflite (micro) or "
+                                          "<name>.tflite (openwakeword); a name found here wins over a shipped one.",
+                                path=True)
+    refractory_s: float = opt(2.0, remote=DEVICE, doc="Detections this soon after a wake are ignored.", min=0, max=60)
+
+
 @dataclass(frozen=True)
 class ListenSettings:
     enabled: bool = opt(False, remote=DEVICE, doc="Listen to a microphone continuously.")
@@ -238,6 +274,19 @@ class ListenSettings:
     ring_buffer_s: float = opt(10.0, remote=DEVICE, doc="Captured audio held while the analyser catches up.", min=1, max=600,
                                  remote_max=60)
     spool_dir: str | None = opt(None, doc="Where finished segments wait as WAV files; default <state_dir>/spool.", path=True)
+    mode: str = opt("continuous", remote=DEVICE, doc="continuous: every utterance becomes a job. wake: nothing is "
+                                                    "spooled or published until a wake word (wake_word.models) is "
+                                                    "heard; the utterance after it becomes the job.",
+                    choices=("continuous", "wake"))
+    command_max_s: float = opt(10.0, remote=DEVICE, doc="After a wake, the command ends at the end of speech or "
+                                                       "after this long.", min=1, max=60)
+    noise_suppression: int = opt(0, remote=DEVICE, doc="WebRTC noise suppression level on 10 ms frames before the "
+                                                      "wake word and the VAD (PyPI webrtc-noise-gain); 0 = off.",
+                                 min=0, max=4)
+    auto_gain: int = opt(0, remote=DEVICE, doc="WebRTC automatic gain target in dBFS below full scale, applied "
+                                              "after the wake word model (never before: it hurts detection); 0 = off.",
+                         min=0, max=31)
+    wake_word: WakeWordSettings = section(WakeWordSettings, "Wake word models (listen.mode wake).")
 
 
 @dataclass(frozen=True)

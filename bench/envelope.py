@@ -132,6 +132,9 @@ def pi_profile() -> dict[str, Any]:
         config.pop(key, None)
     config.get("inbox", {}).pop("path", None)
     config.get("listen", {}).pop("device", None)
+    # The profile waits for "okay nabu"; the envelope's live stream has none, and every utterance
+    # becoming a job is the heavier case it is there to measure.
+    config.get("listen", {})["mode"] = "continuous"
     return config
 
 

@@ -3,6 +3,7 @@
     python -m bench            # full run (about 10-15 min on 2 shared cores)
     python -m bench --quick    # every benchmark, fewer rounds (under about 2 min)
     python -m bench envelope   # the Pi envelope: agent + engines in a 448 MB, 0.4-core cgroup (bench/envelope.py)
+    python -m bench wake       # wake word and noise suppression: accuracy, false accepts, latency, cost (bench/wake.py)
     python bench/run.py --only roundtrip,outbox --json out.json --doc docs/performance.md
 
 Every comparison is measured side by side in the same run, alternating, and reported as a
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["envelope"]:   # the Pi envelope (issue #17): its own runner and options
         from bench import envelope
         return envelope.main(argv[1:])
+    if argv[:1] == ["wake"]:   # wake word and noise suppression (issue #24): bench/wake.py
+        from bench import wake
+        return wake.main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer rounds: a run under about two minutes")
     ap.add_argument("--only", default="", help=f"comma-separated subset of: {','.join(ORDER)}")

@@ -93,6 +93,7 @@ class Segmenter:
         need = max(self.max_samples + f, self.pre_roll + lookback * f) + 2 * f
         self.capacity = math.ceil(need / f) * f
         self._ring = np.zeros(self.capacity, dtype=np.int16)
+        self._heard = np.zeros(f, dtype=np.int16)   # the frame being filled, as the VAD hears it
         self._pos = 0  # samples consumed since the stream started
         self._recent: deque[bool] = deque(maxlen=self.window)
         self._recent_voiced = 0
@@ -119,12 +120,18 @@ class Segmenter:
     def position_s(self) -> float:
         return self._pos / self.sample_rate
 
-    def feed(self, chunk: np.ndarray) -> list[Event]:
-        """Consume int16 samples of any length and return the events they completed."""
+    def feed(self, chunk: np.ndarray, heard: np.ndarray | None = None) -> list[Event]:
+        """Consume int16 samples of any length and return the events they completed.
+
+        `heard` (as long as `chunk`) is the same audio as the VAD should judge it, e.g. noise
+        suppressed: the decisions follow `heard`, the segments keep `chunk`."""
         x = np.asarray(chunk)
         if x.dtype != np.int16:
             raise TypeError(f"expected int16 samples, got {x.dtype}")
         x = x.reshape(-1)
+        h = None if heard is None else np.asarray(heard, dtype=np.int16).reshape(-1)
+        if h is not None and len(h) != len(x):
+            raise ValueError(f"heard has {len(h)} samples for {len(x)}")
         events: list[Event] = []
         f, cap, ring = self.frame, self.capacity, self._ring
         i, n = 0, len(x)
@@ -132,11 +139,13 @@ class Segmenter:
             w = self._pos % cap
             take = min(f - self._pos % f, n - i)
             ring[w:w + take] = x[i:i + take]
+            if h is not None:
+                self._heard[self._pos % f:self._pos % f + take] = h[i:i + take]
             self._pos += take
             i += take
             if self._pos % f == 0:
                 frame_start = w + take - f
-                self._on_frame(ring[frame_start:frame_start + f], events)
+                self._on_frame(ring[frame_start:frame_start + f] if h is None else self._heard, events)
         return events
 
     def flush(self) -> list[Event]:

@@ -18,12 +18,15 @@ from agent.config.problems import Problem, show_number
 from agent.settings import (
     FleetSettings,
     HomeAssistantSettings,
+    ListenSettings,
     MemorySettings,
     MQTTSettings,
     Settings,
     SummarizerSettings,
     TLSSettings,
     WyomingSettings,
+    WakeWordSettings,
+    parse_wake_model,
 )
 
 _DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -121,6 +124,33 @@ def _check_wyoming(values: dict[str, Any], add: Add) -> None:
         add("stt_port", "must differ from port", values.get("stt_port"))
 
 
+WAKE_MODELS_MAX = 8   # each model costs CPU on every 10 ms frame
+
+
+def _check_wake_word(values: dict[str, Any], add: Add) -> None:
+    models = values.get("models")
+    if not isinstance(models, list):
+        return
+    if len(models) > WAKE_MODELS_MAX:
+        add("models", f"at most {WAKE_MODELS_MAX} models", len(models))
+    names = []
+    for i, entry in enumerate(models):
+        parsed = parse_wake_model(entry)
+        if parsed is None:
+            add(f"models[{i}]", "must be name, name:cutoff or name:cutoff:window (name: A-Z a-z 0-9 _ -, "
+                                "cutoff between 0 and 1, window 1-100)", entry)
+        elif parsed[0] in names:
+            add(f"models[{i}]", "names a model twice", entry)
+        else:
+            names.append(parsed[0])
+
+
+def _check_listen(values: dict[str, Any], add: Add) -> None:
+    wake = values.get("wake_word")
+    if values.get("mode") == "wake" and isinstance(wake, WakeWordSettings) and not wake.models:
+        add("mode", "wake needs at least one model in listen.wake_word.models", "wake")
+
+
 CROSS_CHECKS: Mapping[type, Callable[[dict[str, Any], Add], None]] = types.MappingProxyType({
     Settings: _check_settings,
     MQTTSettings: _check_mqtt,
@@ -130,6 +160,8 @@ CROSS_CHECKS: Mapping[type, Callable[[dict[str, Any], Add], None]] = types.Mappi
     SummarizerSettings: _check_summarizer,
     FleetSettings: _check_fleet,
     WyomingSettings: _check_wyoming,
+    WakeWordSettings: _check_wake_word,
+    ListenSettings: _check_listen,
 })
 
 
@@ -237,3 +269,16 @@ def _need_file(path: str, value: str | None, what: str, add: Callable[..., None]
 
 # os.path's predicates answer False where pathlib's raise (a folder the checker may not enter).
 _is_file, _is_dir, _exists = os.path.isfile, os.path.isdir, os.path.exists
+
+
+# --- Notices: a config that works but that its owner should know about -------------------------
+
+
+def notices(settings: Settings) -> list[str]:
+    """Warnings `check-config` and `doctor` print without refusing the config."""
+    found = []
+    wake = settings.listen.wake_word
+    if wake.engine == "openwakeword" and wake.models:
+        found.append("listen.wake_word.engine openwakeword: the models of pyopen-wakeword are licensed CC BY-NC-SA "
+                     "4.0 (non-commercial use only); engine micro (Apache-2.0) has no such restriction")
+    return found

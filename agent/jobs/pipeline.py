@@ -40,11 +40,13 @@ class Source:
     kind: str                      # "inbox" | "mic" | "request"
     name: str
     segment_id: str | None = None
+    wake: dict[str, Any] | None = None   # a microphone segment after a wake word: {model, probability}
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if self.segment_id is None:
-            d.pop("segment_id")
+        for key in ("segment_id", "wake"):
+            if d[key] is None:
+                d.pop(key)
         return d
 
 

@@ -17,7 +17,9 @@ lazily, without an fsync; the job's last event (`done` / `failed`) is stored dur
 fsync makes every event stored before it survive a power cut too. A job's thread emits that
 last event before its inbox file is finished (or its spool file deleted, or its answer sent), so
 a finished file still always has its events stored: one fsync per job instead of five. Every
-other event (`alert`, a `rejected` job, any new name) is durable at once.
+other event (`alert`, a `rejected` job, any new name) is durable at once. `wake` is lazy too
+although no later event need follow it: it is worth nothing after a power cut, and an fsync on
+an SD card would add to the wake word's latency.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from agent.mqtt.topics import Topics
 Observer = Callable[[str, dict[str, Any]], None]
 
 #: Events a later durable event of the same work always follows (see above): stored lazily.
-LAZY_EVENTS = frozenset({"transcript", "summary", "vad"})
+LAZY_EVENTS = frozenset({"transcript", "summary", "vad", "wake"})
 LAZY_JOB_STATES = frozenset({"queued", "running"})
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-EVENTS = ("job", "progress", "vad", "transcript", "summary", "alert", "assist", "log")   # progress, log: QoS 0, never stored
+EVENTS = ("job", "progress", "vad", "transcript", "summary", "alert", "assist", "log", "wake")   # progress, log: QoS 0, never stored
 
 
 @dataclass(frozen=True)

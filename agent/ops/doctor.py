@@ -19,7 +19,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.settings import MQTTSettings, Settings, SummarizerSettings, TranscriberSettings
+from agent.settings import (
+    ListenSettings,
+    MQTTSettings,
+    Settings,
+    SummarizerSettings,
+    TranscriberSettings,
+    WakeWordSettings,
+)
 
 EX_OK = 0
 EX_NOHOST = 68       # broker unreachable (refused, unknown host, timeout, TLS failure)
@@ -52,6 +59,7 @@ PROGRAM_OVERHEAD_MB = {"whisper_cpp": 80,    # whisper.cpp child peak 227 MB wit
 FLAT_MB = {"pocketsphinx": 120,              # +116 MB in the loading process (model in the wheel)
            "faster_whisper": 330,            # a model *name* (downloaded): base int8
            "bench_metadata": 15}             # the test engine (VOICE_AGENT_TEST_ENGINES=1 only)
+WAKE_MB = 7   # noise suppression + one microWakeWord model in the agent: +6.4 MB (python -m bench wake)
 PYTHON_PACKAGES = {"pocketsphinx": ("pocketsphinx", "voice-agent[pocketsphinx]"),
                    "faster_whisper": ("faster_whisper", "voice-agent[faster-whisper]")}
 
@@ -97,7 +105,7 @@ def run(config: Path | None, *, timeout_s: float = 5.0, out=None) -> int:
 
 def findings(config: Path | None, *, timeout_s: float) -> Iterator[Finding]:
     from agent.config import ConfigError
-    from agent.config.checks import engine_problems
+    from agent.config.checks import engine_problems, notices
     from agent.config.store import ConfigStore
 
     where = str(config) if config is not None else "<defaults>"
@@ -113,6 +121,9 @@ def findings(config: Path | None, *, timeout_s: float) -> Iterator[Finding]:
         yield Finding("config", str(problem), EX_CONFIG, f"correct {problem.path}, or choose another engine")
     yield from transcriber_findings(settings.transcriber)
     yield from summarizer_findings(settings.summarizer)
+    yield from listen_findings(settings.listen)
+    for notice in notices(settings):
+        yield Finding("config", f"warning: {notice}")
     yield broker_finding(settings, timeout_s)
     yield memory_finding(settings)
     yield user_finding()
@@ -132,6 +143,42 @@ def user_finding(euid: int | None = None) -> Finding:
 
 
 # --- engines -------------------------------------------------------------------------------
+
+NOISE_PACKAGE = ("webrtc_noise_gain", "voice-agent[noise]")   # listen.noise_suppression / auto_gain
+
+
+def listen_findings(listen: ListenSettings) -> Iterator[Finding]:
+    """The wake word engine and its models (wake_word.models set), noise suppression / gain (on)."""
+    from agent.audio.wake_word import PACKAGES
+
+    wake = listen.wake_word
+    if wake.models:
+        module, extra = PACKAGES[wake.engine]
+        if importlib.util.find_spec(module) is None:
+            yield Finding("wake_word", f"{wake.engine}: Python package {module} is not installed", EX_UNAVAILABLE,
+                          f"pip install '{extra}' into the agent's environment")
+        else:
+            yield _wake_models(wake)
+    if listen.noise_suppression or listen.auto_gain:
+        module, extra = NOISE_PACKAGE
+        if importlib.util.find_spec(module) is None:
+            yield Finding("noise", f"Python package {module} is not installed (listen.noise_suppression / "
+                                   "auto_gain)", EX_UNAVAILABLE, f"pip install '{extra}' into the agent's environment")
+        else:
+            yield Finding("noise", f"{module} installed (noise suppression {listen.noise_suppression}, "
+                                   f"auto gain {listen.auto_gain})")
+
+
+def _wake_models(wake: WakeWordSettings) -> Finding:
+    """Loads the models as the listener will (a few MB, milliseconds), so a bad custom model shows here."""
+    from agent.audio.wake_word import WakeWordDetector
+    try:
+        detector = WakeWordDetector(wake)
+    except Exception as exc:  # noqa: BLE001 - any load failure is the finding
+        return Finding("wake_word", getattr(exc, "message", None) or str(exc), EX_CONFIG,
+                       "correct listen.wake_word.models or model_dir")
+    detector.close()
+    return Finding("wake_word", f"{wake.engine}: models {', '.join(detector.models)} load")
 
 
 def find_program(name: str) -> str | None:
@@ -319,6 +366,8 @@ def engine_mb(settings: Settings) -> dict[str, float]:
         native = os.path.basename(s.llama_server.command[0]).startswith("llama-server")
         need["summarizer llama_server"] = (PROGRAM_OVERHEAD_MB["llama_server_native" if native else "llama_server"]
                                            + _file_mb(s.llama_server.model))
+    if settings.listen.mode == "wake" or settings.listen.noise_suppression or settings.listen.auto_gain:
+        need["listen: wake word / noise suppression"] = WAKE_MB
     return need
 
 

@@ -23,6 +23,7 @@ each one has a value right after Home Assistant restarts; only the two event ent
 | Voice activity | event (`speech_start`, `speech_end`), microphone only | `<root>/event/vad` |
 | Speech | binary sensor, microphone only | `<root>/last/speech` `speaking` |
 | Listening | switch, microphone only: the microphone alone, not a pause | `<root>/state` `listening`; `<root>/request/listening` |
+| Wake word | event, one event type per configured model (`okay_nabu`, ...), with `probability`; microphone with listen.wake_word.models only | `<root>/event/wake` |
 
 A component the device lacks (no microphone, no thermometer, telemetry off) is sent as its
 platform alone (`{"p": "switch"}`): Home Assistant's documented way to remove a component of a
@@ -75,6 +76,7 @@ class Features:
     microphone: bool = False    # listen.enabled (or a test source): VAD, speech and the listening switch
     telemetry: bool = False     # telemetry.interval_s > 0: the health sensors read <root>/last/telemetry
     temperature: bool = False   # the host reports a CPU temperature
+    wake_models: tuple[str, ...] = ()   # listen.wake_word.models' names: the wake word event entity
 
 
 def _text_sensor(name: str, topic: str, icon: str, unique: str) -> dict[str, Any]:
@@ -220,7 +222,13 @@ def discovery_config(topics: Topics, version: str, features: Features = Features
             "command_template": '{"listening": {{ "true" if value == "ON" else "false" }}}',
         },
     }
-    optional = [(health, features.telemetry), ({"temperature": temperature}, features.telemetry and features.temperature),
+    wake = {"wake": {
+        "p": "event", "name": "Wake word", "unique_id": uid("wake"), "icon": "mdi:account-voice",
+        "state_topic": topics.event("wake"), "event_types": list(features.wake_models),
+        "value_template": "{{ {'event_type': value_json.model, 'probability': value_json.probability}"
+                          " | tojson }}",
+    }}
+    optional = [(wake, features.microphone and bool(features.wake_models)), (health, features.telemetry), ({"temperature": temperature}, features.telemetry and features.temperature),
                 (microphone, features.microphone)]
     for group, present in optional:
         for key, component in group.items():

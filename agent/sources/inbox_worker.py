@@ -16,6 +16,7 @@ from typing import Callable
 
 from agent.errors import AgentError
 from agent.sources.inbox import Claimed, Inbox
+from agent.sources.segment_names import parse_segment_file
 from agent.jobs.admission import Admission, Ticket
 from agent.jobs.runner import Result, Runner
 from agent.jobs.slot import new_job_id
@@ -145,9 +146,10 @@ class InboxWorker:
         return lambda: load_audio_file(claimed.path, self.inbox.settings)
 
     def _source(self, name: str) -> Source:
-        """A microphone segment's spool file is named after its segment id."""
+        """A microphone segment's spool file is named after its segment id (and its wake word)."""
         if self.kind == "mic":
-            return Source("mic", name, segment_id=name.rsplit(".", 1)[0])
+            segment_id, wake = parse_segment_file(name)
+            return Source("mic", name, segment_id=segment_id, wake=wake)
         return Source(self.kind, name)
 
     def _jobs(self, ticket: Ticket, batch: list[tuple[Claimed, str]]) -> None:

@@ -1,6 +1,7 @@
 """Live listening: one capture thread turns an audio source into VAD events and spooled segments.
 
-    source.read (120 ms blocks) -> Segmenter.feed -> event/vad + <spool>/<segment_id>.wav
+    source.read (30 ms blocks) -> WakeGate (noise, wake word, gain) -> Segmenter.feed
+        -> event/vad + <spool>/<segment_id>.wav          (event/wake when a wake word is heard)
 
 The thread owns the source and the segmenter; other threads only flip flags and `poke()`.
 Each finished segment is written atomically as a 16 kHz mono WAV into the spool folder, where a
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,6 +28,8 @@ from agent.audio.vad import FrameClassifier, VadCache
 from agent.audio.wav import write_wav
 from agent.errors import AgentError
 from agent.settings import ListenSettings, VADSettings
+from agent.sources.segment_names import segment_file
+from agent.sources.wake_gate import WakeGate
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,8 @@ class Listener:
         self.state = "starting"  # starting | listening | paused | failed | ended | stopped
         self.source: AudioSource = self._make_source()
         self._seg: Segmenter | None = None
+        self._gate: WakeGate | None = None   # built when listening starts (loads the wake models)
+        self._last_gate_stats: dict[str, Any] = {"mode": listen.mode}
         self._seg_offset = 0  # samples read before the current segmenter started
         self.samples_read = 0
         self.segments = 0
@@ -100,7 +106,8 @@ class Listener:
                 "stream_s": round(self.samples_read / TARGET_RATE, 3), "segments": self.segments,
                 "spooled": self.spooled, "spool_errors": self.spool_errors,
                 "capture_errors": self.capture_errors, "last_error": self.last_error,
-                "vad": seg.stats() if seg is not None else self._last_seg_stats}
+                "vad": seg.stats() if seg is not None else self._last_seg_stats,
+                "wake": self._gate.stats() if self._gate is not None else self._last_gate_stats}
 
     # --- the capture thread --------------------------------------------------------------
 
@@ -146,11 +153,11 @@ class Listener:
                 wanted = self._should_capture()
                 if not wanted and self.kind == "mic":
                     return False
-                if wanted and self._seg is None:
-                    self._open_segmenter()
+                if wanted and self._gate is None:
+                    self._open_gate()
                     self._set_state("listening")
                 elif not wanted and self.state != "paused":   # a pipe or file is read and discarded
-                    self._close_segmenter()
+                    self._close_gate()
                     self._set_state("paused")
                 try:
                     frame = self.source.read(self.read_samples, READ_TIMEOUT_S)
@@ -161,19 +168,52 @@ class Listener:
                 if not delivered:
                     delivered = True
                     self._recovered()   # the source works (again)
-                if self._seg is not None:
-                    for event in self._seg.feed(frame):
-                        self._on_event(event)
+                if self._gate is not None:
+                    self._analyse(self._gate, frame)
                 self.samples_read += len(frame)
             return False
         finally:
-            self._close_segmenter()
+            self._close_gate()
 
-    def _open_segmenter(self) -> None:
+    def _analyse(self, gate: WakeGate, frame: Any) -> None:
+        audio, heard, woke = gate.process(frame)
+        if woke is not None:
+            self._emit("wake", {"model": woke.model, "probability": woke.probability, "source": self.source.name,
+                                "at_s": round(self.samples_read / TARGET_RATE + len(frame) / TARGET_RATE, 3)})
+            self._open_segmenter(self.samples_read + len(frame))   # only audio after the wake
+            return
+        if audio is None or self._seg is None:
+            return
+        for event in self._seg.feed(audio, heard if heard is not audio else None):
+            self._on_event(event)
+            if gate.gated and isinstance(event, SpeechEnd):   # the command is this one utterance
+                self._last_seg_stats = self._seg.stats()
+                self._seg = None
+                gate.end_command()
+                return
+        if gate.command_over:
+            self._close_segmenter()
+            gate.end_command()
+
+    def _open_gate(self) -> None:
+        self._gate = WakeGate(self.listen)
+        if not self._gate.gated:
+            self._open_segmenter(self.samples_read)
+
+    def _close_gate(self) -> None:
+        self._close_segmenter()
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            self._last_gate_stats = gate.stats()
+            gate.close()
+
+    def _open_segmenter(self, offset: int) -> None:
         v = self.vad
+        if self._gate is not None and self._gate.gated:   # a command never outlasts command_max_s
+            v = replace(v, max_segment_s=min(v.max_segment_s, self.listen.command_max_s))
         classifier = FrameClassifier(v.aggressiveness, v.frame_ms, v.energy_margin_db, TARGET_RATE, cache=self.cache)
         self._seg = Segmenter(v, TARGET_RATE, classifier=classifier)
-        self._seg_offset = self.samples_read
+        self._seg_offset = offset
 
     def _close_segmenter(self) -> None:
         """End an open segment (its speech_start was published, so its speech_end must be too)."""
@@ -198,7 +238,8 @@ class Listener:
             return
         assert isinstance(event, SpeechEnd)
         self.segments += 1
-        name = f"{event.segment_id}.wav"
+        wake = self._gate.wake if self._gate is not None else None
+        name = segment_file(event.segment_id, wake and {"model": wake.model, "probability": wake.probability})
         assist = self._divert is not None and self._divert(event.samples)
         spooled = not assist
         try:

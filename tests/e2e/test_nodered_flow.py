@@ -225,6 +225,10 @@ def test_node_red_dashboard_requests_and_fleet_jobs(tmp_path):
         probe.publish(f"{root}/alert/memory", b"", retain=True)   # cleared
         vad = wait_lines(out / "vad.jsonl", lambda v: v["segment_id"] == "s1", "vad", proc, log)
         assert vad["speaking"] is True and vad["device"] == agent.device_id
+        probe.publish(f"{root}/event/wake", {"model": "okay_nabu", "probability": 0.93, "source": "pyaudio:default",
+                                             "at_s": 12.5, "device_id": "test-dev"})
+        wake = wait_lines(out / "vad.jsonl", lambda v: v.get("event") == "wake", "wake word", proc, log)
+        assert wake == {"device": agent.device_id, "event": "wake", "model": "okay_nabu", "probability": 0.93}
         wait_lines(out / "alert.jsonl", lambda m: m["kind"] == "memory" and m["level"] == "ok", "cleared alert",
                    proc, log)
         assert [m["level"] for m in json_lines(out / "alert.jsonl") if m["kind"] == "memory"] == ["critical", "ok"]

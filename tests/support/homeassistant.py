@@ -18,8 +18,8 @@ def render(template: str, payload: dict | None = None, **variables) -> str:
     return ENV.from_string(template).render(value_json=payload, **variables).strip()
 
 
-ALL = Features(microphone=True, telemetry=True, temperature=True)
-OPTIONAL = {"vad", "speech", "listening", "jobs_failed", "jobs_rejected", "inbox_waiting", "outbox_queued",
+ALL = Features(microphone=True, telemetry=True, temperature=True, wake_models=("okay_nabu", "alexa"))
+OPTIONAL = {"vad", "speech", "listening", "wake", "jobs_failed", "jobs_rejected", "inbox_waiting", "outbox_queued",
             "memory_used", "temperature"}
 ALWAYS = {"transcript": "event", "last_transcript": "sensor", "last_summary": "sensor", "memory_level": "sensor",
           "jobs_running": "sensor", "started": "sensor", "paused": "binary_sensor", "pause": "button",

@@ -29,8 +29,8 @@ def test_device_document_shape(doc):
     assert (doc["payload_available"], doc["payload_not_available"]) == ("online", "offline")
     assert set(ALERT_KINDS) == {"engine", "disk", "capture", "outbox", "config", "memory"}
     platforms = {key: c["p"] for key, c in doc["cmps"].items()}
-    assert platforms == {**ALWAYS, "vad": "event", "speech": "binary_sensor", "listening": "switch",
-                         **{k: "sensor" for k in OPTIONAL - {"vad", "speech", "listening"}}}
+    assert platforms == {**ALWAYS, "vad": "event", "speech": "binary_sensor", "listening": "switch", "wake": "event",
+                         **{k: "sensor" for k in OPTIONAL - {"vad", "speech", "listening", "wake"}}}
     unique = [c["unique_id"] for c in doc["cmps"].values()]
     assert len(set(unique)) == len(unique) and all("test-dev" in u for u in unique)
     json.dumps(doc)   # serialisable as is
@@ -161,3 +161,12 @@ def test_health_sensors_read_telemetry_as_the_agent_builds_it(doc, tmp_path):
         assert c[key]["state_topic"] == "voice/test-dev/last/telemetry"
         assert render(c[key]["value_template"], body) == value, key
     assert c["temperature"]["unit_of_measurement"] == "°C" and c["memory_used"]["unit_of_measurement"] == "%"
+
+
+def test_wake_word_event_entity_has_one_event_type_per_model(doc):
+    wake = doc["cmps"]["wake"]
+    assert wake["state_topic"] == "voice/test-dev/event/wake" and wake["event_types"] == ["okay_nabu", "alexa"]
+    out = json.loads(render(wake["value_template"], {"model": "alexa", "probability": 0.93, "at_s": 1.5, "ts": "x"}))
+    assert out == {"event_type": "alexa", "probability": 0.93}
+    no_models = discovery_config(TOPICS, "1", Features(microphone=True))["cmps"]
+    assert no_models["wake"] == {"p": "event"}   # a microphone without wake word models: no entity

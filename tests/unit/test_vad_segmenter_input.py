@@ -26,3 +26,18 @@ def test_energy_gate_is_what_rejects_noise() -> None:
 def test_segmenter_rejects_other_sample_types() -> None:
     with pytest.raises(TypeError):
         Segmenter(VADSettings()).feed(np.zeros(480, dtype=np.float32))
+
+
+def test_decisions_follow_heard_and_segments_keep_the_captured_audio() -> None:
+    """`feed(captured, heard)`: noise suppression decides where speech is, the job keeps the microphone's audio."""
+    from agent.audio.segmenter import SpeechEnd
+    from tests.support.speech import silence, utterance
+
+    speech = np.concatenate([silence(1.0), utterance("turn on the kitchen light"), silence(1.5)])
+    marked = np.full(len(speech), 7, dtype=np.int16)   # what the segment must hold: not what was heard
+    events = Segmenter(VADSettings()).feed(marked, speech)
+    (end,) = [e for e in events if isinstance(e, SpeechEnd)]
+    assert len(end.samples) > SAMPLE_RATE and set(np.unique(end.samples)) == {7}
+    assert Segmenter(VADSettings()).feed(speech, np.zeros(len(speech), dtype=np.int16)) == []
+    with pytest.raises(ValueError):
+        Segmenter(VADSettings()).feed(speech, speech[:-1])
