@@ -96,8 +96,8 @@ class App:
                                  on_summary=self.reactions.on_summary)
         # every source asks admission, then hands its ticket and audio to the one runner
         self.admission = Admission(self.slot, retry_after_s=s.jobs.retry_after_s)
-        self.watchdog = Watchdog(self.notifier, s.jobs.timeout_s, tick_s=TICK_S)
-        self.runner = Runner(self.pipeline, self.watchdog.watch_job)
+        self.watchdog = Watchdog(self.notifier, tick_s=TICK_S)
+        self.runner = Runner(self.pipeline, s.jobs.timeout_s)
         self.grace = ShutdownGrace(self.slot, s.jobs.shutdown_grace_s, beat=self.watchdog.beat,
                                    say=self.notifier.status)
         make_worker = WorkerFactory(self.admission, self.runner, self.pipeline.job_event, self.engines.batch_size)
@@ -183,7 +183,7 @@ class App:
         self.fleet.reconfigure(new, topics)
         self.telemetry_timer.reconfigure(new, topics)
         self.speech.reconfigure(new.vad)
-        for part in (self.reactions, self.watchdog, self.grace):
+        for part in (self.reactions, self.runner, self.grace):
             part.reconfigure(new)
 
     # --- lifecycle -----------------------------------------------------------------------

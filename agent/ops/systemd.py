@@ -19,8 +19,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,16 +193,6 @@ class WatchdogGate:
         with self._lock:
             part = self._parts[name]
             part.idle, part.busy_since, part.busy_max_s, part.last_beat = False, now, max_s, now
-
-    @contextmanager
-    def watching(self, name: str, max_s: float) -> Iterator[None]:
-        """A unit of work that must end within `max_s`; longer and the gate is unhealthy."""
-        self.register(name, max_s)
-        self.busy(name, max_s)
-        try:
-            yield
-        finally:
-            self.unregister(name)
 
     def healthy(self) -> tuple[bool, list[str]]:
         """(all parts alive, names of the stuck parts, sorted)."""
