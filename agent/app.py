@@ -30,7 +30,7 @@ from agent.mqtt.connection import Connections
 from agent.mqtt.dispatch import Dispatcher, DispatchStats
 from agent.mqtt.events import EventSink
 from agent.mqtt.link import MqttLink
-from agent.mqtt.outbox import Outbox
+from agent.mqtt.outbox_open import open_outbox
 from agent.mqtt.publisher import Publisher
 from agent.mqtt.retained import RetainedFacts
 from agent.mqtt.topics import Topics
@@ -74,14 +74,16 @@ class App:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.install_id = identity.install_id(state_dir)
         self.link: MqttLink | None = None
-        self.outbox = Outbox(state_dir / "outbox.sqlite3", max_messages=s.outbox.max_messages,
-                             max_bytes=s.outbox.max_bytes, on_overflow=self._outbox_overflow)
+        self.outbox, quarantined = open_outbox(state_dir / "outbox.sqlite3", max_messages=s.outbox.max_messages,
+                                               max_bytes=s.outbox.max_bytes, on_overflow=self._outbox_overflow)
         self.publisher = Publisher(self.outbox, s.device_id, on_store_error=self._store_error)
         # every event goes through the one sink; what reacts to events is registered in _observe_events
         self.events = EventSink(self.publisher, self.topics)
         # kind -> current retained alert body; the board keeps it, its events and retained copies consistent
         self.board = AlertBoard(self.events.emit, self.topics)
         self.outbox_watch = OutboxWatch(self.board, self.outbox)
+        if quarantined is not None:   # stored in the fresh outbox: sent once connected
+            self.board.raise_("outbox", "critical", quarantined.alert())
         self.slot = JobSlot(s.jobs.max_concurrent)
         self.engines = Engines(s.transcriber, s.summarizer, on_change=self.publish_state)
         self.reactions = AlertReactions(self.board, self.engines, s)
