@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from tests.support import real_speech
-from tests.support.inbox import wait_files
 from tests.support.models import real_whisper_cpp
 from tests.support.probe import Probe
 from tests.support.real_speech import word_recall
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -54,8 +54,10 @@ def test_g711_and_flac_recordings_of_people_are_transcribed(make_agent, probe: P
         os.rename(part, agent.inbox / name)
     processed, failed = agent.inbox / "processed", agent.inbox / "failed"
     for source, (name, _) in CASES.items():
-        path = wait_files(processed, f"{name}.json", 1, timeout=240)[0]
-        transcript = json.loads(path.read_text())["transcript"]
+        done, refused = processed / f"{name}.json", failed / f"{name}.error.json"
+        wait_until(lambda: done.exists() or refused.exists(), 240, f"{name} processed or failed")
+        assert done.exists(), json.loads(refused.read_text())
+        transcript = json.loads(done.read_text())["transcript"]
         said = found[source].text
         print(f"\n{name}: {transcript!r} (said: {said!r})")
         assert word_recall(said, transcript) >= 0.8, (name, transcript, said)
