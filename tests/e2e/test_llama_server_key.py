@@ -75,6 +75,9 @@ def test_kept_server_refuses_requests_without_the_agents_key(server: str, make_a
     agent.start(probe)
     probe.wait_for(f"{agent.root}/state", lambda m: m.json["engines"]["summarizer"]["ready"], timeout=180,
                    what="summarizer ready")
+    assert chat(port, {}) == 401, "a request without the key"
+    assert chat(port, {"Authorization": "Bearer not-the-key"}) == 401, "a request with a wrong key"
+
     assert agent.proc is not None
     pid = wait_until(lambda: server_child(agent.proc.pid), 10, "the server process")
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -82,9 +85,6 @@ def test_kept_server_refuses_requests_without_the_agents_key(server: str, make_a
     key = environ[key_variable.encode()].decode()
     assert len(key) >= 32 and not any(key.encode() in part for part in argv), "the key is not on the command line"
     assert key not in agent.log(), "the key is not logged"
-
-    assert chat(port, {}) == 401, "a request without the key"
-    assert chat(port, {"Authorization": "Bearer not-the-key"}) == 401, "a request with a wrong key"
     assert chat(port, {"Authorization": f"Bearer {key}"}) == 200, "the agent's own key works"
 
     agent.inbox.mkdir(parents=True, exist_ok=True)
