@@ -52,14 +52,15 @@ def check_duration(info: WavInfo, max_duration_s: float | None) -> None:
         )
 
 
-def check_decoded(info: WavInfo, available_bytes: int) -> None:
+def check_decoded(info: WavInfo, available_bytes: int, source_bytes: int = 0) -> None:
     """Refuse, from the header alone, audio whose decoded samples would not fit in the memory free.
 
     A 163 KiB FLAC of silence can hold half an hour at 48 kHz: the file size says nothing about
     what decoding costs, the frame count does. `available_bytes` is what the memory budget
-    (machine or cgroup, agent/memory_budget.py) has free right now.
+    (machine or cgroup, agent/memory_budget.py) has free right now; `source_bytes` what the
+    decoder holds besides (a WAV's raw samples, read whole while they are converted).
     """
-    need = output_length(info.frames, info.sample_rate, SAMPLE_RATE) * DECODED_BYTES_PER_SAMPLE
+    need = output_length(info.frames, info.sample_rate, SAMPLE_RATE) * DECODED_BYTES_PER_SAMPLE + source_bytes
     if need > available_bytes:
         raise AudioError(
             f"decoded to 16 kHz mono, these {info.duration_s:.1f} s of audio need {need / 2**20:,.0f} MB; "

@@ -183,7 +183,7 @@ def _decode_wav(source: Source, path: Path | None, max_duration_s: float | None,
     layout = parse_wav(source)
     info = nonempty(layout.info)
     check_duration(info, max_duration_s)
-    check_decoded(info, available_bytes)
+    check_decoded(info, available_bytes, 0 if is_native(info) else layout.data_bytes)
     raw = source.samples(layout.data_offset, layout.data_bytes)
     if is_native(info):
         samples = raw.view("<i2").astype(np.int16, copy=False)
