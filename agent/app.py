@@ -32,7 +32,7 @@ from agent.mqtt.dispatch import Dispatcher, DispatchStats
 from agent.mqtt.events import EventSink
 from agent.mqtt.link import MqttLink
 from agent.mqtt.offload import FleetOffload
-from agent.mqtt.outbox import Outbox
+from agent.mqtt.outbox_open import open_outbox
 from agent.mqtt.publisher import Publisher
 from agent.mqtt.retained import RetainedFacts
 from agent.mqtt.topics import Topics
@@ -87,14 +87,16 @@ class App:
         self.log_lines = LogLines(s, self.topics)
         logging.getLogger().addHandler(self.log_lines)
         self.link: MqttLink | None = None
-        self.outbox = Outbox(state_dir / "outbox.sqlite3", max_messages=s.outbox.max_messages,
-                             max_bytes=s.outbox.max_bytes, on_overflow=self._outbox_overflow)
+        self.outbox, quarantined = open_outbox(state_dir / "outbox.sqlite3", max_messages=s.outbox.max_messages,
+                                               max_bytes=s.outbox.max_bytes, on_overflow=self._outbox_overflow)
         self.publisher = Publisher(self.outbox, s.device_id, on_store_error=self._store_error)
         # every event goes through the one sink; what reacts to events is registered in _observe_events
         self.events = EventSink(self.publisher, self.topics)
         # kind -> current retained alert body; the board keeps it, its events and retained copies consistent
         self.board = AlertBoard(self.events.emit, self.topics)
         self.outbox_watch = OutboxWatch(self.board, self.outbox)
+        if quarantined is not None:   # stored in the fresh outbox: sent once connected
+            self.board.raise_("outbox", "critical", quarantined.alert())
         self.slot = JobSlot(s.jobs.max_concurrent)
         # `transcriber.engine: fleet` reaches the workers through this (agent/mqtt/offload.py)
         self.offload = FleetOffload(self.topics, s.transcriber.engine == "fleet")
@@ -116,8 +118,8 @@ class App:
         self.admission.set_need_check(self.memory_guard.check)
         self.oom_watch = OomWatch(self.memory_guard.on_oom)
         self.retries = Retries(RetryPolicy.of(s))   # failed files that stay queued for another try
-        self.watchdog = Watchdog(self.notifier, s.jobs.timeout_s, tick_s=TICK_S)
-        self.runner = Runner(self.pipeline, self.watchdog.watch_job)
+        self.watchdog = Watchdog(self.notifier, tick_s=TICK_S)
+        self.runner = Runner(self.pipeline, s.jobs.timeout_s)
         self.grace = ShutdownGrace(self.slot, s.jobs.shutdown_grace_s, beat=self.watchdog.beat,
                                    say=self.notifier.status)
         make_worker = WorkerFactory(self.admission, self.runner, self.pipeline.job_event, self.engines.batch_size,
@@ -222,7 +224,7 @@ class App:
         self.offload.reconfigure(new, topics)
         self.telemetry_timer.reconfigure(new, topics)
         self.speech.reconfigure(new.vad)
-        for part in (self.reactions, self.watchdog, self.grace, self.memory_guard, self.retries):
+        for part in (self.reactions, self.runner, self.grace, self.memory_guard, self.retries):
             part.reconfigure(new)
 
     # --- lifecycle -----------------------------------------------------------------------

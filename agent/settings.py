@@ -188,8 +188,9 @@ class OutboxSettings:
 class JobsSettings:
     max_concurrent: int = opt(1, remote=DEVICE, doc="Heavy jobs in flight at once; more are answered busy (or wait on disk).",
                               min=1, max=32, remote_max=8)
-    timeout_s: float = opt(600.0, remote=FLEET, doc="Longest a single job may run.", min=1, max=86_400,
-                                remote_min=60)
+    timeout_s: float = opt(600.0, remote=FLEET, doc="Longest a single job may run; past it the job is stopped "
+                           "(its engine process killed) and fails with `timeout`.", min=1, max=86_400,
+                           remote_min=60)
     retry_after_s: float = opt(5.0, remote=FLEET, doc="Hint sent with busy answers.", min=0, max=3600,
                                    remote_min=1, remote_max=600)
     cache_size: int = opt(128, remote=DEVICE, doc="Results of identical audio or text kept for reuse (LRU).", min=0, max=100_000,

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from agent.audio.info import MAX_RATE, MIN_RATE, WavInfo, check_duration, corrupt, nonempty, unsupported
-from agent.audio.pcm import downmix, float_to_int16, render
+from agent.audio.info import MAX_RATE, MIN_RATE, WavInfo, check_decoded, check_duration, corrupt, nonempty, unsupported
+from agent.audio.pcm import downmix, render
+from agent.audio.resample import output_length
 from agent.audio.clip import SAMPLE_RATE, Audio
 from agent.errors import AudioError
 
@@ -112,29 +113,68 @@ def probe_other(target: str | io.BytesIO, kind: str) -> WavInfo:
         raise corrupt(f"could not read this {kind.upper()} file: {exc}") from exc
 
 
-def decode_other(target: str | io.BytesIO, kind: str, max_duration_s: float | None) -> Audio:
-    """Decode via soundfile, never reading more frames than the header claims.
+def decode_other(target: str | io.BytesIO, kind: str, max_duration_s: float | None, available_bytes: int) -> Audio:
+    """Decode via soundfile block by block straight into 16 kHz mono int16.
 
-    Blocks are collected and joined once, so a header that overstates its length costs
-    nothing, and one that understates it cannot make us decode a decompression bomb.
+    The output is allocated once from the header's frame count, after the duration and the
+    memory it needs were checked; the source-rate samples only ever exist one block at a time,
+    so a 163 KiB FLAC holding half an hour at 48 kHz costs its 16 kHz output, not the 1,170x of
+    decoding it whole. Never more frames than the header claims are read, so a header that
+    understates its length cannot make us decode a decompression bomb; one that overstates it
+    is cut to what the file really held.
     """
     soundfile = _import_soundfile(kind)
     try:
         with soundfile.SoundFile(target) as f:
             info = nonempty(_soundfile_info(f, kind))
             check_duration(info, max_duration_s)
-            mono = _read_mono(f, info.frames)
+            check_decoded(info, available_bytes)
+            reader = _BlockReader(f, info.frames)
+            samples = render(reader.read, info.frames, info.sample_rate)
     except _SOUNDFILE_ERRORS as exc:
         raise corrupt(f"could not decode this {kind.upper()} file: {exc}") from exc
-    if len(mono) == 0:
+    if reader.decoded == 0:
         raise AudioError(f"the {kind.upper()} file contains no audio frames", code="empty")
-    if info.sample_rate == SAMPLE_RATE:
-        return Audio(mono)
+    if reader.decoded < info.frames:
+        samples = samples[: output_length(reader.decoded, info.sample_rate, SAMPLE_RATE)]
+    return Audio(samples)
 
-    def read(start: int, stop: int) -> np.ndarray:
-        return mono[start:stop].astype(np.float32) * np.float32(1 / 32768)
 
-    return Audio(render(read, len(mono), info.sample_rate))
+class _BlockReader:
+    """`read(start, stop)` for the resampler over a file soundfile decodes front to back.
+
+    The resampler asks for overlapping, increasing ranges; only the part of the last block
+    still ahead of `start` is kept, so working memory is a block or two whatever the length.
+    Frames past the end of what the file really holds read as silence.
+    """
+
+    def __init__(self, f: Any, limit: int) -> None:
+        self._f = f
+        self._limit = limit
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._buf_start = 0
+        self.decoded = 0
+        self._ended = False
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        drop = min(max(0, start - self._buf_start), len(self._buf))
+        self._buf, self._buf_start = self._buf[drop:], self._buf_start + drop
+        blocks = [self._buf]
+        have = self._buf_start + len(self._buf)
+        while have < stop and not self._ended:
+            want = min(max(_SOUNDFILE_BLOCK, stop - have), self._limit - have)
+            chunk = self._f.read(want, dtype="float32", always_2d=True)
+            if len(chunk) == 0:
+                self._ended = True
+                break
+            blocks.append(downmix(chunk.reshape(-1), chunk.shape[1]))
+            have += len(chunk)
+            self.decoded += len(chunk)
+        if have < stop:
+            blocks.append(np.zeros(stop - have, dtype=np.float32))
+        if len(blocks) > 1:
+            self._buf = np.concatenate(blocks)
+        return self._buf[start - self._buf_start : stop - self._buf_start]
 
 
 def _soundfile_info(f: Any, kind: str) -> WavInfo:
@@ -150,17 +190,3 @@ def _subtype_bits(subtype: str) -> int:
     """Bits per sample for libsndfile subtypes; 0 for lossy codecs (Vorbis, Opus, MP3)."""
     table = {"PCM_S8": 8, "PCM_U8": 8, "PCM_16": 16, "PCM_24": 24, "PCM_32": 32, "FLOAT": 32, "DOUBLE": 64}
     return table.get(subtype, 0)
-
-
-def _read_mono(f: Any, limit: int) -> np.ndarray:
-    """At most `limit` frames as mono int16 at the source rate (half the memory of float32)."""
-    blocks = []
-    total = 0
-    while total < limit:
-        chunk = f.read(min(_SOUNDFILE_BLOCK, limit - total), dtype="float32", always_2d=True)
-        if len(chunk) == 0:
-            break
-        mono = downmix(chunk.reshape(-1), chunk.shape[1])
-        blocks.append(float_to_int16(mono))
-        total += len(chunk)
-    return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.int16)

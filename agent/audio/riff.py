@@ -24,7 +24,7 @@ WAVE_FORMAT_PCM = 0x0001
 
 _MAX_CHUNKS = 1024  # real files have < 10 chunks; bounds the walk over hostile input
 _STREAMING_SIZE = 0xFFFFFFFF  # data size left by streaming writers (and RF64 placeholder)
-_FLOAT, _EXTENSIBLE = 0x0003, 0xFFFE
+_FLOAT, _ALAW, _MULAW, _EXTENSIBLE = 0x0003, 0x0006, 0x0007, 0xFFFE
 _GUID_TAIL = bytes.fromhex("0000 1000 8000 00aa 0038 9b71")  # KSDATAFORMAT_SUBTYPE_* after the tag
 
 _TAG_NAMES = {
@@ -93,7 +93,7 @@ Source = Union[BytesSource, FileSource]
 class Fmt:
     """The decoded fmt chunk (EXTENSIBLE already resolved to its sub-format)."""
 
-    kind: str  # "pcm" | "float"
+    kind: str  # "pcm" | "float" | "alaw" | "mulaw"
     channels: int
     sample_rate: int
     bits: int
@@ -183,7 +183,7 @@ def _extensible_subformat(raw: bytes, size: int) -> int:
 
 
 def _sample_layout(tag: int, bits: int) -> tuple[str, int]:
-    """("pcm" | "float", bytes per sample) for the encodings we decode."""
+    """("pcm" | "float" | "alaw" | "mulaw", bytes per sample) for the encodings we decode."""
     if tag == WAVE_FORMAT_PCM:
         if bits == 0:
             raise corrupt("the fmt chunk says 0 bits per sample")
@@ -194,6 +194,10 @@ def _sample_layout(tag: int, bits: int) -> tuple[str, int]:
         if bits not in (32, 64):
             raise unsupported(f"{bits}-bit float WAV is not supported (32 and 64-bit are)")
         return "float", bits // 8
+    if tag in (_ALAW, _MULAW):  # G.711: telephony and voicemail, usually 8 kHz
+        if bits != 8:
+            raise corrupt(f"G.711 {_TAG_NAMES[tag]} has 8 bits per sample; the fmt chunk says {bits}")
+        return ("alaw" if tag == _ALAW else "mulaw"), 1
     name = _TAG_NAMES.get(tag, "an unknown encoding")
     raise unsupported(f"this WAV uses {name} (format tag 0x{tag:04X}); convert it to PCM or float WAV")
 
@@ -249,6 +253,8 @@ def frame_reader(raw: np.ndarray, fmt: Fmt) -> Reader:
 
 def _to_float(chunk: np.ndarray, fmt: Fmt) -> np.ndarray:
     """Interleaved samples as float32 in [-1, 1], vectorised for every sample width."""
+    if fmt.kind in _G711:
+        return _G711[fmt.kind][chunk]
     if fmt.kind == "float":
         x = np.clip(chunk.view("<f4" if fmt.sample_bytes == 4 else "<f8"), -1.0, 1.0)
         return np.nan_to_num(x.astype(np.float32, copy=False), copy=False)
@@ -262,3 +268,22 @@ def _to_float(chunk: np.ndarray, fmt: Fmt) -> np.ndarray:
         wide[:, 1:] = chunk.reshape(-1, 3)
         return wide.view("<i4").ravel().astype(np.float32) * np.float32(2.0**-31)
     return chunk.view("<i4").astype(np.float32) * np.float32(2.0**-31)
+
+
+def _mulaw_table() -> np.ndarray:
+    """The 256 G.711 µ-law code words as float32 (ITU-T G.711: bits inverted, bias 0x84)."""
+    u = ~np.arange(256, dtype=np.uint8)
+    exponent, mantissa = (u >> 4) & 7, (u & 0x0F).astype(np.int32)
+    magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84
+    return (np.where(u & 0x80, -magnitude, magnitude) / 32768).astype(np.float32)
+
+
+def _alaw_table() -> np.ndarray:
+    """The 256 G.711 A-law code words as float32 (ITU-T G.711: even bits inverted, sign bit set = positive)."""
+    a = np.arange(256, dtype=np.uint8) ^ 0x55
+    exponent, mantissa = ((a >> 4) & 7).astype(np.int32), (a & 0x0F).astype(np.int32)
+    magnitude = np.where(exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << np.maximum(exponent - 1, 0))
+    return (np.where(a & 0x80, magnitude, -magnitude) / 32768).astype(np.float32)
+
+
+_G711 = {"alaw": _alaw_table(), "mulaw": _mulaw_table()}  # 1 KB each: a lookup per byte decodes G.711

@@ -7,7 +7,8 @@ too_long, too_large) is part of the public MQTT API, with a message a person can
 
 Memory and CPU matter on a Pi Zero 2W, so:
 
-* limits are checked before any sample is read (file size from stat, duration from header);
+* limits are checked before any sample is read (file size from stat, duration from header, and
+  the memory the decoded 16 kHz samples need against what the memory budget has free);
 * the data chunk is read with one read into one preallocated buffer, and sizes always come
   from the real file length, so a lying header cannot make us allocate or loop absurdly;
 * conversion, downmix and resampling run block by block straight from the raw bytes into
@@ -35,11 +36,12 @@ from typing import Union
 import numpy as np
 
 from agent.audio.containers import FORMATS_EXTRA, decode_other, probe_other, sniff
-from agent.audio.info import MAX_RATE, MIN_RATE, WavInfo, check_duration, check_size, nonempty
+from agent.audio.info import MAX_RATE, MIN_RATE, WavInfo, check_decoded, check_duration, check_size, nonempty
 from agent.audio.pcm import float_to_int16, render
 from agent.audio.riff import WAVE_FORMAT_PCM, BytesSource, FileSource, Source, frame_reader, parse_wav
 from agent.audio.clip import SAMPLE_RATE, Audio
 from agent.durable import write_atomically
+from agent.memory_budget import BudgetReader
 from agent.errors import AudioError
 
 __all__ = [
@@ -85,12 +87,20 @@ def probe(path: Path) -> WavInfo:
         return nonempty(parse_wav(source).info)
 
 
-def decode_file(path: Path, *, max_bytes: int | None = None, max_duration_s: float | None = None) -> Audio:
+def decode_file(
+    path: Path,
+    *,
+    max_bytes: int | None = None,
+    max_duration_s: float | None = None,
+    available_bytes: int | None = None,
+) -> Audio:
     """Decode a file to 16 kHz mono int16.
 
     `Audio.path` is set only when the file already is a clean 16 kHz mono 16-bit PCM RIFF WAV,
     i.e. other programs may read it instead of the returned samples. Raises AudioError
     (empty, corrupt, unsupported_format, too_long, too_large); OSError if it cannot be opened.
+    `available_bytes` is the memory the decoded audio may take (None: what the memory budget
+    has free now); audio that would need more is refused as too_large before it is decoded.
     """
     path = Path(path)
     check_size(_regular_file_size(path), max_bytes)
@@ -101,12 +111,16 @@ def decode_file(path: Path, *, max_bytes: int | None = None, max_duration_s: flo
             raise AudioError("the file is empty (0 bytes)", code="empty")
         kind = sniff(source.read(0, 12))
         if kind == "wav":
-            return _decode_wav(source, path, max_duration_s)
-    return decode_other(str(path), kind, max_duration_s)
+            return _decode_wav(source, path, max_duration_s, _available(available_bytes))
+    return decode_other(str(path), kind, max_duration_s, _available(available_bytes))
 
 
 def decode_bytes(
-    data: BytesLike, *, max_bytes: int | None = None, max_duration_s: float | None = None
+    data: BytesLike,
+    *,
+    max_bytes: int | None = None,
+    max_duration_s: float | None = None,
+    available_bytes: int | None = None,
 ) -> Audio:
     """Decode in-memory file contents (an HTTP upload, an MQTT payload) to 16 kHz mono int16.
 
@@ -121,8 +135,8 @@ def decode_bytes(
     source = BytesSource(data)
     kind = sniff(source.read(0, 12))
     if kind == "wav":
-        return _decode_wav(source, None, max_duration_s)
-    return decode_other(io.BytesIO(data), kind, max_duration_s)
+        return _decode_wav(source, None, max_duration_s, _available(available_bytes))
+    return decode_other(io.BytesIO(data), kind, max_duration_s, _available(available_bytes))
 
 
 def encode_wav(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
@@ -160,10 +174,16 @@ def _regular_file_size(path: Path) -> int:
     return st.st_size
 
 
-def _decode_wav(source: Source, path: Path | None, max_duration_s: float | None) -> Audio:
+def _available(available_bytes: int | None) -> int:
+    """The memory decoded audio may take: as given, or what the budget (machine or cgroup) has free."""
+    return BudgetReader().read().available_bytes if available_bytes is None else available_bytes
+
+
+def _decode_wav(source: Source, path: Path | None, max_duration_s: float | None, available_bytes: int) -> Audio:
     layout = parse_wav(source)
     info = nonempty(layout.info)
     check_duration(info, max_duration_s)
+    check_decoded(info, available_bytes, 0 if is_native(info) else layout.data_bytes)
     raw = source.samples(layout.data_offset, layout.data_bytes)
     if is_native(info):
         samples = raw.view("<i2").astype(np.int16, copy=False)

@@ -32,6 +32,7 @@ import numpy as np
 from agent.audio.clip import Audio, SAMPLE_RATE
 
 from agent.engines.base import Progress, Transcript, transcribe_each
+from agent.engines.deadline import bounded, expired
 from agent.errors import EngineError
 from agent.settings import TranscriberSettings
 
@@ -165,7 +166,8 @@ class FasterWhisperTranscriber:
         if self._model is None:
             raise EngineError("faster-whisper model is not loaded", code="engine_unavailable")
         language = None if self._settings.language in (None, "", "auto") else self._settings.language
-        deadline = time.monotonic() + self._settings.timeout_s
+        timeout_s = bounded(self._settings.timeout_s)  # the job's deadline too (agent.engines.deadline)
+        deadline = time.monotonic() + timeout_s
         with self._lock:
             try:
                 segments, info = self._model.transcribe(
@@ -178,8 +180,7 @@ class FasterWhisperTranscriber:
                     if progress is not None and duration > 0:
                         progress(segment.end / duration, _joined(texts))
                     if time.monotonic() > deadline:
-                        raise EngineError(f"faster-whisper exceeded {self._settings.timeout_s:g} s",
-                                          code="engine_timeout")
+                        raise expired("faster-whisper", timeout_s)
             except EngineError:
                 raise
             except Exception as exc:  # noqa: BLE001 - CTranslate2 raises plain RuntimeErrors

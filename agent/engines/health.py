@@ -14,8 +14,9 @@ from urllib.parse import urlsplit
 PROBE_TIMEOUT_S = 5.0
 
 
-def probe(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> int | None:
-    """GET `url` and return the status code, or None when nothing answers in time.
+def probe(url: str, timeout_s: float = PROBE_TIMEOUT_S, headers: dict[str, str] | None = None) -> int | None:
+    """GET `url` (with `headers`, e.g. the server's key) and return the status code, or None when
+    nothing answers in time.
 
     Uses http.client rather than requests on purpose: proxy environment variables must never
     route a loopback health check through a corporate proxy.
@@ -25,7 +26,7 @@ def probe(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> int | None:
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     connection = connection_class(parts.hostname or "127.0.0.1", parts.port, timeout=timeout_s)
     try:
-        connection.request("GET", target, headers={"Connection": "close"})
+        connection.request("GET", target, headers={"Connection": "close", **(headers or {})})
         response = connection.getresponse()
         response.read()
         return response.status

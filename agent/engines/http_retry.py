@@ -17,6 +17,7 @@ from typing import Any
 
 import requests
 
+from agent.engines.deadline import job_timeout, past
 from agent.errors import EngineError
 
 #: Status codes worth another attempt: rate limiting and server-side trouble.
@@ -92,6 +93,8 @@ def post_with_retries(
         try:
             response = session.post(url, timeout=timeout_s, **requests_kwargs)
         except requests.Timeout as exc:
+            if past():  # the job's own deadline cut this wait (agent.engines.deadline)
+                raise job_timeout() from exc
             raise EngineError(f"no answer from {url} within {timeout_s:g} s", code="engine_timeout") from exc
         except requests.ConnectionError as exc:
             last_problem = f"cannot reach {url}: {exc.__class__.__name__}"

@@ -18,12 +18,20 @@ Failure handling, in order of preference:
   background, and the caller gets `engine_timeout`;
 - a server that cannot start at all falls back to `oneshot_command` per call when configured
   (slow: the model loads every time, but a summary beats none), else `engine_unavailable`.
+
+The server listens on loopback, where any local process could otherwise use it (and its CPU and
+memory). It is started with a random key made for this start of the summarizer, and every
+request and health probe sends it (`Authorization: Bearer`). The key goes in the environment,
+not on the command line, where any local user could read it with `ps`: llama.cpp's
+`llama-server` reads `LLAMA_API_KEY` (its `--api-key`), llama-cpp-python's server `API_KEY` (its
+`--api_key`). A command that sets either flag itself overrides the key and gets HTTP 401.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import secrets
 import shutil
 import subprocess
 import threading
@@ -45,6 +53,8 @@ WARMUP_TOKENS = 4
 CHAT_PATH = "/v1/chat/completions"
 #: llama.cpp's own server binary, as upstream names it.
 NATIVE_SERVER = "llama-server"
+#: Where each server reads its API key from the environment (llama.cpp: --api-key; llama-cpp-python: --api_key).
+KEY_ENVIRONMENT = ("LLAMA_API_KEY", "API_KEY")
 
 
 def native_server_binary() -> str | None:
@@ -82,7 +92,9 @@ class LlamaServerSummarizer:
         self.settings = settings
         self.options = settings.llama_server
         self._server: ServerProcess | None = None
-        self._http = LoopbackJson("127.0.0.1", self.options.port)
+        self._key = secrets.token_urlsafe(32)  # this start's key (see the module docstring)
+        self._auth = {"Authorization": f"Bearer {self._key}"}
+        self._http = LoopbackJson("127.0.0.1", self.options.port, headers=self._auth)
         self._call_lock = threading.Lock()
         self._closed = False
         self._last_ok_at = float("-inf")  # when the server last answered a request
@@ -118,6 +130,8 @@ class LlamaServerSummarizer:
             start_timeout_s=self.options.start_timeout_s,
             health_interval_s=self.options.health_interval_s,
             health_fallback_url=f"{self.base_url}/v1/models",
+            env={name: self._key for name in KEY_ENVIRONMENT},
+            headers=self._auth,
         )
         began = time.monotonic()
         try:

@@ -22,8 +22,10 @@ _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 class LoopbackJson:
     """POST JSON, read JSON; one connection, reused while the server keeps it open."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, headers: dict[str, str] | None = None) -> None:
+        """`headers` go with every request (the server's key)."""
         self.host, self.port = host, port
+        self._headers = dict(headers or {})
         self._conn: http.client.HTTPConnection | None = None
 
     def post(self, path: str, body: Any, timeout_s: float) -> Any:
@@ -63,7 +65,7 @@ class LoopbackJson:
         if conn.sock is not None:
             conn.sock.settimeout(timeout_s)
         conn.request("POST", path, body=data, headers={"Content-Type": "application/json",
-                                                       "User-Agent": "voice-agent"})
+                                                       "User-Agent": "voice-agent", **self._headers})
         response = conn.getresponse()
         raw = response.read()
         if response.will_close:

@@ -15,6 +15,7 @@ import requests
 from agent.audio.wav import encode_wav
 from agent.audio.clip import Audio
 from agent.engines.base import Transcript, transcribe_each
+from agent.engines.deadline import bounded
 from agent.engines.http_retry import make_session, post_with_retries, response_json
 from agent.errors import EngineError
 from agent.settings import TranscriberSettings
@@ -59,7 +60,7 @@ class OpenAITranscriber:
         response = post_with_retries(
             self._session, self.url,
             max_retries=MAX_RETRIES,
-            timeout_s=min(self._cfg.timeout_s, self._settings.timeout_s),
+            timeout_s=bounded(min(self._cfg.timeout_s, self._settings.timeout_s)),
             headers={"Authorization": f"Bearer {self._key}"},
             files={"file": ("audio.wav", encode_wav(np.asarray(audio.samples)), "audio/wav")},
             data=data,

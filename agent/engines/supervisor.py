@@ -65,6 +65,7 @@ class ServerProcess:
         health_interval_s: float = 10.0,
         env: dict | None = None,
         health_fallback_url: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         """`env` adds to (not replaces) the agent's environment.
 
@@ -80,6 +81,7 @@ class ServerProcess:
         self.start_timeout_s = float(start_timeout_s)
         self.health_interval_s = float(health_interval_s)
         self.env = dict(env) if env else None
+        self.headers = dict(headers) if headers else None  # sent with every health probe (the key)
         self.restarts = 0
         self.last_error: str | None = None
         self._lock = threading.RLock()  # serialises start/restart
@@ -238,12 +240,12 @@ class ServerProcess:
         return "health check timed out" if status is None else f"health check answered {status}"
 
     def _health_status(self) -> int | None:
-        status = probe(self.health_url)
+        status = probe(self.health_url, headers=self.headers)
         if status == 404 and self.health_fallback_url and self.health_url != self.health_fallback_url:
             log.info("%s has no %s; health-checking %s instead", self.name, self.health_url,
                      self.health_fallback_url)
             self.health_url = self.health_fallback_url
-            status = probe(self.health_url)
+            status = probe(self.health_url, headers=self.headers)
         return status
 
     def _spawn(self) -> None:

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 from agent.audio.clip import SAMPLE_RATE, Audio
 
 from agent.engines.base import Progress, Transcript
+from agent.engines.deadline import bounded, expired
 from agent.engines.process import sweep_group
 from agent.engines.whisper_concat import (
     assign_segments, join_with_gaps, packs_of, parse_segments, voiced_frames)
@@ -206,6 +207,7 @@ class WhisperCppTranscriber:
         """One run of the program; `watch` sees its output as it comes (progress)."""
         if self._closed:
             raise EngineError("whisper.cpp transcriber is closed", code="engine_unavailable")
+        timeout_s = bounded(timeout_s)  # never past the job's deadline: the child dies with it
         with self._lock:
             try:
                 proc = subprocess.Popen(
@@ -223,8 +225,7 @@ class WhisperCppTranscriber:
                     communicate(proc, stdin, timeout_s, watch)
             except subprocess.TimeoutExpired as exc:
                 self._kill(proc)
-                raise EngineError(f"whisper.cpp took longer than {timeout_s:g} s and was killed",
-                                  code="engine_timeout") from exc
+                raise expired("whisper.cpp", timeout_s) from exc
             except BaseException:
                 self._kill(proc)
                 raise

@@ -20,6 +20,7 @@ import requests
 from agent.audio.wav import encode_wav
 from agent.audio.clip import Audio
 from agent.engines.base import Transcript, transcribe_each
+from agent.engines.deadline import bounded
 from agent.engines.http_retry import make_session, post_with_retries, response_json
 from agent.engines.supervisor import ServerProcess
 from agent.errors import EngineError
@@ -102,7 +103,7 @@ class WhisperServerTranscriber:
             response = post_with_retries(
                 self._session, f"{self._url}/inference",
                 max_retries=MAX_RETRIES,
-                timeout_s=min(self._cfg.timeout_s, self._settings.timeout_s),
+                timeout_s=bounded(min(self._cfg.timeout_s, self._settings.timeout_s)),
                 files={"file": ("audio.wav", wav, "audio/wav")},
                 data=data,
             )

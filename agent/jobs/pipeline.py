@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from agent.audio.clip import Audio
 
+from agent.engines import deadline
 from agent.engines.base import Summary, Transcript
 from agent.engines.runtime import Engines
 from agent.errors import AgentError
@@ -175,6 +176,7 @@ class Pipeline:
 
     def _transcribe(self, job: Job) -> Transcript:
         loaded = self._load(job)
+        deadline.check()
         t0 = time.monotonic()
         engines = self._engines
         key = (engines.transcriber.name, loaded.content_hash)
@@ -208,6 +210,7 @@ class Pipeline:
         return found  # type: ignore[return-value]
 
     def _finish(self, job: Job, transcript: Transcript) -> dict[str, Any]:
+        deadline.check()  # an engine that cannot be interrupted (PocketSphinx) returned too late
         loaded = job.loaded
         assert loaded is not None
         src = job.source.as_dict()

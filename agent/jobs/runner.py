@@ -1,17 +1,20 @@
-"""The one job runner: under an admission ticket, watch the work, run it, finish, give the slot back.
+"""The one job runner: under an admission ticket, run the work within its deadline, finish, give the slot back.
 
-Every source hands its admitted work here, so the watchdog allowance (one `jobs.timeout_s` per
-file of a batch) and the slot's release cannot differ between sources. The source keeps its own
+Every source hands its admitted work here, so the deadline (one `jobs.timeout_s` per file of a
+batch, agent.engines.deadline: an engine past it is stopped and the job fails with `timeout`)
+and the slot's release cannot differ between sources. A long job no longer touches the systemd
+watchdog: it is stopped by its deadline, not the device by systemd. The source keeps its own
 finishing (the inbox's finish protocol, an MQTT answer, a fleet reply): it is passed as `finish`
-and runs outside the watch but still under the ticket, so a stopping agent that waits for the
+and runs outside the deadline but still under the ticket, so a stopping agent that waits for the
 slots to empty also waits for the file to be finished or the answer to be sent.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, ContextManager, TypeVar
+from typing import Any, Callable, TypeVar
 
+from agent.engines.deadline import job_deadline
 from agent.errors import AgentError
 from agent.jobs.admission import Ticket
 from agent.jobs.pipeline import Job
@@ -19,16 +22,19 @@ from agent.jobs.pipeline import Job
 log = logging.getLogger(__name__)
 
 Result = dict[str, Any] | AgentError
-Watch = Callable[[str, int], ContextManager[Any]]
 T = TypeVar("T")
 
 
 class Runner:
-    def __init__(self, pipeline: Any, watch: Watch) -> None:
+    def __init__(self, pipeline: Any, timeout_s: float) -> None:
         """`pipeline` has `run(job_id, source, load, summarize=)` and `run_batch(jobs)`;
-        `watch(job_id, n)` is the systemd watchdog's allowance for n files."""
+        `timeout_s` is jobs.timeout_s, pushed again by `reconfigure`."""
         self._pipeline = pipeline
-        self._watch = watch
+        self._timeout_s = timeout_s
+
+    def reconfigure(self, settings: Any) -> None:
+        """A new jobs.timeout_s applies from the next job on."""
+        self._timeout_s = settings.jobs.timeout_s
 
     def run(self, ticket: Ticket, jobs: list[Job], *, finish: Callable[[list[Result]], None] | None = None,
             catch_all: bool = False) -> list[Result]:
@@ -39,7 +45,7 @@ class Runner:
         answer); without it, it propagates (an inbox file then stays claimed, as its protocol says).
         """
         try:
-            with self._watch(jobs[0].job_id, len(jobs)):   # one allowance per file of the batch
+            with job_deadline(self._timeout_s * len(jobs)):   # one timeout per file of the batch
                 if len(jobs) == 1:
                     results: list[Result] = [self._run_one(jobs[0], catch_all)]
                 else:
@@ -54,7 +60,7 @@ class Runner:
              finish: Callable[[T], None] | None = None) -> T:
         """Heavy work that is not a pipeline job (a `transcribe` / `summarize` request)."""
         try:
-            with self._watch(job_id, 1):
+            with job_deadline(self._timeout_s):
                 result = work()
             if finish is not None:
                 finish(result)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from agent.engines.base import Summary
+from agent.engines.deadline import bounded
 from agent.engines.extractive import ExtractiveSummarizer
 from agent.engines.runtime import Engines
 from agent.errors import AgentError, EngineError
@@ -114,6 +115,7 @@ class SummaryStep:
         cached = self.summaries.get(key)
         if cached is not None:
             return cached
+        timeout_s = bounded(timeout_s)  # a job's summary never outlasts jobs.timeout_s: then the fallback
         deadline = time.monotonic() + timeout_s
         stage = self.stage
         if engines.summarizer.name in _INLINE_SUMMARIZERS:

@@ -42,6 +42,10 @@ class OutboxError(Exception):
     """The outbox could not store an event (disk full, I/O error)."""
 
 
+class OutboxCorrupt(Exception):
+    """SQLite's integrity check found the outbox file damaged (agent.mqtt.outbox_open moves it aside)."""
+
+
 @dataclass(frozen=True)
 class Pending:
     id: int
@@ -54,7 +58,12 @@ class Outbox:
                  on_overflow: Callable[[int], None] | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._check()
+        except BaseException:
+            self._db.close()
+            raise
         # FULL for durable puts, NORMAL otherwise (see above); switched per commit by _synchronous
         self._sync_mode = ""
         self._synchronous(PUT_SYNC)
@@ -71,6 +80,17 @@ class Outbox:
         self._sizes: dict[int, int] = {}
         self.dropped = 0
         self.stored = 0
+
+    def _check(self) -> None:
+        """A damaged page (a common SD-card fault) found now, at start, rather than by some later put.
+
+        `quick_check` reads every page once. The outbox is bounded (outbox.max_bytes, 50 MB by
+        default) and nearly empty while the broker is reachable, so that is a few pages at a normal
+        start and at most one read of the bound after a long outage.
+        """
+        problems = [row[0] for row in self._db.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            raise OutboxCorrupt("; ".join(str(p) for p in problems[:3]))
 
     def _measure(self) -> tuple[int, int]:
         count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM events").fetchone()

@@ -4,7 +4,7 @@ and an OOM kill that happens anyway is said at once.
 - **Admission by need** (`check`, pushed into agent/jobs/admission.py): an engine that runs as a
   new process per job (whisper.cpp's CLI) adds its whole peak to the cgroup each time, so a job
   is let in only when that peak (the figure `doctor` uses, agent/ops/doctor.py) fits in what is
-  free of the budget (agent/ops/memory_budget.py: the machine, or the cgroup's limit when that
+  free of the budget (agent/memory_budget.py: the machine, or the cgroup's limit when that
   is tighter). Otherwise the job waits (inbox, spool) or is refused with `memory_pressure`
   (requests, fleet jobs), and `alert/memory` (level `warning`, `reason: engine_need`) names the
   engine, its need and the budget. Engines whose model stays resident (PocketSphinx,
@@ -25,7 +25,7 @@ from typing import Any
 from agent.jobs.admission import Refusal
 from agent.ops.alerts import AlertBoard
 from agent.ops.doctor import transcriber_mb
-from agent.ops.memory_budget import MB, BudgetReader
+from agent.memory_budget import MB, BudgetReader
 from agent.settings import Settings
 
 log = logging.getLogger(__name__)

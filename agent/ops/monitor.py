@@ -7,7 +7,7 @@ broker with alerts, and a critical level is re-announced every `repeat_s` so a d
 missed the change still learns about it. Trackers are pure (samples in, alerts out) so they are
 tested with synthetic samples; `Monitor` is the thin thread around them. No MQTT here.
 
-Percentages and "available" are of the budget that really applies (agent/ops/memory_budget.py): the
+Percentages and "available" are of the budget that really applies (agent/memory_budget.py): the
 machine's memory, or the agent's cgroup limit (systemd `MemoryMax=`, a container) when that is
 tighter, so alerts and shedding happen before the kernel's OOM killer acts on that limit.
 """
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.ops.memory_budget import BudgetReader
+from agent.memory_budget import BudgetReader
 from agent.ops.sampling import MemorySample, disk_free_mb, existing, sample_memory
 from agent.settings import MemorySettings
 

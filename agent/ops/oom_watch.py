@@ -2,7 +2,7 @@
 
 The memory monitor samples every few seconds, and an engine that spikes past the cgroup's limit
 is killed between two samples: memory looks fine before and after. The kernel counts every such
-kill (`oom_kill` in cgroup v2 `memory.events`, v1 `memory.oom_control`; agent/ops/memory_budget.py
+kill (`oom_kill` in cgroup v2 `memory.events`, v1 `memory.oom_control`; agent/memory_budget.py
 reads it), so this thread reads that one small file a few times a second and reports each rise.
 A count that falls (the agent was moved to another cgroup) is a new baseline, not a kill.
 """
@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from agent.ops.memory_budget import BudgetReader
+from agent.memory_budget import BudgetReader
 
 log = logging.getLogger(__name__)
 

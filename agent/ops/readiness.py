@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import AbstractContextManager
 from typing import Any, Callable, Mapping
 
 from agent.mqtt.link import live
@@ -28,16 +27,6 @@ READY_DEADLINE_S = 60.0
 
 #: STATUS= is refreshed at least this often (and at once when the line changes).
 STATUS_EVERY_S = 10.0
-
-#: Upper bound of the extra time a job may run beyond jobs.timeout_s before the watchdog
-#: considers its worker stuck; a small timeout gets an equally small grace.
-JOB_WATCH_GRACE_MAX_S = 30.0
-
-
-def job_watch_allowance(timeout_s: float) -> float:
-    """How long a job worker may stay busy without progress: jobs.timeout_s + min(30, jobs.timeout_s)."""
-    return timeout_s + min(JOB_WATCH_GRACE_MAX_S, timeout_s)
-
 
 def engines_settled(engines: Mapping[str, Mapping[str, Any]]) -> bool:
     """Every engine either loaded or failed to load (a failure is final until the config changes,
@@ -130,24 +119,19 @@ class Readiness:
 
 
 class Watchdog:
-    """The systemd watchdog: pinged while the main loop and MQTT's loop beat and no job overruns.
+    """The systemd watchdog: pinged while the main loop and MQTT's loop beat.
 
-    A job must end within jobs.timeout_s (+ grace), or the watchdog stops being fed. A batch of
-    `jobs` files in one engine run gets jobs.timeout_s for each, as whisper's own limit does (its
-    timeout x files): else a slow batch would be killed by systemd mid-run.
+    Jobs do not take part: a job past jobs.timeout_s is stopped by its own deadline (agent.jobs.runner,
+    agent.engines.deadline) and fails with `timeout`. Withholding pings for it would have had systemd
+    kill the whole agent, and the file re-run after the restart, over and over.
     """
 
-    def __init__(self, notifier: Notifier, timeout_s: float, *, tick_s: float,
-                 gate: WatchdogGate | None = None) -> None:
+    def __init__(self, notifier: Notifier, *, tick_s: float, gate: WatchdogGate | None = None) -> None:
         self._notifier = notifier
-        self._timeout_s = timeout_s
         self._tick_s = tick_s
         self.gate = gate if gate is not None else WatchdogGate()
         self._link: Any = None
         self._pinger: WatchdogPinger | None = None
-
-    def reconfigure(self, settings: Any) -> None:
-        self._timeout_s = settings.jobs.timeout_s
 
     def attach(self, link: Any) -> None:
         self._link = link
@@ -170,7 +154,3 @@ class Watchdog:
         link = self._link
         if link is not None and link.loop_alive():
             self.gate.beat("mqtt")
-
-    def watch_job(self, job_id: str, jobs: int = 1) -> AbstractContextManager[None]:
-        allowance = job_watch_allowance(self._timeout_s * max(1, jobs))
-        return self.gate.watching(f"job-{job_id}", allowance)

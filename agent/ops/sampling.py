@@ -13,7 +13,7 @@ from typing import Any
 
 import psutil
 
-from agent.ops.memory_budget import MACHINE, BudgetReader
+from agent.memory_budget import MACHINE, BudgetReader
 
 MB = 1024 * 1024
 _GONE = (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess)

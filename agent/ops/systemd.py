@@ -19,8 +19,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,19 +141,14 @@ def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:
 class _Part:
     max_silence_s: float
     last_beat: float
-    idle: bool = False
-    busy_since: float | None = None
-    busy_max_s: float | None = None
 
 
 class WatchdogGate:
     """Named heartbeats; `healthy()` is False while any registered part is overdue.
 
-    A part is in one of three states:
-    - beating: healthy while beat() comes at least every `max_silence_s` (loops);
-    - idle(): healthy however long it waits (a worker blocked on an empty queue is not stuck);
-    - busy(max_s): healthy until `max_s` has passed without a beat (a job worker on one job).
-    beat() during busy() counts as progress and restarts the allowance; it does not end busy().
+    A part is healthy while beat() comes at least every `max_silence_s`: the loops (main, MQTT).
+    Jobs are not parts: a job past jobs.timeout_s is stopped by its own deadline
+    (agent.engines.deadline), never by having systemd restart the whole agent.
     """
 
     def __init__(self, clock: Clock = time.monotonic) -> None:
@@ -167,43 +161,10 @@ class WatchdogGate:
         with self._lock:
             self._parts[name] = _Part(max_silence_s=max_silence_s, last_beat=self._clock())
 
-    def unregister(self, name: str) -> None:
-        """Stop watching `name` (a worker that exits on purpose); unknown names are ignored."""
-        with self._lock:
-            self._parts.pop(name, None)
-
     def beat(self, name: str) -> None:
         now = self._clock()
         with self._lock:
-            part = self._parts[name]
-            part.last_beat = now
-            part.idle = False
-            if part.busy_since is not None:
-                part.busy_since = now
-
-    def idle(self, name: str) -> None:
-        """`name` is waiting for work: healthy until it calls beat() or busy()."""
-        now = self._clock()
-        with self._lock:
-            part = self._parts[name]
-            part.idle, part.busy_since, part.busy_max_s, part.last_beat = True, None, None, now
-
-    def busy(self, name: str, max_s: float) -> None:
-        """`name` started work that may take up to `max_s` without a beat; longer means stuck."""
-        now = self._clock()
-        with self._lock:
-            part = self._parts[name]
-            part.idle, part.busy_since, part.busy_max_s, part.last_beat = False, now, max_s, now
-
-    @contextmanager
-    def watching(self, name: str, max_s: float) -> Iterator[None]:
-        """A unit of work that must end within `max_s`; longer and the gate is unhealthy."""
-        self.register(name, max_s)
-        self.busy(name, max_s)
-        try:
-            yield
-        finally:
-            self.unregister(name)
+            self._parts[name].last_beat = now
 
     def healthy(self) -> tuple[bool, list[str]]:
         """(all parts alive, names of the stuck parts, sorted)."""
@@ -214,10 +175,6 @@ class WatchdogGate:
 
 
 def _overdue(part: _Part, now: float) -> bool:
-    if part.idle:
-        return False
-    if part.busy_since is not None and part.busy_max_s is not None:
-        return now - part.busy_since > part.busy_max_s
     return now - part.last_beat > part.max_silence_s
 
 

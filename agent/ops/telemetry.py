@@ -19,7 +19,7 @@ import psutil
 
 from agent.mqtt.link import live
 from agent.mqtt.messages import envelope
-from agent.ops.memory_budget import BudgetReader
+from agent.memory_budget import BudgetReader
 from agent.ops.sampling import MB, disk_free_mb
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class TelemetryCollector:
         cpu_percent is the agent's own use since the previous call (100 = one full core);
         system_cpu_percent is all cores together (100 = all busy). temperature_c is null when the
         host does not report one (containers, most VMs). memory is of the budget that applies
-        (agent/ops/memory_budget.py): budget_mb and limit_source say whether that is the machine or
+        (agent/memory_budget.py): budget_mb and limit_source say whether that is the machine or
         the agent's cgroup limit; machine_available_mb is the whole machine's either way.
         """
         vm = psutil.virtual_memory()

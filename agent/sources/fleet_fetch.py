@@ -11,13 +11,17 @@ device fetch from its own loopback or its LAN (server-side request forgery). So:
   socket actually connected to, so a DNS answer that changes in between (rebinding) gains nothing.
 * Redirects are followed only to the same scheme, host and port (at most MAX_REDIRECTS); one to
   another host is refused (`forbidden`). Proxies and .netrc from the environment are ignored.
-* The body is bounded by `max_bytes` and the whole download by `timeout_s`.
+* The body is bounded by `max_bytes` and the whole download by `timeout_s`. A socket timeout
+  bounds only each wait for bytes, and a server that sends a Content-Length and then one byte a
+  second never lets a 64 KiB read return: a timer shuts every socket of the download down at
+  its deadline, whatever the download is doing then (connecting, headers, body).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 import time
 from typing import Any, Sequence
 from urllib.parse import urljoin, urlsplit
@@ -90,7 +94,48 @@ class _Refused(OSError):
     pass
 
 
-def _checked(base: type, exact: bool) -> type:
+class _Deadline:
+    """Shuts down every socket of one download when its time is up (see the module docstring).
+
+    `shutdown` (not `close`) is what wakes a thread blocked in `recv` on Linux; the download then
+    fails at once, and `fetch` reports the deadline.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.expired = False
+        self._timer = threading.Timer(timeout_s, self._expire)
+        self._timer.daemon = True
+
+    def add(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+
+
+def _checked(base: type, exact: bool, deadline: _Deadline) -> type:
     class Checked(base):   # type: ignore[misc, valid-type]
         def _new_conn(self) -> socket.socket:
             sock = super()._new_conn()
@@ -101,32 +146,43 @@ def _checked(base: type, exact: bool) -> type:
             if not exact and (peer is None or internal(str(peer))):
                 sock.close()
                 raise _Refused(f"connected to an internal address ({peer})")
+            deadline.add(sock)
             return sock
     return Checked
 
 
 class _Adapter(HTTPAdapter):
-    """Every connection is checked where it actually landed (see the module docstring)."""
+    """Every connection is checked where it actually landed, and bounded by the download's deadline."""
 
-    def __init__(self, exact: bool) -> None:
+    def __init__(self, exact: bool, deadline: _Deadline) -> None:
         self._exact = exact
+        self._deadline = deadline
         super().__init__(max_retries=0)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        http = type("CheckedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": _checked(HTTPConnection, self._exact)})
+        http = type("CheckedHTTPPool", (HTTPConnectionPool,),
+                    {"ConnectionCls": _checked(HTTPConnection, self._exact, self._deadline)})
         https = type("CheckedHTTPSPool", (HTTPSConnectionPool,),
-                     {"ConnectionCls": _checked(HTTPSConnection, self._exact)})
+                     {"ConnectionCls": _checked(HTTPSConnection, self._exact, self._deadline)})
         self.poolmanager.pool_classes_by_scheme = {"http": http, "https": https}
 
 
 def fetch(url: str, *, allow: Sequence[str], max_bytes: int, timeout_s: float) -> bytes:
     """GET `url` under the rules above, refusing more than `max_bytes` and taking at most `timeout_s`."""
     exact = check_url(url, allow)
+    with _Deadline(timeout_s) as cut:
+        data = _fetch(url, exact, max_bytes, timeout_s, cut)
+    if cut.expired:   # also a body cut short without an error (a server that sent no length)
+        raise _too_slow(timeout_s)
+    return data
+
+
+def _fetch(url: str, exact: bool, max_bytes: int, timeout_s: float, cut: _Deadline) -> bytes:
     deadline = time.monotonic() + timeout_s
     with requests.Session() as session:
         session.trust_env = False
-        adapter = _Adapter(exact)
+        adapter = _Adapter(exact, cut)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         for _ in range(MAX_REDIRECTS + 1):
@@ -146,6 +202,8 @@ def fetch(url: str, *, allow: Sequence[str], max_bytes: int, timeout_s: float) -
                         continue
                     return _body(response, max_bytes, timeout_s, deadline)
             except requests.RequestException as exc:
+                if cut.expired:
+                    raise _too_slow(timeout_s) from None
                 if isinstance(exc.__context__, _Refused) or "internal address" in str(exc):
                     raise RequestError(f"host {host!r} connected to a loopback, link-local or private address",
                                        code="forbidden", field="url") from None
@@ -166,5 +224,9 @@ def _body(response: requests.Response, max_bytes: int, timeout_s: float, deadlin
         if len(data) > max_bytes:
             raise RequestError(f"the audio at the URL is more than {max_bytes} bytes", code="payload_too_large")
         if time.monotonic() > deadline:
-            raise RequestError(f"fetching the audio took longer than {timeout_s:g} s", code="fetch_failed")
+            raise _too_slow(timeout_s)
     return bytes(data)
+
+
+def _too_slow(timeout_s: float) -> RequestError:
+    return RequestError(f"fetching the audio took longer than {timeout_s:g} s", code="fetch_failed")

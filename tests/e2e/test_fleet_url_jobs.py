@@ -5,6 +5,10 @@ A canary HTTP server on loopback records every request: a refused URL must leave
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+
 from tests.support.http_stub import HTTPStub, Reply
 from tests.support.whisper_cpp_standin import pcm_digest
 from tests.support.wait import wait_until
@@ -62,3 +66,64 @@ def test_url_job_from_a_host_listed_exactly_is_fetched(make_agent, probe, tmp_pa
                                 what="result")[0].json
         assert answer["status"] == "ok" and answer["text"] == pcm_digest(WAV), answer
         assert [r.path for r in stub.requests] == ["/a.wav"]
+
+
+class Trickle:
+    """A STAND-IN file server that announces a whole WAV (Content-Length) and then sends one byte
+    every 0.2 s: each wait for bytes is short, the download never ends (issue 22)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.closed = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.closed.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Type: audio/wav\r\nContent-Length: {len(WAV)}\r\n\r\n".encode())
+                for byte in WAV:
+                    if self.closed.wait(0.2):
+                        return
+                    conn.sendall(bytes([byte]))
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.closed.set()
+        self.sock.close()
+
+
+def test_url_job_from_a_trickling_server_ends_at_the_fetch_deadline(make_agent, probe, tmp_path):
+    """fleet.fetch_timeout_s bounds the whole download, not each wait for bytes: the job fails with
+    fetch_failed at the deadline and the worker takes the next job."""
+    trickle = Trickle()
+    try:
+        with canary() as stub:
+            config = worker_config(tmp_path, fetch_timeout_s=2, url_allow=["127.0.0.1"])
+            agent = make_agent(config).start(probe)
+            subscribed(probe, agent)
+            sent = time.monotonic()
+            probe.publish(JOBS_TOPIC, {"job_id": "slow", "url": f"{trickle.url}/a.wav", "reply_to": "ctl/url"})
+            answer = probe.wait_for("ctl/url", lambda m: m.json["job_id"] == "slow" and m.json["status"] != "accepted", timeout=20,
+                                    what="the trickled job's answer")[0].json
+            took = time.monotonic() - sent
+            assert answer["status"] == "error" and answer["error"]["code"] == "fetch_failed", answer
+            assert "longer than 2 s" in answer["error"]["message"] and 1.5 < took < 8, (answer, took)
+            probe.publish(JOBS_TOPIC, {"job_id": "next", "url": f"{stub.url}/a.wav", "reply_to": "ctl/url"})
+            answer = probe.wait_for("ctl/url", lambda m: m.json["job_id"] == "next" and m.json["status"] != "accepted", timeout=20,
+                                    what="next job")[0].json
+            assert answer["status"] == "ok" and answer["text"] == pcm_digest(WAV), answer
+    finally:
+        trickle.close()

@@ -73,9 +73,9 @@ BAD_FILES = {
     "garbage.wav": (bytes(random.Random(1).randrange(256) for _ in range(3000)), "corrupt"),
     "truncated.wav": (tone_wav(1.0)[:30], "corrupt"),
     "lying.wav": (tone_wav(0.5)[:44] + b"\x00" * 10, "corrupt"),   # header claims more data than there is
-    "mulaw.wav": (b"RIFF" + (36 + 100).to_bytes(4, "little") + b"WAVEfmt " + (16).to_bytes(4, "little")
-                  + bytes.fromhex("0700 0100 401f0000 401f0000 0100 0800") + b"data" + (100).to_bytes(4, "little")
-                  + b"\x7f" * 100, "unsupported_format"),
+    "adpcm.wav": (b"RIFF" + (36 + 100).to_bytes(4, "little") + b"WAVEfmt " + (16).to_bytes(4, "little")
+                  + bytes.fromhex("1100 0100 401f0000 401f0000 0100 0400") + b"data" + (100).to_bytes(4, "little")
+                  + b"\x7f" * 100, "unsupported_format"),   # IMA ADPCM (G.711 mu-law, tag 7, is decoded)
     "long.wav": (tone_wav(3.0), "too_long"),
 }
 

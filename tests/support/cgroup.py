@@ -146,7 +146,7 @@ class Box:
 
     @property
     def limit_source(self) -> str:
-        """What agent/ops/memory_budget.py calls this box's limit."""
+        """What agent/memory_budget.py calls this box's limit."""
         return "cgroup v2 memory.max" if self.kind == "v2" else "cgroup v1 memory.limit_in_bytes"
 
     def add(self, pid: int) -> None:
@@ -180,7 +180,7 @@ class Box:
         return int((self.memory_dir / name).read_text())
 
     def working_set(self) -> int:
-        """Usage less inactive file cache: what the kernel cannot simply drop (agent/ops/memory_budget.py)."""
+        """Usage less inactive file cache: what the kernel cannot simply drop (agent/memory_budget.py)."""
         key = "inactive_file" if self.kind == "v2" else "total_inactive_file"
         inactive = 0
         for line in (self.memory_dir / "memory.stat").read_text().splitlines():

@@ -6,12 +6,12 @@ the refusal codes, the slot accounting and the release on failure are pinned dow
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from typing import Any
 
 import pytest
 
+from agent.engines import deadline
 from agent.errors import AgentError, RequestError
 from agent.jobs.admission import Admission, Refusal, Ticket
 from agent.jobs.pipeline import Job, Source
@@ -155,38 +155,31 @@ class FakePipeline:
 
     def run(self, job_id: str, source: Source, load: Any, *, summarize: bool = True) -> dict:
         self.runs.append([job_id])
+        self.time_left = deadline.bounded(1e9)
         if self.fail is not None:
             raise self.fail
         return {"job_id": job_id}
 
     def run_batch(self, jobs: list[Job]) -> list[dict | AgentError]:
         self.runs.append([j.job_id for j in jobs])
+        self.time_left = deadline.bounded(1e9)
         return [{"job_id": j.job_id} for j in jobs]
-
-
-class Watches:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, int]] = []
-
-    def __call__(self, job_id: str, n: int) -> contextlib.nullcontext:
-        self.calls.append((job_id, n))
-        return contextlib.nullcontext()
 
 
 def job(job_id: str) -> Job:
     return Job(job_id, Source("inbox", f"{job_id}.wav"), lambda: None)  # type: ignore[arg-type,return-value]
 
 
-def test_runner_watches_runs_finishes_then_releases() -> None:
+def test_runner_runs_within_the_deadline_finishes_then_releases() -> None:
     slot = JobSlot(1)
     admission = Admission(slot)
-    pipeline, watches = FakePipeline(), Watches()
+    pipeline = FakePipeline()
     running_at_finish: list[int] = []
-    results = Runner(pipeline, watches).run(admitted(admission.try_admit()), [job("a"), job("b"), job("c")],
+    results = Runner(pipeline, 10.0).run(admitted(admission.try_admit()), [job("a"), job("b"), job("c")],
                                             finish=lambda r: running_at_finish.append(slot.running))
     assert results == [{"job_id": "a"}, {"job_id": "b"}, {"job_id": "c"}]
     assert pipeline.runs == [["a", "b", "c"]], "a batch is one engine run"
-    assert watches.calls == [("a", 3)], "one watchdog allowance per file of the batch"
+    assert 29 < pipeline.time_left <= 30, "one jobs.timeout_s per file of the batch"
     assert running_at_finish == [1], "the source finishes while still holding the slot"
     assert slot.running == 0
 
@@ -194,14 +187,14 @@ def test_runner_watches_runs_finishes_then_releases() -> None:
 def test_runner_turns_an_agent_error_into_a_result() -> None:
     admission = Admission(JobSlot(1))
     error = AgentError("bad audio", code="corrupt")
-    results = Runner(FakePipeline(fail=error), Watches()).run(admitted(admission.try_admit()), [job("a")])
+    results = Runner(FakePipeline(fail=error), 10.0).run(admitted(admission.try_admit()), [job("a")])
     assert results == [error]
     assert admission.slot.running == 0
 
 
 def test_runner_releases_the_slot_when_the_job_raises() -> None:
     admission = Admission(JobSlot(1))
-    runner = Runner(FakePipeline(fail=RuntimeError("boom")), Watches())
+    runner = Runner(FakePipeline(fail=RuntimeError("boom")), 10.0)
     with pytest.raises(RuntimeError):
         runner.run(admitted(admission.try_admit()), [job("a")])
     assert admission.slot.running == 0
@@ -217,17 +210,16 @@ def test_runner_releases_the_slot_when_finishing_fails() -> None:
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        Runner(FakePipeline(), Watches()).run(admitted(admission.try_admit()), [job("a")], finish=finish)
+        Runner(FakePipeline(), 10.0).run(admitted(admission.try_admit()), [job("a")], finish=finish)
     assert admission.slot.running == 0
 
 
-def test_runner_call_watches_other_heavy_work_and_releases() -> None:
+def test_runner_call_bounds_other_heavy_work_and_releases() -> None:
     admission = Admission(JobSlot(1))
-    watches = Watches()
-    runner = Runner(None, watches)
-    answered: list[int] = []
-    assert runner.call(admitted(admission.try_admit()), "req-1", lambda: 5, finish=answered.append) == 5
-    assert answered == [5] and watches.calls == [("req-1", 1)]
+    runner = Runner(None, 10.0)
+    answered: list[float] = []
+    left = runner.call(admitted(admission.try_admit()), "req-1", lambda: deadline.bounded(1e9), finish=answered.append)
+    assert 9 < left <= 10 and answered == [left]
     with pytest.raises(ValueError):
         runner.call(admitted(admission.try_admit()), "req-2", lambda: int("x"))
     assert admission.slot.running == 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.ops.memory_budget import MACHINE, V1_LIMIT, V2_HIGH, V2_MAX, Budget, BudgetReader
+from agent.memory_budget import MACHINE, V1_LIMIT, V2_HIGH, V2_MAX, Budget, BudgetReader
 from agent.ops.monitor import Monitor
 from agent.ops.sampling import sample_memory
 from agent.settings import MemorySettings

@@ -15,7 +15,7 @@ from agent.jobs.admission import Admission
 from agent.jobs.retry import Retries, RetryPolicy
 from agent.jobs.slot import JobSlot
 from agent.ops.alerts import AlertBoard
-from agent.ops.memory_budget import MACHINE, Budget, BudgetReader
+from agent.memory_budget import MACHINE, Budget, BudgetReader
 from agent.ops.memory_guard import MemoryGuard
 from agent.ops.oom_watch import OomWatch
 from agent.settings import DEVICE, JobsSettings, MemorySettings, Settings, TranscriberSettings, WhisperCppSettings

@@ -5,13 +5,7 @@ watchdog allowance scales with small timeouts.
 from __future__ import annotations
 
 from agent.ops import readiness as operations
-from agent.ops.readiness import engines_settled, job_watch_allowance, ready_due
-
-
-def test_job_watch_allowance_scales_with_small_timeouts() -> None:
-    assert job_watch_allowance(2) == 4
-    assert job_watch_allowance(30) == 60
-    assert job_watch_allowance(600) == 630
+from agent.ops.readiness import engines_settled, ready_due
 
 
 def test_ready_waits_for_mqtt_and_settled_engines() -> None:

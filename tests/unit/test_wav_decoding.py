@@ -89,6 +89,38 @@ def test_mp3_via_soundfile(tmp_path: Path) -> None:
     assert abs(np.argmax(spectrum) * 16000 / len(audio.samples) - 440) < 5
 
 
+def test_flac_decoded_block_by_block_equals_whole_file_resampling(tmp_path: Path) -> None:
+    """The streaming soundfile path gives the samples a whole-array resample of the file gives,
+    for stereo 44.1 kHz (resampled), 16 kHz (not) and a length that is no multiple of a block."""
+    soundfile = pytest.importorskip("soundfile")
+    from agent.audio.pcm import float_to_int16
+    from agent.audio.resample import resample
+    for rate in (44100, 16000):
+        left = tone(440, rate, 9.3)
+        stereo = np.stack([left, 0.5 * tone(1000, rate, 9.3)], axis=1)
+        path = tmp_path / f"t{rate}.flac"
+        soundfile.write(str(path), stereo, rate, format="FLAC", subtype="PCM_16")
+        whole, _ = soundfile.read(str(path), dtype="float32")
+        expected = float_to_int16(resample(whole.mean(axis=1, dtype=np.float32), rate, 16000))
+        got = decode_file(path).samples
+        assert len(got) == len(expected)
+        assert np.abs(got.astype(np.int32) - expected).max() <= 1
+
+
+def test_audio_that_cannot_fit_in_memory_is_refused_before_decoding(tmp_path: Path) -> None:
+    """Decoded bytes (16 kHz int16 plus an engine's float32 copy: 6 per sample) are checked against
+    what is free, from the header alone: a 10 s file needs 960,000 bytes."""
+    soundfile = pytest.importorskip("soundfile")
+    path = tmp_path / "ten.flac"
+    soundfile.write(str(path), np.zeros(80_000, dtype=np.float32), 8000, format="FLAC")
+    err = expect_error("too_large", decode_file, path, available_bytes=959_999)
+    assert "memory" in err.message
+    assert decode_file(path, available_bytes=960_000).duration_s == 10.0
+    wav = pcm16(np.zeros(160_000, dtype=np.int16))
+    expect_error("too_large", decode_bytes, wav, available_bytes=959_999)
+    assert decode_bytes(wav, available_bytes=960_000).duration_s == 10.0
+
+
 @pytest.mark.parametrize(
     "head, kind",
     [
@@ -189,9 +221,21 @@ def test_missing_chunks_are_corrupt() -> None:
 def test_unsupported_sample_formats() -> None:
     data = chunk(b"data", bytes(96))
     half_float, pcm48 = fmt_body(3, bits=16), fmt_body(1, bits=48)
-    ulaw_ext, odd_guid = extensible_body(7, 1, 16000, 8), extensible_body(1, 1, 16000, 16, guid_tail=bytes(12))
-    for fmt in (half_float, pcm48, ulaw_ext, odd_guid):
+    adpcm_ext, odd_guid = extensible_body(2, 1, 16000, 4), extensible_body(1, 1, 16000, 16, guid_tail=bytes(12))
+    for fmt in (half_float, pcm48, adpcm_ext, odd_guid):
         expect_error("unsupported_format", decode_bytes, riff(chunk(b"fmt ", fmt), data))
+
+
+def test_g711_code_words_decode_as_itu_tables_say() -> None:
+    """mu-law 0x00/0x7F/0x80/0xFF and A-law 0xD5/0x55/0x2A/0xAA (G.711's extremes and smallest
+    steps), as plain fmt tags 7/6 and inside WAVE_FORMAT_EXTENSIBLE, at 16 kHz so no resampling."""
+    codes = {7: (bytes([0x00, 0x7F, 0x80, 0xFF]), [-32124, 0, 32124, 0]),
+             6: (bytes([0xD5, 0x55, 0x2A, 0xAA]), [8, -8, -32256, 32256])}
+    for tag, (raw, expected) in codes.items():
+        for fmt in (fmt_body(tag, bits=8, rate=16000), extensible_body(tag, 1, 16000, 8)):
+            audio = decode_bytes(riff(chunk(b"fmt ", fmt), chunk(b"data", raw)))
+            assert audio.samples.tolist() == expected, (tag, audio.samples)
+    expect_error("corrupt", decode_bytes, riff(chunk(b"fmt ", fmt_body(7, bits=16)), chunk(b"data", bytes(8))))
 
 
 def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
