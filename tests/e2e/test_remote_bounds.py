@@ -126,7 +126,9 @@ class Device:
 
 
 def test_every_remote_tunable_key_at_its_extremes_keeps_the_device_working(make_agent, probe):
-    agent = make_agent({"inbox": {"settle_ms": 200}}).start(probe)
+    agent = make_agent({"inbox": {"settle_ms": 200},
+                        # a wake model named locally, so `listen.mode: wake` is an accepted extreme
+                        "listen": {"wake_word": {"models": ["okay_nabu"]}}}).start(probe)
     device = Device(agent, probe)
     keys = tunable(DEVICE)
     assert len(keys) > 60 and "memory.repeat_s" in keys   # the schema, not a hand-made list
