@@ -43,10 +43,12 @@ NOT_A_PLAIN_FILE = "forbidden"
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC   # NONBLOCK: a FIFO never blocks
 
 
-def load_audio_file(path: Path, settings: InboxSettings, *, dir_fd: int | None = None) -> Loaded:
+def load_audio_file(path: Path, settings: InboxSettings, *, dir_fd: int | None = None,
+                    share_path: bool = True) -> Loaded:
     """A file opened once, without following a symlink (relative to its folder's descriptor when
     given, so a swapped parent cannot redirect it), checked with one fstat, and hashed while the
-    decoder reads it: the same bytes are decoded and hashed, and none is read twice."""
+    decoder reads it: the same bytes are decoded and hashed, and none is read twice. `share_path`:
+    an engine may open a clean WAV by `path` itself (only when nobody else can rename its folder)."""
     from agent.audio.wav import decode_open  # numpy: loaded with the first audio, not at start
 
     try:
@@ -65,7 +67,7 @@ def load_audio_file(path: Path, settings: InboxSettings, *, dir_fd: int | None =
             raise AudioError(f"the file has {st.st_nlink} names (a hard link): only a file with one name is "
                              "taken, so nobody can make the agent read a file it was not given", code=NOT_A_PLAIN_FILE)
         hashed = HashingReader(f)
-        audio = decode_open(hashed, path, max_bytes=settings.max_bytes, max_duration_s=settings.max_duration_s)
+        audio = decode_open(hashed, path if share_path else None, max_bytes=settings.max_bytes, max_duration_s=settings.max_duration_s)
         return Loaded(audio, hashed.hexdigest())
 
 

@@ -90,6 +90,8 @@ class Inbox:
         self._on_ready = on_ready
         self._announce = announce
         self._fd: dict[str, int] = {}   # "inbox", "processing", "processed", "failed" -> open directory
+        #: Whether an engine may open a claimed file by its path (see _only_owners_rename).
+        self.shares_paths = False
         self._cond = threading.Condition()
         self._due: list[tuple[float, str]] = []          # heap of (due time, name) to re-check
         self._seen: dict[str, tuple[int, int, float]] = {}   # name -> (size, mtime_ns, due) of the latest event
@@ -135,6 +137,10 @@ class Inbox:
             folders["processed"] = (self.processed, 0o750)
         try:
             self._fd["inbox"] = os.open(self.path, _DIR_FLAGS)
+            self.shares_paths = _only_owners_rename(self._fd["inbox"])
+            if not self.shares_paths:
+                log.warning("inbox: %s is writable by others without the sticky bit (chmod +t): they could "
+                            "rename its folders, so engines get each file's audio, never its path", self.path)
             for key, (path, mode) in folders.items():
                 self._fd[key] = _own_folder(path, mode)
         except BaseException:
@@ -415,6 +421,13 @@ def _own_folder(path: Path, mode: int) -> int:
         raise FolderRefused(f"{path} is owned by uid {st.st_uid}, not by the agent (uid {os.geteuid()}); "
                             "the inbox will not use it")
     return fd
+
+
+def _only_owners_rename(folder: int) -> bool:
+    """Nobody but its owner can rename what is in the folder: not writable by group and others, or
+    sticky. Only then is a path through `.processing/` as safe as its descriptor."""
+    mode = os.fstat(folder).st_mode
+    return not mode & (stat.S_IWGRP | stat.S_IWOTH) or bool(mode & stat.S_ISVTX)
 
 
 def _mtime(folder: int, name: str) -> float:

@@ -150,7 +150,8 @@ class InboxWorker:
         return self.inbox.claim(name) if name else None
 
     def _loader(self, claimed: Claimed) -> Callable[[], Loaded]:
-        return lambda: load_audio_file(claimed.path, self.inbox.settings, dir_fd=self.inbox.processing_fd)
+        return lambda: load_audio_file(claimed.path, self.inbox.settings, dir_fd=self.inbox.processing_fd,
+                                       share_path=self.inbox.shares_paths)
 
     def _source(self, name: str) -> Source:
         """A microphone segment's spool file is named after its segment id."""

@@ -59,12 +59,13 @@ def claimed_on_a_full_disk(probe, agent, name: str) -> tuple[str, Path]:
     return job_id, filler
 
 
-def test_a_finish_refused_by_a_full_disk_keeps_the_job_id_and_completes_when_space_returns(
-        make_agent, probe, small_inbox):
-    agent = make_agent({"inbox": {"path": str(small_inbox), "settle_ms": 200},
-                        "memory": {"min_disk_free_mb": 0.25, "interval_s": 0.3}}).start(probe)
+def full_disk_agent(make_agent, probe, inbox: Path):
+    return make_agent({"inbox": {"path": str(inbox), "settle_ms": 200},
+                       "memory": {"min_disk_free_mb": 0.25, "interval_s": 0.3}}).start(probe)
 
-    # Killed while the disk is full: the re-run after the restart keeps the job id.
+
+def test_a_file_killed_while_its_finish_found_no_space_reruns_under_the_same_job_id(make_agent, probe, small_inbox):
+    agent = full_disk_agent(make_agent, probe, small_inbox)
     job_id, filler = claimed_on_a_full_disk(probe, agent, "a.wav")
     agent.kill9()
     filler.unlink()
@@ -73,7 +74,9 @@ def test_a_finish_refused_by_a_full_disk_keeps_the_job_id_and_completes_when_spa
     assert records(agent.inbox / "processed")["a.wav.json"]["job_id"] == job_id
     assert [t["job_id"] for t in transcripts_of(probe, agent, "a.wav")] == [job_id, job_id]
 
-    # Still running when space returns: the finish is done then, without a re-run or a restart.
+
+def test_a_finish_refused_by_a_full_disk_is_done_when_space_returns_without_a_rerun(make_agent, probe, small_inbox):
+    agent = full_disk_agent(make_agent, probe, small_inbox)
     job_id, filler = claimed_on_a_full_disk(probe, agent, "b.wav")
     disk = f"{agent.root}/alert/disk"
     wait_until(lambda: [m.payload for m in probe.on(disk)][-1:] not in ([], [b""]), 10, "disk alert raised")

@@ -80,7 +80,7 @@ def test_an_own_folder_that_is_not_ours_stops_the_inbox_with_an_alert_and_nothin
     os.rename(agent.inbox / f"{folder}.old", own)
     toggle_inbox(probe, agent)
     inbox_alert(probe, agent, "ok")
-    wait_files(agent.inbox / "processed", "after.wav.json", 1)
+    wait_files(agent.inbox / "processed", "after.wav.json", 1, timeout=15)
     assert untouched(victim)
 
 
@@ -95,7 +95,7 @@ def test_a_folder_swapped_for_a_symlink_while_running_changes_nothing(make_agent
     drop(agent.inbox, "x.wav", tone_wav(0.3) if folder == "processed" else b"RIFF" + bytes(60))
     probe.wait_for(f"{agent.root}/event/job", lambda m: m.json["state"] in ("done", "failed"), what="job ended")
     suffix = ".json" if folder == "processed" else ".error.json"
-    wait_files(agent.inbox / f"{folder}.real", f"x.wav{suffix}", 1)
+    wait_files(agent.inbox / f"{folder}.real", f"x.wav{suffix}", 1, timeout=15)
     assert (agent.inbox / f"{folder}.real" / "x.wav").is_file()
     assert untouched(victim), sorted(os.listdir(victim))
 
@@ -112,7 +112,7 @@ def test_an_earlier_versions_finish_intent_never_moves_a_file_where_it_says(make
             "record": {"job_id": "x", "transcript": "attacker"}}
     (processing / "a.wav.finish.json").write_text(json.dumps(plan))
     agent.start(probe)
-    wait_files(agent.inbox / "processed", "a.wav.json", 1)
+    wait_files(agent.inbox / "processed", "a.wav.json", 1, timeout=15)
     record = records(agent.inbox / "processed")["a.wav.json"]
     assert record["job_id"] == "20260101T000000-0000abcd" and record["transcript"] != "attacker"
     assert untouched(victim), sorted(os.listdir(victim))
@@ -132,7 +132,7 @@ def test_a_hard_linked_file_is_refused_with_a_code_and_never_read(make_agent, pr
     assert "hard link" in answer["error"]["message"]
     probe.request(agent.root, "resume")
     os.link(secret_wav, agent.inbox / "dropped.wav")
-    wait_files(agent.inbox / "failed", "dropped.wav.error.json", 1)
+    wait_files(agent.inbox / "failed", "dropped.wav.error.json", 1, timeout=15)
     errors = records(agent.inbox / "failed", ".error.json")
     assert {errors[n]["code"] for n in ("asked.wav.error.json", "dropped.wav.error.json")} == {"forbidden"}
     assert not probe.on(f"{agent.root}/event/transcript")
