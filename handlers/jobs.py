@@ -24,17 +24,17 @@ def transcribe(req: Request) -> dict[str, Any]:
         raise RequestError("give exactly one of 'file' or 'audio_b64'", code="bad_request")
     summarize = body.get("summarize", True)
     if "file" in body:
-        return _transcribe_file(sv, body["file"], summarize)
+        return _transcribe_file(sv, body["file"], job_id, summarize)
     data = decode_b64(body["audio_b64"])
     record = sv.pipeline.run(job_id, Source("request", "audio_b64"),
                              lambda: load_bytes(data, sv.store.settings.inbox), summarize=summarize)
     return _answer(record)
 
 
-def _transcribe_file(sv: Services, name: str, summarize: bool) -> dict[str, Any]:
+def _transcribe_file(sv: Services, name: str, job_id: str, summarize: bool) -> dict[str, Any]:
     """The inbox source claims, runs and finishes the file as if it had been dropped; this only
     answers with its record."""
-    return _answer(sv.inbox.run_named(name, summarize))
+    return _answer(sv.inbox.run_named(name, job_id, summarize))
 
 
 def _answer(record: dict[str, Any]) -> dict[str, Any]:

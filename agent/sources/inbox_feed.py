@@ -46,13 +46,13 @@ class InboxFeed:
         worker = self.worker
         return worker.inbox if worker is not None else None
 
-    def run_named(self, name: str, summarize: bool) -> dict[str, Any]:
+    def run_named(self, name: str, job_id: str, summarize: bool) -> dict[str, Any]:
         """A `transcribe` request naming a file in the inbox: the inbox's own claim, run and finish
         (InboxWorker.run_named); the record, or a coded error."""
         worker = self.worker
         if worker is None:
             raise RequestError("the inbox is disabled", code="bad_request")
-        return worker.run_named(name, summarize)
+        return worker.run_named(name, job_id, summarize)
 
     def start(self) -> None:
         if self.worker is not None:

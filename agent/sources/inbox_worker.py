@@ -136,10 +136,10 @@ class InboxWorker:
             batch.append((claimed, self._job_id(claimed)))
         return batch
 
-    def _job_id(self, claimed: Claimed) -> str:
-        """The id announced when the file was queued, or the one it ran under before a crash; kept
-        beside the claimed file so that any re-run keeps it."""
-        job_id = self._queued.pop(claimed.original, None) or claimed.job_id or new_job_id()
+    def _job_id(self, claimed: Claimed, fresh: str | None = None) -> str:
+        """The id announced when the file was queued, or the one it ran under before a crash (else
+        `fresh`, or a new one); kept beside the claimed file so that any re-run keeps it."""
+        job_id = self._queued.pop(claimed.original, None) or claimed.job_id or fresh or new_job_id()
         self.inbox.keep_job_id(claimed, job_id)
         return job_id
 
@@ -159,15 +159,16 @@ class InboxWorker:
             return Source("mic", name, segment_id=name.rsplit(".", 1)[0])
         return Source(self.kind, name)
 
-    def run_named(self, name: str, summarize: bool) -> dict[str, Any]:
+    def run_named(self, name: str, job_id: str, summarize: bool) -> dict[str, Any]:
         """A `transcribe` request for a file waiting in the inbox (the caller holds the slot): the
         file is claimed, run through the one runner and finished exactly as a dropped file, under
-        the job id it was announced with as queued (if it was). Returns the record; raises the
-        job's AgentError (after its failure record is written) or a coded RequestError."""
+        the job id it was announced with as queued (else the request's `job_id`). Returns the
+        record; raises the job's AgentError (after its failure record is written) or a coded
+        RequestError."""
         if not self._started:
             raise RequestError("the inbox is stopped (see its alert)", code="bad_request")
         claimed = self.inbox.claim_named(name)
-        job = Job(self._job_id(claimed), Source("request", claimed.original), self._loader(claimed), summarize)
+        job = Job(self._job_id(claimed, job_id), Source("request", claimed.original), self._loader(claimed), summarize)
         [result] = self._runner.run_admitted([job], finish=lambda results: self._finish([claimed], [job], results))
         if isinstance(result, AgentError):
             raise result

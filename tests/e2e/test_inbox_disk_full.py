@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.support.disk import fill, small_tmpfs
 from tests.support.inbox import drop, records, wait_files
 from tests.support.wait import wait_until
 from tests.support.wavs import tone_wav
@@ -16,26 +16,8 @@ from tests.support.wavs import tone_wav
 @pytest.fixture
 def small_inbox(tmp_path):
     """A 2 MB tmpfs as the inbox (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(inbox)], check=True)
-    yield inbox
-    subprocess.run(["umount", "-l", str(inbox)], check=False)
-
-
-def fill(folder: Path) -> Path:
-    """Fill the filesystem of `folder` to the last byte (a hidden name: the inbox never takes it)."""
-    filler = folder / ".filler"
-    with open(filler, "wb", buffering=0) as f:
-        for size in (1 << 16, 4096, 512, 1):
-            try:
-                while True:
-                    f.write(b"\0" * size)
-            except OSError:
-                pass
-    return filler
+    with small_tmpfs(tmp_path / "inbox") as inbox:
+        yield inbox
 
 
 def transcripts_of(probe, agent, name: str) -> list[dict]:
@@ -48,7 +30,7 @@ def claimed_on_a_full_disk(probe, agent, name: str) -> tuple[str, Path]:
     drop(agent.inbox, name, tone_wav(0.3))
     probe.wait_for(f"{agent.root}/event/job", lambda m: m.json["state"] == "queued"
                    and m.json["source"]["name"] == name, what=f"{name} queued")
-    filler = fill(agent.inbox)
+    filler = fill(agent.inbox, ".filler")   # hidden: the inbox never takes it
     refused = agent.log().count("No space left on device")
     probe.request(agent.root, "resume")
     job_id = probe.wait_for(f"{agent.root}/event/job", lambda m: m.json["state"] == "done"
