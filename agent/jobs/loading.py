@@ -55,17 +55,21 @@ def load_audio_file(path: Path, settings: InboxSettings, *, dir_fd: int | None =
         fd = os.open(path.name if dir_fd is not None else path, _OPEN_FLAGS, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENXIO, errno.ENODEV):   # a symlink; a socket or device
-            raise AudioError("not a regular file (symbolic links, FIFOs and devices are not taken)",
+            raise AudioError("not a regular file (symbolic links, FIFOs, devices and folders are not taken)",
                              code=NOT_A_PLAIN_FILE) from None
         raise
-    with os.fdopen(fd, "rb") as f:
+    try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise AudioError("not a regular file (symbolic links, FIFOs and devices are not taken)",
+            raise AudioError("not a regular file (symbolic links, FIFOs, devices and folders are not taken)",
                              code=NOT_A_PLAIN_FILE)
         if st.st_nlink > 1:
             raise AudioError(f"the file has {st.st_nlink} names (a hard link): only a file with one name is "
                              "taken, so nobody can make the agent read a file it was not given", code=NOT_A_PLAIN_FILE)
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as f:
         hashed = HashingReader(f)
         audio = decode_open(hashed, path if share_path else None, max_bytes=settings.max_bytes, max_duration_s=settings.max_duration_s)
         return Loaded(audio, hashed.hexdigest())
