@@ -71,7 +71,8 @@ def load_audio_file(path: Path, settings: InboxSettings, *, dir_fd: int | None =
         raise
     with os.fdopen(fd, "rb") as f:
         hashed = HashingReader(f)
-        audio = decode_open(hashed, path if share_path else None, max_bytes=settings.max_bytes, max_duration_s=settings.max_duration_s)
+        audio = decode_open(hashed, path if share_path else None, max_bytes=settings.max_bytes,
+                            max_duration_s=settings.max_duration_s)
         return Loaded(audio, hashed.hexdigest())
 
 

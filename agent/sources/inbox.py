@@ -26,7 +26,6 @@ destination; such intents are dropped and their file runs again).
 from __future__ import annotations
 
 import contextlib
-import errno
 import heapq
 import json
 import logging
@@ -42,14 +41,14 @@ from watchdog.observers import Observer
 
 from agent.errors import RequestError
 from agent.settings import InboxSettings
-from agent.sources.inbox_names import (JOB_ID, PENDING_SUFFIX, RECORD_SUFFIX, exists, fit_name, job_id_name,
-                                       parse_pending, pending_name, read_job_id, unique_name)
+from agent.sources.inbox_folders import DIR_FLAGS, is_file, mtime, only_owners_rename, open_own, recover
+from agent.sources.inbox_names import (PENDING_SUFFIX, RECORD_SUFFIX, fit_name, job_id_name, pending_name,
+                                       read_job_id, unique_name)
 from agent.sources.inbox_watch import InboxEvents, shorten_move_pairing
 
 log = logging.getLogger(__name__)
 
 PROCESSING = ".processing"
-INTENT = ".finish.json"   # the finish intent of earlier versions: dropped at start (it names a path)
 #: Held while a finish picks its free name and reserves it with its pending record, so two jobs
 #: finishing files of the same name (jobs.max_concurrent > 1) never pick the same one.
 _NAMES = threading.Lock()
@@ -57,16 +56,11 @@ _NAMES = threading.Lock()
 # in the same burst (modify + close of one write) coalesce. It is on every file's latency path:
 # 0.1 s here was 90 % of the agent's own overhead per file (bench: python -m bench --only pipeline).
 CLOSE_GRACE_S = 0.005
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def is_candidate_name(name: str) -> bool:
     """Hidden files and files still being written by well-behaved tools are not taken."""
     return not (name.startswith(".") or name.endswith((".part", ".tmp", "~")))
-
-
-class FolderRefused(Exception):
-    """One of the inbox's own folders is not a real directory the agent owns: nothing is touched."""
 
 
 @dataclass(frozen=True)
@@ -107,13 +101,12 @@ class Inbox:
         """Open (and create) the folders, complete interrupted finishes, and return claims left by
         a crash. FolderRefused, before anything is moved, if a folder of ours is not ours."""
         self._open_folders()
-        self._recover_finishes()
-        self._remove_stale_temp_files()
         proc = self._fd["processing"]
+        recover(proc, {self._fd[k] for k in ("processed", "failed") if k in self._fd})
         # Hidden names are our own bookkeeping (a temp file a crash left), never a claimed audio file.
         leftovers = [Claimed(self.processing / n, n, read_job_id(proc, n))
-                     for n in sorted(os.listdir(proc), key=lambda n: _mtime(proc, n))
-                     if is_candidate_name(n) and _is_file(proc, n)]
+                     for n in sorted(os.listdir(proc), key=lambda n: mtime(proc, n))
+                     if is_candidate_name(n) and is_file(proc, n)]
         shorten_move_pairing()
         self._observer = Observer()
         self._observer.schedule(InboxEvents(self.path, self._consider), str(self.path), recursive=False)
@@ -121,7 +114,7 @@ class Inbox:
         # Scan only once the watch is in place: a file arriving between a scan and the start of
         # the watch would otherwise never be seen (until a restart). Seen twice is harmless.
         inbox = self._fd["inbox"]
-        for name in sorted(os.listdir(inbox), key=lambda n: _mtime(inbox, n)):
+        for name in sorted(os.listdir(inbox), key=lambda n: mtime(inbox, n)):
             self._consider(name, settle=True)
         self._thread.start()
         return leftovers
@@ -136,13 +129,13 @@ class Inbox:
         if self.keep_processed:
             folders["processed"] = (self.processed, 0o750)
         try:
-            self._fd["inbox"] = os.open(self.path, _DIR_FLAGS)
-            self.shares_paths = _only_owners_rename(self._fd["inbox"])
+            self._fd["inbox"] = os.open(self.path, DIR_FLAGS)
+            self.shares_paths = only_owners_rename(self._fd["inbox"])
             if not self.shares_paths:
                 log.warning("inbox: %s is writable by others without the sticky bit (chmod +t): they could "
                             "rename its folders, so engines get each file's audio, never its path", self.path)
             for key, (path, mode) in folders.items():
-                self._fd[key] = _own_folder(path, mode)
+                self._fd[key] = open_own(path, mode)
         except BaseException:
             self.close()
             raise
@@ -350,99 +343,6 @@ class Inbox:
     def _remove_job_id(self, audio: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(job_id_name(audio), dir_fd=self._fd["processing"])
-
-    def _complete_pending(self) -> None:
-        """Finish the finishes a crash interrupted (see `finish`): a pending record whose audio
-        reached the destination becomes the record; one whose audio is still claimed is dropped,
-        and the claimed audio is taken again."""
-        folders = {self._fd["failed"], *([self._fd["processed"]] if self.keep_processed else [])}
-        for folder in folders:
-            for name in os.listdir(folder):
-                parsed = parse_pending(name)
-                if parsed is None:
-                    continue
-                try:
-                    self._complete_one(folder, name, *parsed)
-                except OSError as exc:
-                    log.error("inbox: cannot complete the finish of %s: %s", name, exc)
-
-    @staticmethod
-    def _complete_one(folder: int, pending: str, final: str, ok: bool) -> None:
-        record = final + RECORD_SUFFIX[ok]
-        if exists(folder, final) and not exists(folder, record):
-            os.rename(pending, record, src_dir_fd=folder, dst_dir_fd=folder)
-            log.info("inbox: completed the interrupted finish of %s", final)
-        else:
-            os.unlink(pending, dir_fd=folder)
-
-    def _remove_stale_temp_files(self) -> None:
-        """`.<name>.tmp` files that an earlier version was writing when the process was killed,
-        and job ids of files that are no longer here."""
-        proc = self._fd["processing"]
-        for folder in set(self._fd.values()) - {self._fd["inbox"]}:
-            for name in os.listdir(folder):
-                if name.startswith(".") and name.endswith(".json.tmp"):
-                    try:
-                        os.unlink(name, dir_fd=folder)
-                    except OSError as exc:
-                        log.warning("inbox: cannot remove the stale temp file %s: %s", name, exc)
-        for name in os.listdir(proc):
-            if name.startswith(".") and name.endswith(JOB_ID) and not exists(proc, name[1:-len(JOB_ID)]):
-                with contextlib.suppress(OSError):
-                    os.unlink(name, dir_fd=proc)
-
-    def _recover_finishes(self) -> None:
-        """Pending records of this version are completed; an earlier version's `*.finish.json`
-        intent is dropped unread (it names a destination path, and no path written in a file is
-        trusted): its file is still claimed, so it runs again under its job id."""
-        self._complete_pending()
-        proc = self._fd["processing"]
-        for name in os.listdir(proc):
-            if name.endswith(INTENT):
-                with contextlib.suppress(OSError):
-                    os.unlink(name, dir_fd=proc)
-                log.warning("inbox: dropped the finish intent %s of an earlier version; its file runs again", name)
-
-
-def _own_folder(path: Path, mode: int) -> int:
-    """`path` created if missing, then opened as a directory without following a symlink; refused
-    (FolderRefused, descriptor closed) unless it is a directory owned by this process's user."""
-    path.parent.mkdir(parents=True, exist_ok=True)   # beside the inbox when configured so (local config)
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, mode)
-    try:
-        fd = os.open(path, _DIR_FLAGS | os.O_NOFOLLOW)
-    except OSError as exc:
-        what = "a symbolic link" if exc.errno == errno.ELOOP else f"not a directory ({exc.strerror})"
-        raise FolderRefused(f"{path} is {what}; the inbox will not use it") from None
-    st = os.fstat(fd)
-    if st.st_uid != os.geteuid():
-        os.close(fd)
-        raise FolderRefused(f"{path} is owned by uid {st.st_uid}, not by the agent (uid {os.geteuid()}); "
-                            "the inbox will not use it")
-    return fd
-
-
-def _only_owners_rename(folder: int) -> bool:
-    """Nobody but its owner can rename what is in the folder: not writable by group and others, or
-    sticky. Only then is a path through `.processing/` as safe as its descriptor."""
-    mode = os.fstat(folder).st_mode
-    return not mode & (stat.S_IWGRP | stat.S_IWOTH) or bool(mode & stat.S_ISVTX)
-
-
-def _mtime(folder: int, name: str) -> float:
-    try:
-        return os.stat(name, dir_fd=folder, follow_symlinks=False).st_mtime
-    except OSError:
-        return 0.0
-
-
-def _is_file(folder: int, name: str) -> bool:
-    """Anything but a folder (a claimed symlink or FIFO is refused by the job, never followed)."""
-    try:
-        return not stat.S_ISDIR(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode)
-    except OSError:
-        return False
 
 
 def _reserve(folder: int, name: str, ok: bool) -> tuple[str, int]:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent.errors import AgentError, RequestError
-from agent.sources.inbox import Claimed, FolderRefused, Inbox
+from agent.sources.inbox import Claimed, Inbox
+from agent.sources.inbox_folders import FolderRefused
 from agent.jobs.admission import Admission, Ticket
 from agent.jobs.runner import Result, Runner
 from agent.jobs.slot import new_job_id

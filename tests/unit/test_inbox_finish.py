@@ -19,6 +19,7 @@ import pytest
 
 import agent.sources.inbox as inbox_module
 from agent.sources.inbox import Claimed, Inbox
+from agent.sources.inbox_folders import INTENT
 from agent.settings import InboxSettings
 
 AUDIO = b"RIFF-not-really-audio" * 50
@@ -175,7 +176,7 @@ def test_an_intent_left_by_an_earlier_version_is_dropped_and_its_file_runs_again
     victim.mkdir()
     (victim / "secret.txt").write_text("canary")
     box, claimed = claim_one(tmp_path)
-    intent = claimed.path.with_name(claimed.path.name + inbox_module.INTENT)
+    intent = claimed.path.with_name(claimed.path.name + INTENT)
     intent.write_text(json.dumps({"dest": str(victim), "final": "ld.so.preload", "record_name": "x.json",
                                   "record": RECORD}))
     box, leftovers = restart(tmp_path)
