@@ -12,7 +12,6 @@ written in a file is trusted; its file, still claimed, runs again under its job 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import stat
@@ -38,8 +37,8 @@ def open_own(path: Path, mode: int) -> int:
         os.mkdir(path, mode)
     try:
         fd = os.open(path, DIR_FLAGS | os.O_NOFOLLOW)
-    except OSError as exc:
-        what = "a symbolic link" if exc.errno == errno.ELOOP else f"not a directory ({exc.strerror})"
+    except OSError as exc:   # ENOTDIR or ELOOP for a symlink (the lstat only names it in the message)
+        what = "a symbolic link" if path.is_symlink() else f"not a directory ({exc.strerror})"
         raise FolderRefused(f"{path} is {what}; the inbox will not use it") from None
     st = os.fstat(fd)
     if st.st_uid != os.geteuid():
