@@ -56,3 +56,25 @@ def test_anything_but_a_regular_file_with_one_name_is_refused_with_one_code(tmp_
         with pytest.raises(AudioError) as exc:
             load(tmp_path, name)
         assert exc.value.code == "forbidden", (name, exc.value)
+
+
+@pytest.mark.parametrize("mode,shares", [(0o755, True), (0o1770, True), (0o770, False), (0o777, False)])
+def test_engines_get_a_path_only_when_nobody_else_can_rename_the_inbox_folders(tmp_path: Path, mode: int,
+                                                                               shares: bool) -> None:
+    """In a group-writable inbox without the sticky bit, `.processing/` could be swapped after the
+    check: engines then get the samples, never a path that might lead elsewhere."""
+    from agent.sources.inbox import Inbox
+
+    (tmp_path / "inbox").mkdir()
+    os.chmod(tmp_path / "inbox", mode)
+    box = Inbox(InboxSettings(path=str(tmp_path / "inbox")), lambda: None)
+    box.start()
+    box.stop()
+    try:
+        (box.path / "a.wav").write_bytes(tone_wav(0.2))
+        claimed = box.claim("a.wav")
+        assert claimed is not None and box.shares_paths is shares
+        loaded = load_audio_file(claimed.path, box.settings, dir_fd=box.processing_fd, share_path=box.shares_paths)
+        assert loaded.audio.path == (claimed.path if shares else None)
+    finally:
+        box.close()
