@@ -84,7 +84,7 @@ class Inbox:
         self._on_ready = on_ready
         self._announce = announce
         self._fd: dict[str, int] = {}   # "inbox", "processing", "processed", "failed" -> open directory
-        #: Whether an engine may open a claimed file by its path (see _only_owners_rename).
+        #: Whether an engine may open a claimed file by its path (see inbox_folders.only_owners_rename).
         self.shares_paths = False
         self._cond = threading.Condition()
         self._due: list[tuple[float, str]] = []          # heap of (due time, name) to re-check
