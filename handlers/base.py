@@ -74,7 +74,7 @@ class InboxFeedView(Protocol):
 
     @property
     def current(self) -> InboxAccess | None: ...   # None while the inbox is disabled
-    def run_named(self, name: str, job_id: str, summarize: bool) -> dict[str, Any]: ...   # `transcribe {"file": ...}`
+    def run_named(self, name: str, job_id: str, summarize: bool) -> dict[str, Any]: ...   # transcribe a `file`
 
 
 @dataclass(frozen=True)

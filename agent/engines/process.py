@@ -64,7 +64,6 @@ class _Spawner:
 _spawner = _Spawner()
 
 
-
 def find_program(name: str) -> str | None:
     """Where the agent finds the program `name`: PATH, or next to this interpreter (a venv's bin/ is
     not on PATH when the agent runs as .venv/bin/python without activation, yet that is where
@@ -75,6 +74,7 @@ def find_program(name: str) -> str | None:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             found = str(candidate)
     return found
+
 
 def spawn(command: list[str], *, env: dict | None = None, **popen_kwargs) -> subprocess.Popen:
     """Popen `command` in a new session, armed with PDEATHSIG on Linux, from the spawner thread.
