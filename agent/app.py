@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.audio.speech_meter import SpeechMeter
 from agent.audio.vad_cache import VadCache
 from agent.config import ConfigError, changed_sections
 from agent.config.store import ConfigStore
@@ -51,7 +52,7 @@ from agent.ops.telemetry import TelemetryCollector, TelemetryTimer
 from agent.settings import Settings, parse_wake_model
 from agent.sources.inbox import is_candidate_name
 from agent.sources.inbox_feed import InboxFeed, WorkerFactory
-from agent.sources.listening import Listening, SpeechMeter
+from agent.sources.listening import Listening
 from agent.sources.run_control import RunControl
 from agent.timestamps import utc_iso
 from handlers import build_registry
@@ -123,7 +124,7 @@ class App:
         self.grace = ShutdownGrace(self.slot, s.jobs.shutdown_grace_s, beat=self.watchdog.beat,
                                    say=self.notifier.status)
         make_worker = WorkerFactory(self.admission, self.runner, self.pipeline.job_event, self.engines.batch_size,
-                                    self.retries)
+                                    self.retries, on_folders=self._on_inbox_folders)
         self.inbox = InboxFeed(s.inbox, make_worker)
         # Home Assistant Assist over Wyoming (off by default; the package is imported only when on)
         from agent.sources.wyoming_service import WyomingService
@@ -149,7 +150,7 @@ class App:
         self.services = Services(
             store=store, pipeline=self.pipeline, slot=self.slot, engines=self.engines, monitor=self.monitor,
             telemetry=self.telemetry, outbox=self.outbox, publisher=self.publisher, alerts=self.board.current,
-            run=self.run_state, microphone=self.listening, inbox=self.inbox, inbox_name_ok=is_candidate_name,
+            run=self.run_state, microphone=self.listening, inbox=self.inbox,
             requests=self.requests, fleet_stats=self.fleet.stats, vad_cache_stats=self.vad_cache.stats,
             apply=self.apply, set_paused=self.control.set_paused, set_listening=self.control.set_listening,
             restart_wait_s=self.restart_gate.wait_s, restart=self._restart, set_log_level=self._set_log_level)
@@ -393,6 +394,14 @@ class App:
         self.admission.set_memory_critical(self.monitor.critical)
         self.reactions.on_monitor_alert(alert, self.monitor.last_sample)
         self.control.look_again()
+
+    def _on_inbox_folders(self, kind: str, problem: str | None) -> None:
+        """An inbox (or the spool) whose own folders are not the agent's stays stopped: an alert."""
+        alert = "inbox" if kind == "inbox" else "spool"
+        if problem is None:
+            self.board.clear(alert)
+        else:
+            self.board.raise_(alert, "critical", {"source": kind, "error": problem})
 
     def _outbox_overflow(self, dropped: int) -> None:
         """Published directly, never through the outbox that is full (see OutboxWatch)."""

@@ -22,13 +22,11 @@ if TYPE_CHECKING:   # annotations only: importing handlers stays cheap
 
 
 class InboxAccess(Protocol):
-    """The inbox folder as `transcribe {"file": ...}` and `stats` use it (agent.sources.inbox.Inbox)."""
+    """The inbox folder as `stats` uses it (agent.sources.inbox.Inbox)."""
 
     path: Path
     settings: InboxSettings
 
-    def claim(self, name: str) -> Any: ...
-    def finish(self, claimed: Any, record: dict[str, Any], ok: bool) -> None: ...
     def waiting_count(self) -> int: ...
 
 
@@ -76,6 +74,7 @@ class InboxFeedView(Protocol):
 
     @property
     def current(self) -> InboxAccess | None: ...   # None while the inbox is disabled
+    def run_named(self, name: str, job_id: str, summarize: bool) -> dict[str, Any]: ...   # transcribe a `file`
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,6 @@ class Services:
     run: RunState                               # paused, rejected, uptime
     microphone: MicrophoneView
     inbox: InboxFeedView
-    inbox_name_ok: Callable[[str], bool]        # names the inbox would take (not hidden, not partial)
     requests: RequestCounts
     fleet_stats: Callable[[], dict[str, Any]]
     vad_cache_stats: Callable[[], dict[str, int]]

@@ -1,22 +1,20 @@
 """`transcribe` and `summarize` on request: heavy, so they run under the job slot.
 
 The dispatcher has taken the slot before these run; they only load, run and answer. A `file`
-names an attacker-chosen path, so it must be a plain name of a regular file waiting in the inbox
-(no path, no symlink, nothing hidden or partial), and it is claimed and finished the inbox's way.
+names an attacker-chosen path: it is handed to the inbox source (agent/sources/inbox_worker.py),
+which refuses anything but a plain name of a regular file waiting in the inbox and then claims,
+runs and finishes it exactly as a dropped file, under the job id it was queued with.
 """
 
 from __future__ import annotations
 
-import os
-import stat
 import time
 from typing import Any
 
 from agent.errors import AgentError, RequestError
-from agent.jobs.loading import decode_b64, load_audio_file, load_bytes
+from agent.jobs.loading import decode_b64, load_bytes
 from agent.jobs.pipeline import Source
 from agent.jobs.results import answer_fields
-from agent.jobs.retry import transient
 from handlers.base import Command, Request, Services
 
 
@@ -34,47 +32,9 @@ def transcribe(req: Request) -> dict[str, Any]:
 
 
 def _transcribe_file(sv: Services, name: str, job_id: str, summarize: bool) -> dict[str, Any]:
-    inbox = sv.inbox.current
-    if inbox is None:
-        raise RequestError("the inbox is disabled", code="bad_request")
-    if name != os.path.basename(name) or not sv.inbox_name_ok(name) or "\x00" in name:
-        raise RequestError("'file' must name a file in the inbox folder", code="forbidden")
-    path = inbox.path / name
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        raise RequestError(f"no file '{name[:200]}' is waiting in the inbox", code="not_found") from None
-    except (OSError, ValueError):   # e.g. ENAMETOOLONG: no such name can be in the inbox
-        raise RequestError("'file' must name a file in the inbox folder", code="forbidden") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise RequestError("'file' must be a regular file inside the inbox (no symlinks)", code="forbidden")
-    claimed = inbox.claim(name)
-    if claimed is None:
-        raise RequestError(f"'{name}' was taken by another job", code="not_found")
-    try:
-        record = sv.pipeline.run(job_id, Source("request", name),
-                                 lambda: load_audio_file(claimed.path, inbox.settings), summarize=summarize)
-    except AgentError as exc:
-        if not (transient(exc) and _unclaim(claimed.path, inbox.path / name)):
-            inbox.finish(claimed, {"job_id": job_id, **exc.as_dict()}, ok=False)
-        raise
-    inbox.finish(claimed, record, ok=True)
-    return _answer(record)
-
-
-def _unclaim(claimed: Any, waiting: Any) -> bool:
-    """Not the file's fault (agent/jobs/retry.py): back into the inbox, where the inbox worker
-    takes it again. A link, never a rename: a new file of the same name is never overwritten."""
-    try:
-        os.link(claimed, waiting)
-    except OSError:
-        return False
-    try:
-        os.unlink(claimed)
-    except OSError:
-        os.unlink(waiting)   # one place only: it stays claimed and is finished as failed
-        return False
-    return True
+    """The inbox source claims, runs and finishes the file as if it had been dropped; this only
+    answers with its record."""
+    return _answer(sv.inbox.run_named(name, job_id, summarize))
 
 
 def _answer(record: dict[str, Any]) -> dict[str, Any]:

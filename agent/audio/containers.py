@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import struct
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -113,7 +113,7 @@ def probe_other(target: str | io.BytesIO, kind: str) -> WavInfo:
         raise corrupt(f"could not read this {kind.upper()} file: {exc}") from exc
 
 
-def decode_other(target: str | io.BytesIO, kind: str, max_duration_s: float | None, available_bytes: int) -> Audio:
+def decode_other(target: str | BinaryIO, kind: str, max_duration_s: float | None, available_bytes: int) -> Audio:
     """Decode via soundfile block by block straight into 16 kHz mono int16.
 
     The output is allocated once from the header's frame count, after the duration and the

@@ -31,7 +31,7 @@ import os
 import stat
 import struct
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Union
 
 import numpy as np
 
@@ -52,6 +52,7 @@ __all__ = [
     "WavInfo",
     "decode_bytes",
     "decode_file",
+    "decode_open",
     "encode_wav",
     "is_native",
     "probe",
@@ -98,21 +99,32 @@ def decode_file(
 
     `Audio.path` is set only when the file already is a clean 16 kHz mono 16-bit PCM RIFF WAV,
     i.e. other programs may read it instead of the returned samples. Raises AudioError
-    (empty, corrupt, unsupported_format, too_long, too_large); OSError if it cannot be opened.
-    `available_bytes` is the memory the decoded audio may take (None: what the memory budget
-    has free now); audio that would need more is refused as too_large before it is decoded.
+    (empty, corrupt, unsupported_format, too_long, too_large, forbidden: not a regular file);
+    OSError if it cannot be opened. `available_bytes` is the memory the decoded audio may take
+    (None: what the memory budget has free now); audio that would need more is refused as
+    too_large before it is decoded.
     """
     path = Path(path)
     check_size(_regular_file_size(path), max_bytes)
     with open(path, "rb") as f:
-        source = FileSource(f)
-        check_size(source.size, max_bytes)  # the file may have grown since stat
-        if source.size == 0:
-            raise AudioError("the file is empty (0 bytes)", code="empty")
-        kind = sniff(source.read(0, 12))
-        if kind == "wav":
-            return _decode_wav(source, path, max_duration_s, _available(available_bytes))
-    return decode_other(str(path), kind, max_duration_s, _available(available_bytes))
+        return decode_open(f, path, max_bytes=max_bytes, max_duration_s=max_duration_s,
+                           available_bytes=available_bytes)
+
+
+def decode_open(f: BinaryIO, path: Path | None, *, max_bytes: int | None = None,
+                max_duration_s: float | None = None, available_bytes: int | None = None) -> Audio:
+    """`decode_file` of a regular file its caller has opened (and checked) itself: the inbox opens
+    each file once without following a symlink and hashes what is read here. `path` names the
+    file for engines that may read a clean WAV themselves (None: they never do)."""
+    source = FileSource(f)
+    check_size(source.size, max_bytes)  # the file may have grown since stat
+    if source.size == 0:
+        raise AudioError("the file is empty (0 bytes)", code="empty")
+    kind = sniff(source.read(0, 12))
+    if kind == "wav":
+        return _decode_wav(source, path, max_duration_s, _available(available_bytes))
+    f.seek(0)
+    return decode_other(f, kind, max_duration_s, _available(available_bytes))
 
 
 def decode_bytes(
@@ -170,7 +182,7 @@ def _regular_file_size(path: Path) -> int:
     """Size from stat; refuses FIFOs and devices, whose open() or read() could block forever."""
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
-        raise AudioError(f"{path.name} is not a regular file", code="corrupt")
+        raise AudioError(f"{path.name} is not a regular file", code="forbidden")
     return st.st_size
 
 

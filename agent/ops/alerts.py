@@ -29,7 +29,7 @@ from agent.mqtt.messages import envelope
 log = logging.getLogger(__name__)
 
 #: Every kind the agent may keep a retained alert for (others may be added by other parts).
-ALERT_KINDS = ("memory", "disk", "engine", "outbox", "config")
+ALERT_KINDS = ("memory", "disk", "engine", "outbox", "config", "inbox", "spool")
 
 #: A retained alert of ours found on the broker within this long after the first connect, for a
 #: kind that is not currently raised, was left by an earlier run (a crash while critical) and

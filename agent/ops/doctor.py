@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.engines.process import find_program
 from agent.settings import (
     ListenSettings,
     MQTTSettings,
@@ -179,16 +180,6 @@ def _wake_models(wake: WakeWordSettings) -> Finding:
                        "correct listen.wake_word.models or model_dir")
     detector.close()
     return Finding("wake_word", f"{wake.engine}: models {', '.join(detector.models)} load")
-
-
-def find_program(name: str) -> str | None:
-    """Where the agent would find `name`: PATH, or next to this interpreter (an unactivated venv)."""
-    found = shutil.which(name)
-    if found is None and os.sep not in name:
-        candidate = Path(sys.executable).with_name(name)
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            found = str(candidate)
-    return found
 
 
 def _program(check: str, key: str, argv: list[str] | None, fix: str) -> Finding | None:

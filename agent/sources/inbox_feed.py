@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from agent.errors import RequestError
 from agent.jobs.admission import Admission
 from agent.jobs.retry import Retries
 from agent.jobs.runner import Runner
@@ -29,10 +30,12 @@ class WorkerFactory:
     job_event: Callable[..., None]
     batch_size: Callable[[], int]
     retries: Retries = field(default_factory=Retries)   # which failed files stay queued (agent/jobs/retry.py)
+    on_folders: Callable[[str, str | None], None] = lambda kind, problem: None
 
     def __call__(self, settings: InboxSettings, kind: str) -> InboxWorker:
         return InboxWorker(settings, self.admission, self.runner, kind=kind, job_event=self.job_event,
-                           batch_size=self.batch_size, keep_processed=kind != "mic", retries=self.retries)
+                           batch_size=self.batch_size, keep_processed=kind != "mic", retries=self.retries,
+                           on_folders=self.on_folders)
 
 
 class InboxFeed:
@@ -45,6 +48,14 @@ class InboxFeed:
         """The inbox folder now (None while the inbox is disabled)."""
         worker = self.worker
         return worker.inbox if worker is not None else None
+
+    def run_named(self, name: str, job_id: str, summarize: bool) -> dict[str, Any]:
+        """A `transcribe` request naming a file in the inbox: the inbox's own claim, run and finish
+        (InboxWorker.run_named); the record, or a coded error."""
+        worker = self.worker
+        if worker is None:
+            raise RequestError("the inbox is disabled", code="bad_request")
+        return worker.run_named(name, job_id, summarize)
 
     def start(self) -> None:
         if self.worker is not None:

@@ -1,12 +1,14 @@
 """Names in the inbox's folders: what a claimed or finished file is called, and the small files
-beside it (pending record, job id). Pure path logic, read-only: every write of a finish stays in
-agent.sources.inbox, where the crash tests inject their failures step by step."""
+beside it (pending record, job id). Read-only, and always relative to a folder's open descriptor
+(never a path that could lead through a symlink someone swapped in): every write of a finish stays
+in agent.sources.inbox, where the crash tests inject their failures step by step."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
-from pathlib import Path
+import stat
 
 #: A finished file's record, by outcome (True: processed/, False: failed/).
 RECORD_SUFFIX = {True: ".json", False: ".error.json"}
@@ -38,38 +40,63 @@ def fit_name(name: str) -> str:
     return stem + tag + dot + ext
 
 
-def unique_path(folder: Path, name: str, also: tuple[str, ...] = (), hidden: tuple[str, ...] = ()) -> Path:
+def exists(folder: int, name: str) -> bool:
+    """Whether `name` is taken in the folder open as `folder` (a symlink counts; it is not followed)."""
+    try:
+        os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def unique_name(folder: int, name: str, also: tuple[str, ...] = (), hidden: tuple[str, ...] = ()) -> str:
     """`name`, or `stem-1.ext`, `stem-2.ext`... so that nothing is overwritten: neither the name
-    nor `<name><also>` nor `.<name><hidden>` may exist."""
+    nor `<name><also>` nor `.<name><hidden>` may exist in the folder open as `folder`."""
     stem, dot, ext = name.rpartition(".")
     if not stem:
         stem, dot, ext = name, "", ""
     candidate, n = name, 0
-    while (os.path.lexists(folder / candidate) or any(os.path.lexists(folder / (candidate + s)) for s in also)
-           or any(os.path.lexists(folder / f".{candidate}{s}") for s in hidden)):
+    while (exists(folder, candidate) or any(exists(folder, candidate + s) for s in also)
+           or any(exists(folder, f".{candidate}{s}") for s in hidden)):
         n += 1
         candidate = f"{stem}-{n}{dot}{ext}"
-    return folder / candidate
+    return candidate
 
 
-def pending_path(final: Path, ok: bool) -> Path:
-    return final.with_name(f".{final.name}{PENDING_SUFFIX[ok]}")
+def pending_name(final: str, ok: bool) -> str:
+    return f".{final}{PENDING_SUFFIX[ok]}"
 
 
-def parse_pending(pending: Path) -> tuple[Path, bool] | None:
-    """(final audio path, ok) of a pending record's name; None for a name we did not make."""
+def parse_pending(pending: str) -> tuple[str, bool] | None:
+    """(final audio name, ok) of a pending record's name; None for a name we did not make."""
     for ok, suffix in PENDING_SUFFIX.items():
-        if pending.name.endswith(suffix) and len(pending.name) > len(suffix) + 1:
-            return pending.with_name(pending.name[1:-len(suffix)]), ok
+        if pending.startswith(".") and pending.endswith(suffix) and len(pending) > len(suffix) + 1:
+            return pending[1:-len(suffix)], ok
     return None
 
 
-def job_id_path(audio: Path) -> Path:
-    return audio.with_name(f".{audio.name}{JOB_ID}")
+def job_id_name(audio: str) -> str:
+    return f".{audio}{JOB_ID}"
 
 
-def read_job_id(audio: Path) -> str | None:
+def read_job_id(folder: int, audio: str) -> str | None:
+    """The job id kept beside a claimed file: the text of a symlink that is never followed (see
+    Inbox.keep_job_id), or the content of a regular file (earlier versions; never through a link)."""
+    name = job_id_name(audio)
     try:
-        return job_id_path(audio).read_text().strip() or None
+        return os.readlink(name, dir_fd=folder).strip() or None
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:   # EINVAL: not a symlink, an earlier version's file
+            return None
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, 200).decode("ascii").strip() or None
     except (OSError, UnicodeDecodeError):
         return None
+    finally:
+        os.close(fd)

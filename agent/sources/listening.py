@@ -3,7 +3,7 @@
 A capture thread (agent/sources/listener.py) turns speech into `event/vad` and WAV segments in
 the spool folder; a second inbox worker (kind "mic") takes them through the same admission and
 runner as inbox files and deletes each once processed. Pause, critical memory or the `listening`
-command close the microphone. `SpeechMeter` counts the speech in a job's audio with the same VAD.
+command close the microphone.
 """
 
 from __future__ import annotations
@@ -15,28 +15,9 @@ from typing import Any, Callable
 from agent.audio.vad_cache import VadCache
 from agent.jobs.admission import Admission
 from agent.jobs.run_state import RunState
-from agent.settings import InboxSettings, Settings, VADSettings
+from agent.settings import InboxSettings, Settings
 from agent.sources.inbox_feed import RESTART_GRACE_S
 from agent.sources.inbox_worker import InboxWorker, spool_settings
-
-
-class SpeechMeter:
-    """Seconds of speech in a job's audio, by the same VAD as live listening; identical audio is
-    answered from the VAD cache (keyed by a hash of the whole buffer)."""
-
-    def __init__(self, vad: VADSettings, cache: VadCache) -> None:
-        self._vad = vad
-        self._cache = cache
-
-    def reconfigure(self, vad: VADSettings) -> None:
-        self._vad = vad
-
-    def seconds(self, audio: Any) -> float:
-        from agent.audio.vad import FrameClassifier  # numpy + webrtcvad: loaded with the first audio
-
-        v = self._vad
-        classifier = FrameClassifier(v.aggressiveness, v.frame_ms, v.energy_margin_db, cache=self._cache)
-        return sum(classifier.classify_buffer(audio.samples)) * v.frame_ms / 1000
 
 
 class Listening:

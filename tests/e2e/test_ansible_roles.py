@@ -191,6 +191,8 @@ def test_file_modes(install: Install) -> None:
     assert install.config.stat().st_mode & 0o777 == 0o640
     assert install.env_file.stat().st_mode & 0o777 == 0o600
     assert install.config.parent.stat().st_mode & 0o777 == 0o750
+    inbox = Path(yaml.safe_load(install.config.read_text())["inbox"]["path"])
+    assert inbox.stat().st_mode & 0o7777 == 0o1770   # group-writable, sticky: nobody renames the agent's folders
 
 
 def test_second_run_changes_nothing_and_keeps_the_overlay(install: Install) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
@@ -17,31 +15,14 @@ from tests.support.wait import wait_until
 from tests.support.probe import Probe
 from tests.support.wavs import tone_wav
 from tests.support.inbox import drop
+from tests.support.disk import fill as _fill, small_tmpfs
 
 
 @pytest.fixture
 def small_state(tmp_path):
     """A 2 MB tmpfs as the agent's state_dir (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    state = tmp_path / "agent" / "state"
-    state.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(state)], check=True)
-    yield state
-    subprocess.run(["umount", "-l", str(state)], check=False)
-
-
-def _fill(folder: Path) -> Path:
-    """Fill the filesystem of `folder` to the last byte."""
-    filler = folder / "filler.bin"
-    with open(filler, "wb", buffering=0) as f:
-        for size in (1 << 16, 4096, 512, 1):
-            try:
-                while True:
-                    f.write(b"\0" * size)
-            except OSError:
-                pass
-    return filler
+    with small_tmpfs(tmp_path / "agent" / "state") as state:
+        yield state
 
 
 def test_disk_full_in_state_dir_alerts_corrupts_nothing_and_recovers(tmp_path, small_state):

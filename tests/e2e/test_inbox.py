@@ -97,7 +97,7 @@ def test_bad_files_fail_with_codes_and_agent_carries_on(make_agent, probe):
         assert (failed / name).exists()   # the audio is kept beside its reason
     assert errors["link.wav.error.json"]["code"] == "forbidden"
     assert (failed / "link.wav").is_symlink()   # the link moved, /etc/passwd untouched
-    assert errors["fifo.wav.error.json"]["code"] == "unsupported_format"
+    assert errors["fifo.wav.error.json"]["code"] == "forbidden"   # one code for anything but a plain file
     wait_files(agent.inbox / "processed", "good.wav.json", 1)
     failures = [m.json for m in probe.on(f"{agent.root}/event/job") if m.json["state"] == "failed"]
     assert {f["error"]["code"] for f in failures} >= {"empty", "corrupt", "unsupported_format", "too_long"}

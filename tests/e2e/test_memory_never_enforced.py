@@ -163,9 +163,10 @@ def test_admission_holds_jobs_the_engine_cannot_fit(box: Box, make_agent, probe:
                    and m.json.get("reason") == "engine_need", timeout=30, what="engine need alert cleared")
 
 
-def test_a_requested_inbox_file_goes_back_when_the_engine_is_unavailable(make_agent, probe: Probe, tmp_path) -> None:
+def test_a_requested_inbox_file_stays_queued_when_the_engine_is_unavailable(make_agent, probe: Probe, tmp_path) -> None:
     """`transcribe` naming an inbox file, with an engine that cannot run (its program is missing):
-    the answer is `engine_unavailable`, and the file is back in the inbox, not in failed/."""
+    the answer is `engine_unavailable`, and the file is not failed: the inbox source keeps it
+    queued under the request's job id for another try, as it does a dropped file."""
     model = tmp_path / "model.bin"
     model.write_bytes(b"not a model")
     agent = make_agent({"transcriber": {"engine": "whisper_cpp",
@@ -178,5 +179,7 @@ def test_a_requested_inbox_file_goes_back_when_the_engine_is_unavailable(make_ag
     shutil.copy(recording.path, agent.inbox / "kept.wav")
     answer = probe.request(agent.root, "transcribe", {"file": "kept.wav"})
     assert answer["status"] == "error" and answer["error"]["code"] == "engine_unavailable", answer
-    assert (agent.inbox / "kept.wav").is_file(), "the file waits in the inbox again"
-    assert failed_files(agent) == [] and not list((agent.inbox / ".processing").iterdir())
+    kept = probe.wait_for(f"{agent.root}/event/job", lambda m: m.json.get("state") == "queued" and "retry" in m.json
+                          and m.json.get("source", {}).get("name") == "kept.wav", timeout=30, what="the file queued again")
+    assert kept[0].json["retry"]["error"]["code"] == "engine_unavailable", kept[0].json
+    assert failed_files(agent) == []

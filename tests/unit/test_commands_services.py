@@ -20,6 +20,8 @@ from agent.errors import RequestError
 from agent.jobs.results import answer_fields
 from agent.settings import DEVICE, Settings
 from handlers import config, control, jobs
+from agent.sources.inbox import Inbox
+from agent.sources.inbox_feed import InboxFeed
 from handlers.base import Request, Services
 
 
@@ -79,47 +81,34 @@ def test_config_set_is_refused_when_remote_config_is_off() -> None:
     assert exc.value.code == "forbidden"
 
 
-class FakeInbox:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.settings = Settings().inbox
-        self.claimed: list[str] = []
-
-    def claim(self, name: str) -> Any:
-        self.claimed.append(name)
-        return None   # taken by another job
-
-    def finish(self, claimed: Any, record: dict[str, Any], ok: bool) -> None:
-        raise AssertionError("nothing was claimed")
-
-    def waiting_count(self) -> int:
-        return 0
-
-
 @pytest.mark.parametrize("name,code", [
     ("../outside.wav", "forbidden"), (".hidden.wav", "forbidden"), ("half.wav.part", "forbidden"),
-    ("link.wav", "forbidden"), ("missing.wav", "not_found"), ("x" * 5000, "forbidden"),
+    ("link.wav", "forbidden"), ("pipe.wav", "forbidden"), ("missing.wav", "not_found"), ("x" * 5000, "forbidden"),
     ("taken.wav", "not_found"),
 ])
-def test_transcribe_file_takes_only_regular_files_waiting_in_the_inbox(tmp_path: Path, name: str,
-                                                                         code: str) -> None:
+def test_a_named_file_is_claimed_only_when_a_regular_file_waits_in_the_inbox(tmp_path: Path, monkeypatch,
+                                                                            name: str, code: str) -> None:
+    """The inbox source's check of a `transcribe` request's `file` (Inbox.claim_named)."""
     outside = tmp_path / "outside.wav"
     outside.write_bytes(b"canary")
-    inbox_dir = tmp_path / "inbox"
-    inbox_dir.mkdir()
-    (inbox_dir / "taken.wav").write_bytes(b"RIFF")
-    os.symlink(outside, inbox_dir / "link.wav")
-    inbox = FakeInbox(inbox_dir)
-    sv = services(inbox=SimpleNamespace(current=inbox), inbox_name_ok=lambda n: not n.startswith(".") and not n.endswith(".part"))
+    box = Inbox(dataclasses.replace(Settings().inbox, path=str(tmp_path / "inbox")), lambda: None)
+    box.start()
+    box.stop()
+    (box.path / "taken.wav").write_bytes(b"RIFF")
+    os.symlink(outside, box.path / "link.wav")
+    os.mkfifo(box.path / "pipe.wav")
+    claims: list[str] = []
+    monkeypatch.setattr(box, "claim", lambda n: claims.append(n))   # taken by another job meanwhile
     with pytest.raises(RequestError) as exc:
-        jobs.transcribe(request("transcribe", {"file": name}, sv))
+        box.claim_named(name)
+    box.close()
     assert exc.value.code == code
-    assert inbox.claimed == (["taken.wav"] if name == "taken.wav" else [])
+    assert claims == (["taken.wav"] if name == "taken.wav" else [])
     assert outside.read_bytes() == b"canary"
 
 
 def test_transcribe_without_an_inbox_and_bad_base64_are_bad_requests() -> None:
-    sv = services(inbox=SimpleNamespace(current=None))
+    sv = services(inbox=InboxFeed(Settings().inbox, make=lambda settings, kind: None))
     for body in ({"file": "a.wav"}, {"audio_b64": "%%%"}, {}, {"file": "a.wav", "audio_b64": "AAAA"}):
         with pytest.raises(RequestError) as exc:
             jobs.transcribe(request("transcribe", body, sv))

@@ -19,6 +19,7 @@ import pytest
 
 import agent.sources.inbox as inbox_module
 from agent.sources.inbox import Claimed, Inbox
+from agent.sources.inbox_folders import INTENT
 from agent.settings import InboxSettings
 
 AUDIO = b"RIFF-not-really-audio" * 50
@@ -53,7 +54,7 @@ class DyingOs:
 
 
 def new_inbox(root: Path, keep_processed: bool = True) -> Inbox:
-    return Inbox(InboxSettings(path=str(root / "inbox")), on_ready=lambda name: None, keep_processed=keep_processed)
+    return Inbox(InboxSettings(path=str(root / "inbox")), on_ready=lambda: None, keep_processed=keep_processed)
 
 
 def claim_one(root: Path) -> tuple[Inbox, Claimed]:
@@ -168,13 +169,17 @@ def test_two_files_of_the_same_name_finish_side_by_side(tmp_path):
     assert files(box.processed) == ["a-1.wav", "a-1.wav.json", "a.wav", "a.wav.json"]
 
 
-def test_an_intent_left_by_an_earlier_version_is_completed(tmp_path):
+def test_an_intent_left_by_an_earlier_version_is_dropped_and_its_file_runs_again(tmp_path):
+    """An earlier version's intent names its destination folder: no path written in a file is
+    trusted, so the intent is dropped unread and its file, still claimed, runs again."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "secret.txt").write_text("canary")
     box, claimed = claim_one(tmp_path)
-    intent = claimed.path.with_name(claimed.path.name + inbox_module.INTENT)
-    intent.write_text(json.dumps({"dest": str(box.processed), "final": "a.wav", "record_name": "a.wav.json",
+    intent = claimed.path.with_name(claimed.path.name + INTENT)
+    intent.write_text(json.dumps({"dest": str(victim), "final": "ld.so.preload", "record_name": "x.json",
                                   "record": RECORD}))
     box, leftovers = restart(tmp_path)
-    assert leftovers == []
-    assert files(box.processed) == ["a.wav", "a.wav.json"]
-    assert json.loads((box.processed / "a.wav.json").read_text()) == RECORD
-    assert files(box.processing) == []
+    assert [(c.original, c.job_id) for c in leftovers] == [("a.wav", JOB_ID)]
+    assert files(victim) == ["secret.txt"] and files(box.processed) == []
+    assert files(box.processing) == [".a.wav.job", "a.wav"]
