@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 import yaml
 
-from agent.config.remote import tunable
+from agent.config.remote import LOCAL_ONLY_VALUES, tunable
 from agent.settings import DEVICE
 from tests.support.inbox import drop
 from tests.support.settings_schema import settings_field
@@ -30,7 +30,7 @@ MB = 1024 * 1024
 CORES = len(os.sched_getaffinity(0))
 QUARTER_OF_MEMORY_MB = int(psutil.virtual_memory().total / MB / 4)
 OFF_DEVICE = {"transcriber.engine": {"openai"}, "summarizer.engine": {"openai", "anthropic"}}
-REFUSED_CODES = {"invalid_config", "unsafe_value", "off_device_forbidden"}
+REFUSED_CODES = {"invalid_config", "unsafe_value", "off_device_forbidden", "forbidden"}
 # Keys ordered against another (agent/config/checks.py): each is tried with its partner at the far end.
 PARTNERS = {"memory.warn_percent": ("memory.critical_percent", 99),
             "memory.critical_percent": ("memory.warn_percent", 1),
@@ -57,7 +57,7 @@ def cases(path: str) -> tuple[list[Any], list[Any]]:
         choices = list(meta["choices"]) + list(meta.get("test_choices", ()))
         if len(choices) > 12:            # the language list: both ends, the default and auto
             choices = [choices[0], choices[1], choices[-1], "auto"]
-        off = OFF_DEVICE.get(path, set())
+        off = OFF_DEVICE.get(path, set()) | set(LOCAL_ONLY_VALUES.get(path, ()))   # refused over MQTT
         return accepted + [c for c in choices if c not in off], [c for c in choices if c in off] + ["zz --model /x"]
     if bool in members:
         return [True, False], ["yes"]
