@@ -15,3 +15,15 @@ def wait_until(pred: Callable[[], Any], timeout: float, what: str, interval: flo
             return value
         assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
         time.sleep(interval)
+
+
+def all_delivered(probe: Any, root: str, timeout: float = 30) -> None:
+    """A positive marker that every event the agent at `root` stored so far has reached `probe`.
+
+    A row leaves the outbox only when the broker acknowledges it (PUBACK), so the `stats` answer
+    that finds the outbox empty is published after every earlier event was accepted; the broker
+    delivers one client's QoS 1 messages in order, so that answer reaches `probe` after them. This
+    replaces "sleep until anything late would have arrived": it waits exactly as long as needed.
+    """
+    wait_until(lambda: probe.request(root, "stats")["data"]["outbox"]["queued"] == 0, timeout,
+               f"{root}'s outbox drained", interval=0.2)
