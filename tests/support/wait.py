@@ -27,3 +27,15 @@ def all_delivered(probe: Any, root: str, timeout: float = 30) -> None:
     """
     wait_until(lambda: probe.request(root, "stats")["data"]["outbox"]["queued"] == 0, timeout,
                f"{root}'s outbox drained", interval=0.2)
+
+
+def handled_before(probe: Any, root: str) -> None:
+    """A positive marker that the agent at `root` has handled every message `probe` published
+    before this call, and that whatever it published in reply has reached `probe`.
+
+    The agent reads its one connection in order, handling subscriptions such as
+    `homeassistant/status` at once and queueing requests in order, so a `ping` sent now is
+    answered only after the earlier messages were handled; its answer leaves after anything
+    they made the agent publish, and the broker delivers one client's messages in order.
+    """
+    assert probe.request(root, "ping")["data"] == {"pong": True}
