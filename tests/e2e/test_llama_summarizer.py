@@ -63,7 +63,7 @@ def test_llama_oneshot_failures_map_to_codes() -> None:
     began = time.monotonic()
     with pytest.raises(EngineError) as caught:
         summarizer.summarize(TRANSCRIPT)
-    assert caught.value.code == "engine_timeout" and time.monotonic() - began < 5
+    assert caught.value.code == "engine_timeout" and time.monotonic() - began < 15   # not the 30 s; wide for load
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ def test_ring_read_times_out_with_none() -> None:
     ring.write(b"\x00" * 10)
     start = time.monotonic()
     assert ring.read(100, timeout=0.2) is None
-    assert 0.15 <= time.monotonic() - start < 2.0
+    assert 0.15 <= time.monotonic() - start < 10   # waited, then gave up; wide for a loaded machine
     assert ring.available == 10  # a timed-out read takes nothing
 
 

@@ -191,7 +191,7 @@ def test_monitor_delivers_alerts_and_stops_promptly(tmp_path: Path) -> None:
     finally:
         started = time.monotonic()
         monitor.stop()
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 10   # not the 3600 s interval; wide for a loaded machine
 
 
 def test_monitor_waits_on_an_event_so_stop_does_not_wait_for_the_interval() -> None:
@@ -201,7 +201,7 @@ def test_monitor_waits_on_an_event_so_stop_does_not_wait_for_the_interval() -> N
     time.sleep(0.05)
     started = time.monotonic()
     monitor.stop()
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 10   # not the 3600 s interval; wide for a loaded machine
 
 
 def test_reconfigure_applies_at_once() -> None:
