@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,10 +18,8 @@ from typing import Callable
 from tests.support.agent import AgentProcess
 from tests.support.broker import Broker
 from tests.support.probe import Probe
+from tests.support.wait import ECHO_FILTER, broker_echo
 from tests.support.wavs import tone_wav
-
-
-MARK_TOPIC = "kill-rig/mark"
 
 
 @dataclass
@@ -34,14 +31,9 @@ class KillRig:
     staging: Path           # the WAVs, beside the inbox: os.rename moves one in atomically
     names: list[str]
 
-    def mark(self, timeout: float = 20) -> None:
-        """A positive marker that every message the broker had accepted before now has reached `sub`:
-        `sub` publishes to itself and waits for the echo. Mosquitto handles one message at a time
-        and queues it to the subscribers before it acknowledges it, so an event it acknowledged
-        earlier is queued to `sub` before the echo. Replaces "sleep until it would have arrived"."""
-        topic = f"{MARK_TOPIC}/{uuid.uuid4().hex}"
-        self.sub.publish(topic, b"mark")
-        self.sub.wait_for(topic, timeout=timeout, what="the subscriber's own marker back from the broker")
+    def mark(self) -> None:
+        """Every message the broker accepted before now has reached `sub` (tests/support/wait.py)."""
+        broker_echo(self.sub)
 
     def close(self) -> None:
         self.agent.stop()
@@ -53,7 +45,7 @@ def make_kill_rig(tmp_path: Path, broker: Broker, *, prefix: str, count: int, su
     """`count` WAVs named `<prefix>NNN.wav` (file i lasts `tone_s(i)` s) staged, the inbox made."""
     seed = int(os.environ.get("FAULTS_SEED", random.randrange(1 << 30)))
     sub = Probe(broker.host, broker.port, protocol="3.1.1", client_id=f"{prefix}-kill-sub", persistent=True,
-                subscribe=(*subscribe, f"{MARK_TOPIC}/#"))
+                subscribe=(*subscribe, ECHO_FILTER))
     agent = AgentProcess(tmp_path / "agent", broker.port, {"log_level": "INFO", "inbox": {"settle_ms": 200}})
     staging = tmp_path / "staging"
     staging.mkdir()

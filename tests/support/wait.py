@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any, Callable
 
 
@@ -39,3 +40,18 @@ def handled_before(probe: Any, root: str) -> None:
     they made the agent publish, and the broker delivers one client's messages in order.
     """
     assert probe.request(root, "ping")["data"] == {"pong": True}
+
+
+#: Probes that use `broker_echo` subscribe to this too.
+ECHO_FILTER = "test-mark/#"
+
+
+def broker_echo(probe: Any, timeout: float = 20) -> None:
+    """A positive marker that every message the broker had accepted before now has reached `probe`
+    (which must subscribe to ECHO_FILTER): `probe` publishes to itself and waits for the echo.
+    Mosquitto handles one message at a time and queues it to the subscribers before it
+    acknowledges it, so a message it acknowledged earlier is queued to `probe` before the echo.
+    Works while the agent is down (where `all_delivered` cannot ask it anything)."""
+    topic = f"{ECHO_FILTER[:-2]}/{uuid.uuid4().hex}"
+    probe.publish(topic, b"mark")
+    probe.wait_for(topic, timeout=timeout, what="the probe's own marker back from the broker")
