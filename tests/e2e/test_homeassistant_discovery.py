@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import uuid
 
 from agent.ops.homeassistant import ALERT_KINDS
 from agent.ops.last_values import TEXT_MAX_BYTES
@@ -18,7 +17,7 @@ from tests.support.probe import Msg, Probe, retained
 from tests.support.speech import UTTERANCES, build_speech
 from tests.support.wavs import tone_wav
 from tests.support.inbox import drop
-from tests.support.wait import all_delivered, handled_before, wait_until
+from tests.support.wait import ECHO_FILTER, all_delivered, broker_echo, handled_before, wait_until
 from tests.support.homeassistant import ALWAYS, OPTIONAL, RECORDER_ATTRS_MAX, attributes_size, render
 
 
@@ -135,11 +134,9 @@ def retained_snapshot(broker, topic_filter: str) -> dict[str, Msg]:
     The broker sends a subscription's retained messages when it handles the SUBSCRIBE; the probe
     then subscribes to a marker topic of its own and publishes there until the marker comes back:
     by then every retained message of the first subscription has arrived (instead of a sleep)."""
-    mark = f"test-mark/{uuid.uuid4().hex}"
-    fresh = Probe(broker.host, broker.port, subscribe=(topic_filter, mark))
+    fresh = Probe(broker.host, broker.port, subscribe=(topic_filter, ECHO_FILTER))
     try:
-        wait_until(lambda: fresh.publish(mark, b"mark") or fresh.on(mark), 10, "the marker back from the broker",
-                   interval=0.2)
+        broker_echo(fresh)
         return {m.topic: m for m in fresh.messages if m.retain and m.payload}
     finally:
         fresh.close()

@@ -51,7 +51,8 @@ def broker_echo(probe: Any, timeout: float = 20) -> None:
     (which must subscribe to ECHO_FILTER): `probe` publishes to itself and waits for the echo.
     Mosquitto handles one message at a time and queues it to the subscribers before it
     acknowledges it, so a message it acknowledged earlier is queued to `probe` before the echo.
-    Works while the agent is down (where `all_delivered` cannot ask it anything)."""
+    Works while the agent is down (where `all_delivered` cannot ask it anything). Published again
+    until it comes back: a probe's later subscriptions may not be in force yet."""
     topic = f"{ECHO_FILTER[:-2]}/{uuid.uuid4().hex}"
-    probe.publish(topic, b"mark")
-    probe.wait_for(topic, timeout=timeout, what="the probe's own marker back from the broker")
+    wait_until(lambda: probe.publish(topic, b"mark") or probe.on(topic), timeout,
+               "the probe's own marker back from the broker", interval=0.2)
