@@ -9,6 +9,7 @@ import pytest
 
 from tests.support.agent import AgentProcess
 from tests.support.broker import Broker
+from tests.support.kill_rig import KillRig, make_kill_rig
 from tests.support.lifecycle import NotifySocket
 from tests.support.probe import Probe
 
@@ -53,3 +54,18 @@ def notify() -> Iterator[NotifySocket]:
     n = NotifySocket()
     yield n
     n.close()
+
+
+@pytest.fixture
+def kill_rig(tmp_path: Path, broker: Broker) -> Iterator[Callable[..., KillRig]]:
+    """Builds the kill -9 / power-loss setup (tests/support/kill_rig.py); its agent and subscriber
+    are stopped afterwards, even when the test fails."""
+    made: list[KillRig] = []
+
+    def make(**options) -> KillRig:
+        made.append(make_kill_rig(tmp_path, broker, **options))
+        return made[-1]
+
+    yield make
+    for rig in made:
+        rig.close()

@@ -23,6 +23,7 @@ import pytest
 from tests.support.agent import AgentProcess
 from tests.support.broker import free_port, mosquitto_binary
 from tests.support.probe import Probe
+from tests.support.wait import handled_before
 from tests.support.wavs import tone_wav
 from tests.support.ansible import current_user_group, local_broker_inventory, local_broker_vars, recap, run_playbook
 
@@ -91,7 +92,8 @@ def test_fleet_home_assistant_and_viewers_work_through_the_shipped_acl(tmp_path:
         for job_id in jobs:
             dashboard.wait_for("voice/results/dash", lambda m, j=job_id: m.json.get("job_id") == j
                                and m.json.get("status") == "ok", timeout=60, what=f"result of {job_id}")
-        time.sleep(1.0)
+        for agent in agents:   # each worker has handled every job it was handed: a second answer is out
+            handled_before(dashboard, agent.root)
         finals = [m.json["job_id"] for m in dashboard.on("voice/results/dash") if m.json.get("status") != "accepted"]
         assert sorted(finals) == sorted(jobs), finals   # one final answer each, no busy
 
@@ -117,7 +119,11 @@ def test_fleet_home_assistant_and_viewers_work_through_the_shipped_acl(tmp_path:
         probes.append(rogue)
         rogue.publish("voice/pi-a/state", json.dumps({"forged": True}))
         rogue.publish("voice/pi-a/request/pause", {})
-        time.sleep(1.0)
+        # Markers: the rogue's own-root publish seen after its forged ones (the broker handles one
+        # client's messages in order), then pi-a's answer to a later ping (it handles them in order).
+        rogue.publish("voice/pi-b/event/note", {"own": True})
+        viewer.wait_for("voice/pi-b/event/note", what="the rogue's publish under its own root")
+        handled_before(dashboard, "voice/pi-a")
         assert not [m for m in viewer.on("voice/pi-a/#") if b"forged" in m.payload or "pause" in m.topic], \
             "a device wrote into another device's root"
         assert probe_state(dashboard, "pi-a")["paused"] is False

@@ -4,12 +4,11 @@ the outbox overflow alert, seen on a real broker from an agent subprocess.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from tests.support.agent import AgentProcess
 from tests.support.broker import Broker
-from tests.support.wait import wait_until
+from tests.support.wait import all_delivered, wait_until
 from tests.support.probe import Probe, retained
 from tests.support.lifecycle import NotifySocket, StandInWhisper, alerts_of, drop, records, start_ready
 
@@ -76,7 +75,7 @@ def test_engine_alert_after_consecutive_failures_cleared_by_a_success(make_agent
     failed("junk.wav")                       # bad audio: not the engine's fault
     drop(agent.inbox, "one.wav", freq=300)
     failed("one.wav")
-    time.sleep(0.5)
+    all_delivered(probe, root)   # an alert raised by that failure would have arrived by now
     assert alerts_of(probe, root, "engine") == [], "one engine failure is not an alert"
     drop(agent.inbox, "two.wav", freq=500)
     failed("two.wav")

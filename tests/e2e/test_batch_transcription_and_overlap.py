@@ -27,7 +27,7 @@ def test_waiting_files_are_transcribed_in_one_whisper_run(make_agent, probe, tmp
         speech_wav(text, tmp_path / name)
         drop(agent.inbox, name, (tmp_path / name).read_bytes())
     drop(agent.inbox, "broken.wav", b"RIFF\x00\x00\x00\x00WAVEjunk")
-    time.sleep(1.0)   # all four settled and waiting
+    wait_queued(probe, agent.root, [*sentences, "broken.wav"])   # all four settled and waiting
     runs_before = len(log.read_text().splitlines())
     probe.request(agent.root, "resume")
     wait_files(agent.inbox / "processed", "*.wav.json", 3, timeout=120)
@@ -42,6 +42,12 @@ def test_waiting_files_are_transcribed_in_one_whisper_run(make_agent, probe, tmp
     for name, text in sentences.items():
         assert words_found(done[f"{name}.json"]["transcript"], text) >= 0.6, done[f"{name}.json"]
     assert len({m.json["job_id"] for m in probe.on(f"{agent.root}/event/transcript")}) == 3
+
+
+def wait_queued(probe, root: str, names: list[str]) -> None:
+    """The positive marker that files settled: the inbox announces each as `queued` once complete."""
+    probe.wait_for(f"{root}/event/job", lambda m: m.json["state"] == "queued" and m.json["source"]["name"] in names,
+                   count=len(names), timeout=20, what=f"{names} queued")
 
 
 STANDIN_WHISPER = """#!{python}
@@ -84,7 +90,7 @@ def test_stages_overlap_but_each_stage_stays_bounded(make_agent, probe, tmp_path
         probe.request(agent.root, "pause")
         for i in range(4):
             drop(agent.inbox, f"clip{i}.wav", _tone(i))
-        time.sleep(1.0)
+        wait_queued(probe, agent.root, [f"clip{i}.wav" for i in range(4)])
         timeline.write_text("")
         probe.request(agent.root, "resume")
         wait_files(agent.inbox / "processed", "*.wav.json", 4, timeout=60)

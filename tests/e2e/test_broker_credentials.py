@@ -4,12 +4,12 @@ wrong one is refused by Mosquitto with a clear error, and retried.
 
 from __future__ import annotations
 
-import time
+from tests.support.wait import all_delivered
 
 from tests.support.agent import AgentProcess
 from tests.support.probe import Probe
 from tests.support.wavs import tone_wav
-from tests.support.broker_access import auth_broker, never_online, wait_log
+from tests.support.broker_access import auth_broker, refused_offline
 
 
 SECRET = "Xk9-very-secret-Broker-Pa55"
@@ -42,7 +42,8 @@ def test_password_from_env_or_file_works_and_is_never_disclosed(tmp_path):
             (agent.inbox).mkdir(parents=True, exist_ok=True)
             (agent.inbox / "a.wav").write_bytes(tone_wav(0.2))
             dash.wait_for(f"{agent.root}/event/transcript", what="a transcript")
-        time.sleep(0.5)
+        for agent in (env_agent, file_agent):
+            all_delivered(dash, agent.root)   # every event published so far is in dash.messages
         published = [m for m in dash.messages if "/request/" not in m.topic]   # our own requests aside
         assert len(published) > 20
         for m in published:
@@ -72,9 +73,8 @@ def test_wrong_password_is_refused_with_a_clear_error_and_retried(tmp_path):
                          {"mqtt": {"username": "dev", "password_file": str(wrong_file)}}, device_id="dev")
     try:
         agent.start(dash, wait_online=False)
-        never_online(agent, dash, 3)
-        refusals = wait_log(agent, r"mqtt: broker refused the connection: .*(user name or password|[Nn]ot authori)",
-                             count=2)
+        refusals = refused_offline(agent, dash,
+                                   r"mqtt: broker refused the connection: .*(user name or password|[Nn]ot authori)")
         print(refusals[0])
         assert "Traceback" not in agent.log()
         # The operator points the config at the right file: picked up live, no restart.

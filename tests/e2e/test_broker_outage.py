@@ -11,7 +11,7 @@ import time
 
 from tests.support.agent import AgentProcess
 from tests.support.broker import Broker
-from tests.support.wait import wait_until
+from tests.support.wait import ECHO_FILTER, all_delivered, broker_echo, wait_until
 from tests.support.probe import Probe, retained
 from tests.support.wavs import tone_wav
 from tests.support.inbox import drop
@@ -25,8 +25,9 @@ def test_broker_down_30s_while_20_files_are_processed(tmp_path):
     down, arrive after it returns, in order, each exactly once."""
     broker = Broker(tmp_path / "pbroker", persistent=True).start()
     sub = Probe(broker.host, broker.port, protocol="3.1.1", client_id="outage-sub", persistent=True,
-                subscribe=("voice/+/event/#", "voice/+/availability"))
+                subscribe=("voice/+/event/#", "voice/+/availability", ECHO_FILTER))
     agent = AgentProcess(tmp_path / "agent", broker.port)
+    asker = None
     names = [f"f{i:02d}.wav" for i in range(20)]
     try:
         agent.start(sub)
@@ -34,17 +35,20 @@ def test_broker_down_30s_while_20_files_are_processed(tmp_path):
         down_at = time.monotonic()
         for i, name in enumerate(names):
             drop(agent.inbox, name, tone_wav(0.2 + 0.01 * i))
-            time.sleep(0.5)   # each file complete (settle_ms) before the next: arrival order is job order
+            # each file processed before the next arrives: arrival order is job order
+            wait_until(lambda: (agent.inbox / "processed" / f"{name}.json").exists(), 30, f"{name} processed")
         wait_until(lambda: len(list((agent.inbox / "processed").glob("*.wav.json"))) == len(names), 60,
                    "20 files processed while the broker is down")
         processed_in = time.monotonic() - down_at
-        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))   # pacing: the outage lasts OUTAGE_S
         broker.start()
         up_at = time.monotonic()
         sub.wait_for(f"{agent.root}/event/transcript", count=len(names), timeout=60, what="transcripts")
         sub.wait_for(f"{agent.root}/event/summary", count=len(names), timeout=30, what="summaries")
         delivered_in = time.monotonic() - up_at
-        time.sleep(2)   # a duplicate would have arrived by now
+        asker = Probe(broker.host, broker.port)
+        all_delivered(asker, agent.root)   # nothing left in the outbox that could be sent again
+        broker_echo(sub)                   # and all that was sent has reached the subscriber
         transcripts = [m.json for m in sub.on(f"{agent.root}/event/transcript")]
         summaries = [m.json for m in sub.on(f"{agent.root}/event/summary")]
         events = [(m.topic, m.payload) for m in sub.messages if "/event/" in m.topic]
@@ -62,6 +66,8 @@ def test_broker_down_30s_while_20_files_are_processed(tmp_path):
     finally:
         agent.stop()
         sub.close()
+        if asker is not None:
+            asker.close()
         broker.stop()
 
 
@@ -71,7 +77,7 @@ def test_broker_restart_without_retained_messages_gets_them_back(tmp_path, broke
     probe.wait_for(f"{agent.root}/alert/config", lambda m: m.json["level"] == "error", what="config alert")
     assert retained(broker.host, broker.port, f"{agent.root}/alert/config") is not None
     broker.stop()     # persistence false: every retained message is gone
-    time.sleep(1)
+    time.sleep(1)     # pacing: an outage the agent notices
     broker.start()
     t0 = time.monotonic()
     facts = {}
@@ -85,4 +91,4 @@ def test_broker_restart_without_retained_messages_gets_them_back(tmp_path, broke
     assert facts["state"].json["device_id"] == agent.device_id
     assert facts["config"].json["config"]["mqtt"]["password"] in (None, "***")
     assert facts["alert/config"].json["level"] == "error"
-    assert elapsed < 10
+    assert elapsed < 30   # wide for a loaded machine; the figure printed above is the measurement

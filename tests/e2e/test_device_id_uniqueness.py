@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import socket
-import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -20,7 +19,7 @@ from paho.mqtt.properties import Properties
 from agent.settings import MACHINE_ID_ENV
 from tests.support.agent import AgentProcess
 from tests.support.machine_id import MACHINE_A, MACHINE_B, machine_id_file
-from tests.support.wait import wait_until
+from tests.support.wait import handled_before, wait_until
 
 
 def unnamed_agent(workdir: Path, port: int, machine_id: Path) -> AgentProcess:
@@ -49,7 +48,8 @@ def test_two_agents_from_one_image_get_different_ids(tmp_path, broker, probe) ->
         logged = {line.split("device_id ", 1)[1].split()[0] for a in agents for line in a.log().splitlines()
                   if "device_id " in line and "topic root" in line}
         assert logged == ids
-        time.sleep(1)
+        for root in roots:   # each still connected and answering: neither knocked the other off
+            handled_before(probe, root)
         assert all(a.alive() for a in agents), "neither knocked the other off"
     finally:
         for agent in agents:
@@ -64,7 +64,7 @@ def test_a_device_id_in_use_by_another_device_is_refused_without_takeover(tmp_pa
         second.start(wait_online=False)
         assert second.proc.wait(timeout=20) == 78, second.log()[-2000:]
         assert "already used by another connected device" in second.log()
-        time.sleep(0.5)
+        handled_before(probe, first.root)   # still connected: a Last Will would have come before this answer
         assert first.alive()
         assert len(probe.on("voice/kitchen/availability")) == availability_before, \
             "the first device was never knocked off (no Last Will, no new birth)"

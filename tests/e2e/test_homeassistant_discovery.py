@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 
 from agent.ops.homeassistant import ALERT_KINDS
 from agent.ops.last_values import TEXT_MAX_BYTES
@@ -18,6 +17,7 @@ from tests.support.probe import Msg, Probe, retained
 from tests.support.speech import UTTERANCES, build_speech
 from tests.support.wavs import tone_wav
 from tests.support.inbox import drop
+from tests.support.wait import ECHO_FILTER, all_delivered, broker_echo, handled_before, wait_until
 from tests.support.homeassistant import ALWAYS, OPTIONAL, RECORDER_ATTRS_MAX, attributes_size, render
 
 
@@ -41,7 +41,7 @@ def test_discovery_retained_republished_on_ha_online_and_removed_when_disabled(m
     probe.publish("homeassistant/status", "online")
     probe.wait_for(DISCOVERY, lambda m: bool(m.payload), count=before + 1, what="republished discovery")
     probe.publish("homeassistant/status", "offline")   # ignored
-    time.sleep(0.3)
+    handled_before(probe, agent.root)
     assert len(probe.on(DISCOVERY)) == before + 1
 
     # the buttons reach the agent; the Paused binary sensor follows the retained state
@@ -54,20 +54,27 @@ def test_discovery_retained_republished_on_ha_online_and_removed_when_disabled(m
     probe.wait_for(f"{agent.root}/state", lambda m: render(paused["value_template"], m.json) == "OFF",
                    count=resumed + 1, what="Paused off after the resume button")
 
-    # the state is checked for changes every second (an outbox alert does not pass through events),
-    # but an idle agent publishes none
-    time.sleep(0.5)
-    idle = len(probe.on(f"{agent.root}/state"))
-    time.sleep(2.5)
-    assert len(probe.on(f"{agent.root}/state")) == idle, [m.payload for m in probe.on(f"{agent.root}/state")][-3:]
-
     # telemetry switched on live: the document changes (health sensors) and is published again at once
-    answer = probe.request(agent.root, "config/set", {"config": {"telemetry": {"interval_s": 5}}})
+    answer = probe.request(agent.root, "config/set", {"config": {"telemetry": {"interval_s": 0.5}}})
     assert answer["status"] == "ok", answer
     changed = probe.wait_for(DISCOVERY, lambda m: bool(m.payload) and "state_topic" in m.json["cmps"]["jobs_failed"],
                              what="discovery with the health sensors")[0].json
     assert changed["cmps"]["jobs_failed"]["state_topic"] == f"{agent.root}/last/telemetry"
     before = len([m for m in probe.on(DISCOVERY) if m.payload])
+
+    # the state is checked for changes on every main-loop tick (an outbox alert does not pass
+    # through events), but an idle agent publishes none. Telemetry (every 0.5 s) is sent by the same
+    # loop right after that check: two more telemetry messages show two checks have happened.
+    # One tick first: a change the agent had not yet published (e.g. right after its start) goes
+    # out then, legitimately.
+    def ticks(n: int) -> None:
+        probe.wait_for(f"{agent.root}/telemetry", count=len(probe.on(f"{agent.root}/telemetry")) + n,
+                       what=f"{n} main-loop tick(s) (telemetry)")
+    ticks(1)
+    all_delivered(probe, agent.root)
+    idle = len(probe.on(f"{agent.root}/state"))
+    ticks(2)
+    assert len(probe.on(f"{agent.root}/state")) == idle, [m.payload.decode() for m in probe.on(f"{agent.root}/state")][-2:]
 
     # switched off live: the document is removed with an empty retained payload
     answer = probe.request(agent.root, "config/set", {"config": {"homeassistant": {"enabled": False}}})
@@ -77,7 +84,7 @@ def test_discovery_retained_republished_on_ha_online_and_removed_when_disabled(m
     # ... and `homeassistant/status` no longer triggers anything
     n = len(probe.on(DISCOVERY))
     probe.publish("homeassistant/status", "online")
-    time.sleep(0.5)
+    handled_before(probe, agent.root)
     assert len(probe.on(DISCOVERY)) == n
 
     # switched on again: published again
@@ -90,7 +97,7 @@ def test_disabled_at_start_publishes_nothing(make_agent, broker, probe):
     agent = make_agent().start(probe)
     assert probe.request(agent.root, "ping")["status"] == "ok"
     probe.publish("homeassistant/status", "online")
-    time.sleep(0.5)
+    handled_before(probe, agent.root)
     assert [m.payload for m in probe.on("homeassistant/device/#")] == [b'{"owned": "by someone else"}']
     assert retained(broker.host, broker.port, DISCOVERY).json == {"owned": "by someone else"}
 
@@ -121,11 +128,15 @@ def test_device_id_change_moves_the_document(make_agent, broker, probe):
 LONG_TRANSCRIPT = ("Zwölf Boxkämpfer jagen Viktor quer über den großen Sylter Deich, sagte sie \"heute\" 🎙. " * 400)
 
 
-def retained_snapshot(broker, topic_filter: str, settle_s: float = 1.5) -> dict[str, Msg]:
-    """What a fresh subscriber (Home Assistant after a restart) gets as retained messages, by topic."""
-    fresh = Probe(broker.host, broker.port, subscribe=(topic_filter,))
+def retained_snapshot(broker, topic_filter: str) -> dict[str, Msg]:
+    """What a fresh subscriber (Home Assistant after a restart) gets as retained messages, by topic.
+
+    The broker sends a subscription's retained messages when it handles the SUBSCRIBE; the probe
+    then subscribes to a marker topic of its own and publishes there until the marker comes back:
+    by then every retained message of the first subscription has arrived (instead of a sleep)."""
+    fresh = Probe(broker.host, broker.port, subscribe=(topic_filter, ECHO_FILTER))
     try:
-        time.sleep(settle_s)
+        broker_echo(fresh)
         return {m.topic: m for m in fresh.messages if m.retain and m.payload}
     finally:
         fresh.close()
@@ -180,6 +191,10 @@ def test_every_entity_has_a_value_after_a_home_assistant_restart(make_agent, bro
         probe.wait_for(f"{agent.root}/last/telemetry", lambda m: m.json["jobs"]["done"] >= 1,
                        what="telemetry copy after the job")
 
+        # every entity's state topic has been published (the copies in last/ follow their events)
+        topics = {c["state_topic"] for c in doc["cmps"].values() if "state_topic" in c and c["p"] not in ("event",)}
+        wait_until(lambda: all(any(m.payload for m in probe.on(t)) for t in topics), 30,
+                   f"a message on each of {sorted(topics)}")
         # Home Assistant restarts: a new subscriber, nothing but retained messages
         snapshot = retained_snapshot(broker, f"{agent.root}/#")
         values = entity_values(doc, snapshot)
@@ -240,9 +255,8 @@ def test_listening_switch_closes_the_microphone_only_and_answers_match_the_state
                                         ("resume", {}, {"paused": False, "listening": True})):
             answer = probe.request(agent.root, command, body)
             assert answer["data"] == expected, (command, answer)
-            time.sleep(0.5)
-            kept = retained(broker.host, broker.port, state).json
-            assert {k: kept[k] for k in expected} == expected, (command, kept)
+            wait_until(lambda: {k: v for k, v in retained(broker.host, broker.port, state).json.items()
+                                if k in expected} == expected, 10, f"the retained state after {command}")
     finally:
         agent.stop()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -13,53 +12,7 @@ from tests.support.broker import free_port
 from tests.support.wait import wait_until
 from tests.support.wavs import tone_wav
 from tests.support.inbox import drop
-
-
-STAND_IN_LLAMA = r'''
-"""A stand-in llama.cpp server: OpenAI chat-completions on loopback; a test SIGSTOPs it to hang it."""
-import argparse, json, os
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-ap = argparse.ArgumentParser()
-ap.add_argument("--port", type=int, required=True)
-ap.add_argument("--pidfile", required=True)
-args = ap.parse_args()
-with open(args.pidfile, "a") as f:
-    f.write(f"{os.getpid()}\n")
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *a):
-        pass
-
-    def send_json(self, status, obj):
-        data = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        if self.path == "/health":
-            self.send_json(200, {"status": "ok"})
-        elif self.path == "/v1/models":
-            self.send_json(200, {"object": "list", "data": [{"id": "stand-in"}]})
-        else:
-            self.send_json(404, {"error": "no route"})
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-        prompt = body["messages"][0]["content"]
-        self.send_json(200, {"object": "chat.completion", "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": f"stand-in summary of {len(prompt)} chars"},
-             "finish_reason": "stop"}]})
-
-
-ThreadingHTTPServer(("127.0.0.1", args.port), Handler).serve_forever()
-'''
+from tests.support.llama_standin import REPLY_PREFIX, llama_standin_command
 
 
 def _pids(pidfile: Path) -> list[int]:
@@ -75,13 +28,10 @@ def _gone(pid: int) -> bool:
 
 
 def test_hung_summarizer_server_times_out_is_restarted_and_later_jobs_succeed(tmp_path, make_agent, probe):
-    script = tmp_path / "stand_in_llama.py"
-    script.write_text(STAND_IN_LLAMA)
     pidfile = tmp_path / "llama.pids"
     agent = make_agent({
         "summarizer": {"engine": "llama_server", "min_words": 1, "timeout_s": 3,
-                       "llama_server": {"command": [sys.executable, str(script), "--port", "{port}",
-                                                    "--pidfile", str(pidfile)],
+                       "llama_server": {"command": llama_standin_command(pidfile=pidfile),
                                         "port": free_port(), "timeout_s": 3, "start_timeout_s": 30,
                                         "health_interval_s": 600}},
     }).start(probe)
@@ -91,7 +41,7 @@ def test_hung_summarizer_server_times_out_is_restarted_and_later_jobs_succeed(tm
     assert len(first) == 1
     drop(agent.inbox, "before.wav", tone_wav(0.3))
     ok = probe.wait_for(f"{agent.root}/event/summary", what="summary from the server")[0].json
-    assert ok["text"].startswith("stand-in summary") and ok["engine"] == "llama_server"
+    assert ok["text"].startswith(REPLY_PREFIX) and ok["engine"] == "llama_server"
 
     os.kill(first[0], signal.SIGSTOP)            # the server stops answering, its socket stays open
     t0 = time.monotonic()
@@ -110,7 +60,7 @@ def test_hung_summarizer_server_times_out_is_restarted_and_later_jobs_succeed(tm
         drop(agent.inbox, f"after{i}.wav", tone_wav(0.5 + i / 10))
     summaries = probe.wait_for(f"{agent.root}/event/summary", lambda m: m.json["engine"] == "llama_server",
                                count=4, timeout=30, what="later summaries")
-    assert all(s.json["text"].startswith("stand-in summary") for s in summaries)
+    assert all(s.json["text"].startswith(REPLY_PREFIX) for s in summaries)
     wait_until(lambda: all((agent.inbox / "processed" / f"after{i}.wav.json").exists() for i in range(3)), 15,
                "the later files in processed/")
     state = probe.request(agent.root, "state")["data"]

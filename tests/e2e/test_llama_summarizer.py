@@ -21,6 +21,7 @@ from agent.engines.supervisor import ServerProcess
 from agent.errors import EngineError
 from tests.support.broker import free_port
 from tests.support.llama import wait_gone
+from tests.support.llama_standin import REPLY_PREFIX, llama_standin_command
 from tests.support.llama_checks import (check_hung_server_is_replaced, check_killed_mid_request_is_retried,
                                         check_restart_after_kill_9, close_all, llama_settings)
 from tests.support.summaries import TRANSCRIPT
@@ -62,51 +63,17 @@ def test_llama_oneshot_failures_map_to_codes() -> None:
     began = time.monotonic()
     with pytest.raises(EngineError) as caught:
         summarizer.summarize(TRANSCRIPT)
-    assert caught.value.code == "engine_timeout" and time.monotonic() - began < 5
-
-
-# A protocol stand-in shaped like llama-cpp-python's server: no /health (404), /v1/models, chat.
-STANDIN_SERVER = r'''
-import json, sys
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
-class Handler(BaseHTTPRequestHandler):
-    def _send(self, status, body):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        if self.path == "/v1/models":
-            self._send(200, {"object": "list", "data": [{"id": "standin", "object": "model"}]})
-        else:
-            self._send(404, {"detail": "Not Found"})
-
-    def do_POST(self):
-        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        words = request["messages"][0]["content"].split()
-        self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant",
-                                                              "content": "stand-in: " + " ".join(words[-3:])}}]})
-
-    def log_message(self, *args):
-        pass
-
-HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
-'''
+    assert caught.value.code == "engine_timeout" and time.monotonic() - began < 15   # not the 30 s; wide for load
 
 
 @pytest.fixture
-def standin(tmp_path: Path):
-    """Build LlamaServerSummarizers running the stand-in; all are closed afterwards."""
-    script = tmp_path / "standin_llama.py"
-    script.write_text(STANDIN_SERVER)
+def standin():
+    """Build LlamaServerSummarizers running the stand-in shaped like llama-cpp-python's server (no
+    /health route); all are closed afterwards."""
     made: list[LlamaServerSummarizer] = []
 
     def make(**options) -> LlamaServerSummarizer:
-        summarizer = LlamaServerSummarizer(llama_settings([sys.executable, str(script), "{port}"], **options))
+        summarizer = LlamaServerSummarizer(llama_settings(llama_standin_command(health=False), **options))
         made.append(summarizer)
         summarizer.load()
         return summarizer
@@ -119,7 +86,7 @@ def standin(tmp_path: Path):
 def test_llama_health_falls_back_to_models_route(standin) -> None:
     summarizer = standin()
     assert summarizer.server.health_url.endswith("/v1/models")  # /health answered 404
-    assert summarizer.summarize(TRANSCRIPT).text == "stand-in: next week. Summary:"
+    assert summarizer.summarize(TRANSCRIPT).text == REPLY_PREFIX + "next week. Summary:"
 
 
 def test_llama_restart_hook_replaces_the_server(standin) -> None:
@@ -131,7 +98,7 @@ def test_llama_restart_hook_replaces_the_server(standin) -> None:
         assert time.monotonic() < deadline, "the server was not replaced"
         time.sleep(0.05)
     assert wait_gone(first)
-    assert summarizer.summarize(TRANSCRIPT).text.startswith("stand-in:")
+    assert summarizer.summarize(TRANSCRIPT).text.startswith(REPLY_PREFIX)
     assert summarizer.server.restarts == 1
 
 
@@ -139,7 +106,7 @@ def test_llama_oneshot_covers_calls_inside_the_restart_backoff(standin) -> None:
     summarizer = standin(oneshot_command=ONESHOT, model="/m.gguf")
     time.sleep(1.0)  # the first restart is allowed 1 s after the start
     os.kill(summarizer.server.pid, signal.SIGKILL)
-    assert summarizer.summarize(TRANSCRIPT).text.startswith("stand-in:")  # restarted at once
+    assert summarizer.summarize(TRANSCRIPT).text.startswith(REPLY_PREFIX)  # restarted at once
     os.kill(summarizer.server.pid, signal.SIGKILL)
     assert summarizer.summarize(TRANSCRIPT).text.startswith("summary: ")  # 2 s backoff: oneshot
     assert summarizer.server.restarts == 1

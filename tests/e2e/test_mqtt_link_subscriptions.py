@@ -10,7 +10,6 @@ The worker then believed itself subscribed and every shared job went unrouted (s
 from __future__ import annotations
 
 import threading
-import time
 
 from agent.mqtt.link import MqttLink
 from agent.settings import MQTTSettings
@@ -85,11 +84,13 @@ def test_unroute_racing_the_connack_handler_stays_unsubscribed(broker, probe):
         other.start()
         try:
             wait_until(lambda: other.connected.is_set(), 10, "the second link to connect")
-            time.sleep(0.3)   # its SUBSCRIBE acknowledged
+            # its SUBSCRIBE in force: a marker published until one reaches it (those sent before are dropped)
+            wait_until(lambda: probe.publish("voice/jobs/transcribe", b"marker") or other_got, 10,
+                       "the second member's subscription", interval=0.2)
             for i in range(8):
                 probe.publish("voice/jobs/transcribe", f"job-{i}".encode())
-            wait_until(lambda: len(other_got) == 8, 5, "all 8 shared jobs at the only member of the group",
-                       interval=0.05)
+            wait_until(lambda: len([p for p in other_got if p.startswith(b"job-")]) == 8, 5,
+                       "all 8 shared jobs at the only member of the group", interval=0.05)
         finally:
             other.stop()
     finally:

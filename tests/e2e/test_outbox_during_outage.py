@@ -7,6 +7,7 @@ import time
 
 from tests.support.broker import Broker
 from tests.support.probe import Probe
+from tests.support.wait import ECHO_FILTER, all_delivered, broker_echo, wait_until
 
 
 def test_events_during_broker_outage_arrive_in_order_exactly_once(tmp_path):
@@ -15,8 +16,9 @@ def test_events_during_broker_outage_arrive_in_order_exactly_once(tmp_path):
     from tests.support.agent import AgentProcess
     broker = Broker(tmp_path / "pbroker", persistent=True).start()
     sub = Probe(broker.host, broker.port, protocol="3.1.1", client_id="persistent-sub", persistent=True,
-                subscribe=("voice/+/event/#", "voice/+/availability"))
+                subscribe=("voice/+/event/#", "voice/+/availability", ECHO_FILTER))
     agent = AgentProcess(tmp_path / "outage-agent", broker.port)
+    asker = None
     try:
         agent.start(sub)
         broker.stop()
@@ -29,7 +31,9 @@ def test_events_during_broker_outage_arrive_in_order_exactly_once(tmp_path):
         broker.start()
         sub.wait_for(f"{agent.root}/event/transcript", count=len(names), timeout=60,
                      what="transcripts after the outage")
-        time.sleep(2)   # anything duplicated would have arrived by now
+        asker = Probe(broker.host, broker.port)
+        all_delivered(asker, agent.root)   # nothing left in the outbox that could be sent again
+        broker_echo(sub)                   # and all that was sent has reached the subscriber
         msgs = sub.on(f"{agent.root}/event/transcript")
         job_ids = [m.json["job_id"] for m in msgs]
         assert len(job_ids) == len(set(job_ids)) == len(names), "duplicates or losses"
@@ -39,6 +43,8 @@ def test_events_during_broker_outage_arrive_in_order_exactly_once(tmp_path):
     finally:
         agent.stop()
         sub.close()
+        if asker is not None:
+            asker.close()
         broker.stop()
 
 
@@ -49,4 +55,5 @@ def _drop_wavs(inbox, names):
         tmp = inbox / f".{name}.part"
         tmp.write_bytes(tone_wav(0.2 + 0.01 * i))
         os.rename(tmp, inbox / name)
-        time.sleep(0.5)   # each file complete (settle_ms) before the next: arrival order is job order
+        # each file processed before the next arrives: arrival order is job order
+        wait_until(lambda: (inbox / "processed" / f"{name}.json").exists(), 30, f"{name} processed")

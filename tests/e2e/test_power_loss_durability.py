@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import sqlite3
 import subprocess
@@ -24,11 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent import AgentProcess
 from tests.support.paths import REPO
-from tests.support.probe import Probe
 from tests.support.wait import wait_until
-from tests.support.wavs import tone_wav
 
 
 def stored_events(db_path: Path) -> list[dict]:
@@ -61,52 +57,40 @@ def event_keys(bodies: list[dict], topics: list[str]) -> set[tuple[str, str]]:
     return keys
 
 
-def test_sigkill_around_inbox_finishes_never_leaves_a_processed_file_without_its_events(tmp_path, broker):
-    seed = int(os.environ.get("FAULTS_SEED", random.randrange(1 << 30)))
-    rng = random.Random(seed)
-    sub = Probe(broker.host, broker.port, protocol="3.1.1", client_id="durability-sub", persistent=True,
-                subscribe=("voice/+/event/#", "voice/+/availability"))
-    agent = AgentProcess(tmp_path / "agent", broker.port, {"log_level": "INFO", "inbox": {"settle_ms": 200}})
+def test_sigkill_around_inbox_finishes_never_leaves_a_processed_file_without_its_events(kill_rig):
+    rig = kill_rig(prefix="p", count=60, subscribe=("voice/+/event/#", "voice/+/availability"),
+                   tone_s=lambda i: 0.05 + i / 1000)
+    seed, rng, sub, agent, staging, names = rig.seed, rig.rng, rig.sub, rig.agent, rig.staging, rig.names
     db_path = Path(agent.config["state_dir"]) / "outbox.sqlite3"
     processed = agent.inbox / "processed"
-    staging = tmp_path / "staging"
-    staging.mkdir()
-    names = [f"p{i:03d}.wav" for i in range(60)]
-    for i, name in enumerate(names):
-        (staging / name).write_bytes(tone_wav(0.05 + i / 1000))
-    agent.inbox.mkdir(parents=True)
     kills = checked = 0
-    try:
-        for name in names:   # all waiting: the agent finishes one file after another, fast
-            os.rename(staging / name, agent.inbox / name)
-        while len(list(processed.glob("*.wav.json"))) < len(names) and kills < 15:
-            agent.start(sub)
-            before = len(list(processed.glob("*.wav.json"))) if processed.exists() else 0
-            # Kill within a few milliseconds of a record appearing: around an inbox finish.
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and len(list(processed.glob("*.wav.json"))) <= before:
-                time.sleep(0.0005)
-            time.sleep(rng.uniform(0, 0.01))
-            agent.kill9()
-            kills += 1
-            time.sleep(0.3)   # delivered events reach the subscriber
-            records = [json.loads(p.read_text()) for p in processed.glob("*.wav.json")]
-            stored = stored_events(db_path)
-            have = event_keys(stored, [e["_topic"] for e in stored])
-            msgs = sub.on("voice/+/event/#")
-            have |= event_keys([m.json for m in msgs], [m.topic for m in msgs])
-            for record in records:
-                missing = required_events(record) - have
-                assert not missing, (f"kill {kills} (seed {seed}): {record['source']['name']} is in processed/ "
-                                     f"but these events are neither stored nor delivered: {missing}")
-                checked += 1
+    for name in names:   # all waiting: the agent finishes one file after another, fast
+        os.rename(staging / name, agent.inbox / name)
+    while len(list(processed.glob("*.wav.json"))) < len(names) and kills < 15:
         agent.start(sub)
-        wait_until(lambda: len(list(processed.glob("*.wav.json"))) == len(names), 60, "every file processed")
-        print(f"\n{kills} kills around inbox finishes (seed {seed}); {checked} record checks, none missing an event")
-        assert kills >= 5, "the run finished before enough kills happened; nothing was proven"
-    finally:
-        agent.stop()
-        sub.close()
+        before = len(list(processed.glob("*.wav.json"))) if processed.exists() else 0
+        # Kill within a few milliseconds of a record appearing: around an inbox finish.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(list(processed.glob("*.wav.json"))) <= before:
+            time.sleep(0.0005)   # a tight poll for the moment a record appears
+        time.sleep(rng.uniform(0, 0.01))   # the random moment of the kill is the point of the test
+        agent.kill9()
+        kills += 1
+        rig.mark()   # every event the broker acknowledged before the kill has reached the subscriber
+        records = [json.loads(p.read_text()) for p in processed.glob("*.wav.json")]
+        stored = stored_events(db_path)
+        have = event_keys(stored, [e["_topic"] for e in stored])
+        msgs = sub.on("voice/+/event/#")
+        have |= event_keys([m.json for m in msgs], [m.topic for m in msgs])
+        for record in records:
+            missing = required_events(record) - have
+            assert not missing, (f"kill {kills} (seed {seed}): {record['source']['name']} is in processed/ "
+                                 f"but these events are neither stored nor delivered: {missing}")
+            checked += 1
+    agent.start(sub)
+    wait_until(lambda: len(list(processed.glob("*.wav.json"))) == len(names), 60, "every file processed")
+    print(f"\n{kills} kills around inbox finishes (seed {seed}); {checked} record checks, none missing an event")
+    assert kills >= 5, "the run finished before enough kills happened; nothing was proven"
 
 
 COUNT_FSYNCS = r"""

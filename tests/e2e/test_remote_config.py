@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from agent.config.remote import tunable
 from agent.settings import FLEET
+from tests.support.inbox import drop
 from tests.support.probe import Probe
 from tests.support.settings_schema import LOCAL, settings_field
+from tests.support.wavs import tone_wav
 
 
 def hostile_value(path: str, canary: Path) -> Any:
@@ -104,6 +105,17 @@ def guarded(make_agent, probe, tmp_path):
     return agent, canary, before
 
 
+def inbox_still_here(probe: Probe, agent) -> None:
+    """A positive marker instead of "sleep longer than the settle time": a file dropped in the real
+    inbox now is settled, taken and transcribed, so the inbox watched its own folder through a
+    whole settle period after the refused requests. An inbox moved to the canary folder would
+    not take it (and the wait fails)."""
+    name = f"marker-{uuid.uuid4().hex[:8]}.wav"
+    drop(agent.inbox, name, tone_wav(0.2))
+    probe.wait_for(f"{agent.root}/event/transcript", lambda m: m.json["source"]["name"] == name, timeout=20,
+                   what="the marker file transcribed from the real inbox")
+
+
 def assert_untouched(probe: Probe, agent, canary: Path, canary_before: dict, config_before: dict) -> None:
     after = probe.request(agent.root, "config/get")["data"]
     assert after["revision"] == config_before["revision"], "the config changed"
@@ -124,7 +136,7 @@ def test_every_local_key_is_refused_on_both_topics_and_nothing_happens(guarded, 
             assert answer["error"]["code"] == "forbidden", (topic, path, answer)
             assert answer["error"]["keys"] == [path], (topic, path, answer)
             assert path in answer["error"]["message"]
-    time.sleep(1.0)   # longer than the inbox settle time: a moved inbox would have taken the canaries
+    inbox_still_here(probe, agent)
     assert_untouched(probe, agent, canary, canary_before, before)
 
 
@@ -152,7 +164,7 @@ def test_inbox_path_aimed_at_a_canary_folder_leaves_it_untouched(guarded, probe)
                      {"config": {"inbox": {"path": str(canary), "processed_dir": str(canary / "p")}}})
         assert answer["error"]["code"] == "forbidden"
         assert sorted(answer["error"]["keys"]) == ["inbox.path", "inbox.processed_dir"]
-    time.sleep(2.0)   # several settle periods (300 ms here)
+    inbox_still_here(probe, agent)
     assert snapshot(canary) == canary_before
     assert not (canary / "failed").exists() and not (canary / "processed").exists()
     assert_untouched(probe, agent, canary, canary_before, before)
@@ -219,7 +231,7 @@ def test_an_old_overlay_naming_local_keys_is_not_trusted(make_agent, probe, tmp_
     assert config["jobs"]["cache_size"] == 7                      # the tunable part still applies
     assert config["inbox"]["path"] == str(agent.inbox)
     assert config["summarizer"]["llama_server"]["oneshot_command"] is None
-    time.sleep(1.0)
+    inbox_still_here(probe, agent)
     assert snapshot(canary) == canary_before
     assert "only the local config file may set" in agent.log()
     # The next remote change rewrites the overlay without them.

@@ -91,7 +91,7 @@ def test_command_that_exits_immediately_is_engine_unavailable(servers: list) -> 
         server.start()
     assert caught.value.code == "engine_unavailable"
     assert "code 3" in caught.value.message and "no model" in caught.value.message
-    assert time.monotonic() - began < 5  # noticed the exit, did not wait for the timeout
+    assert time.monotonic() - began < 15  # noticed the exit, did not wait for the 30 s timeout (wide for load)
     assert server.last_error and not server.running
 
 
@@ -135,9 +135,9 @@ def test_stop_kills_a_stopped_server_quickly(script: Path, servers: list) -> Non
     pid = server.pid
     os.kill(pid, signal.SIGSTOP)  # a SIGTERM alone would stay pending forever
     began = time.monotonic()
-    server.stop(grace_s=5.0)
+    server.stop(grace_s=30.0)
     assert wait_gone(pid)
-    assert time.monotonic() - began < 4.0  # SIGCONT let it act on SIGTERM without the SIGKILL wait
+    assert time.monotonic() - began < 15  # SIGCONT let it act on SIGTERM without the 30 s SIGKILL wait
 
 
 def test_monitor_restarts_a_dead_server_unless_guarded(script: Path, servers: list) -> None:

@@ -12,7 +12,7 @@ from tests.support.agent import AgentProcess
 from tests.support.broker import Broker, free_port
 from tests.support.probe import Probe
 from tests.support.tls import Pki, make_pki
-from tests.support.broker_access import never_online, wait_log
+from tests.support.broker_access import refused_offline
 
 
 @pytest.fixture(scope="module")
@@ -50,57 +50,41 @@ def test_tls_agent_online_with_verified_server_and_client_certificate(tmp_path, 
         broker.stop()
 
 
-def test_tls_missing_client_certificate_is_refused_and_retried(tmp_path, pki):
-    broker, plain = _tls_broker(tmp_path / "broker", pki, require_certificate=True)
+# Three refusals of the same shape: the broker or OpenSSL refuses the agent's TLS link, the
+# agent logs a clear error and retries; once the operator fixes the one setting at fault, the
+# running agent connects (no restart).
+REFUSALS = {
+    "missing-client-certificate": dict(require_certificate=True, other_name=False, ca="ca",
+                                       error=r"mqtt.*certificate required",
+                                       fix=lambda pki: {"cert_file": str(pki.client_cert),
+                                                        "key_file": str(pki.client_key)}),
+    "wrong-ca": dict(require_certificate=False, other_name=False, ca="wrong_ca",
+                     error=r"mqtt: cannot connect .*certificate verify failed",
+                     fix=lambda pki: {"ca_file": str(pki.ca)}),
+    "hostname-mismatch": dict(require_certificate=False, other_name=True, ca="ca",
+                              error=r"mqtt: cannot connect .*([Hh]ostname mismatch|not valid for)",
+                              fix=lambda pki: {"insecure": True}),   # explicitly opted in
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_tls_refused_with_a_clear_error_retried_and_fixed_live(tmp_path, pki, case):
+    refusal = REFUSALS[case]
+    broker, plain = _tls_broker(tmp_path / "broker", pki, require_certificate=refusal["require_certificate"],
+                                other_name=refusal["other_name"])
     probe = Probe(broker.host, plain)
-    agent = AgentProcess(tmp_path / "agent", broker.port, {"mqtt": {"tls": {"ca_file": str(pki.ca)}}})
+    agent = AgentProcess(tmp_path / "agent", broker.port,
+                         {"mqtt": {"tls": {"ca_file": str(getattr(pki, refusal["ca"]))}}})
     try:
         agent.start(probe, wait_online=False)
-        never_online(agent, probe, 4)
-        failures = wait_log(agent, r"mqtt.*certificate required", count=2)
+        failures = refused_offline(agent, probe, refusal["error"], count=2)
         assert "Traceback" not in agent.log(), agent.log()[-3000:]
         print("\n".join(failures[:2]))
-    finally:
-        agent.stop()
-        probe.close()
-        broker.stop()
-
-
-def test_tls_wrong_ca_is_refused_with_a_clear_error_and_retried(tmp_path, pki):
-    broker, plain = _tls_broker(tmp_path / "broker", pki, require_certificate=False)
-    probe = Probe(broker.host, plain)
-    agent = AgentProcess(tmp_path / "agent", broker.port, {"mqtt": {"tls": {"ca_file": str(pki.wrong_ca)}}})
-    try:
-        agent.start(probe, wait_online=False)
-        never_online(agent, probe, 4)
-        failures = wait_log(agent, r"mqtt: cannot connect .*certificate verify failed", count=2)
-        assert "Traceback" not in agent.log()
-        print(failures[0])
-        # The operator fixes the CA file reference: the running agent connects, no restart needed.
-        agent.config["mqtt"]["tls"]["ca_file"] = str(pki.ca)
+        agent.config["mqtt"]["tls"].update(refusal["fix"](pki))
         agent.write_config(agent.config)
         probe.wait_for(f"{agent.root}/availability", lambda m: m.text == "online", timeout=20,
-                       what="online after the CA was fixed")
-    finally:
-        agent.stop()
-        probe.close()
-        broker.stop()
-
-
-def test_tls_hostname_mismatch_refused_unless_insecure(tmp_path, pki):
-    broker, plain = _tls_broker(tmp_path / "broker", pki, require_certificate=False, other_name=True)
-    probe = Probe(broker.host, plain)
-    agent = AgentProcess(tmp_path / "agent", broker.port, {"mqtt": {"tls": {"ca_file": str(pki.ca)}}})
-    try:
-        agent.start(probe, wait_online=False)
-        never_online(agent, probe, 3)
-        failures = wait_log(agent, r"mqtt: cannot connect .*([Hh]ostname mismatch|not valid for)", count=1)
-        print(failures[0])
-        agent.config["mqtt"]["tls"]["insecure"] = True     # explicitly opted in: now it connects
-        agent.write_config(agent.config)
-        probe.wait_for(f"{agent.root}/availability", lambda m: m.text == "online", timeout=20,
-                       what="online with tls.insecure")
-        assert probe.request(agent.root, "ping")["status"] == "ok"
+                       what=f"online after the fix of {case}")
+        assert probe.request(agent.root, "ping")["data"] == {"pong": True}
     finally:
         agent.stop()
         probe.close()

@@ -14,10 +14,15 @@ from tests.support.broker import Broker, free_port
 from tests.support.probe import Probe
 
 
-def never_online(agent: AgentProcess, probe: Probe, seconds: float) -> None:
-    time.sleep(seconds)
+def refused_offline(agent: AgentProcess, probe: Probe, pattern: str, count: int = 2) -> list[str]:
+    """Wait for `count` refusals matching `pattern` (a regex) in the agent's log, then require that it
+    is still running and never got online. The refusal lines are the positive marker: each one
+    shows a connection attempt that has ended, so "not online" is checked after the attempts, not
+    after a guessed time. Returns the lines."""
+    refusals = wait_log(agent, pattern, count=count)
     assert agent.alive(), f"the agent exited:\n{agent.log()[-2000:]}"
     assert not [m for m in probe.on(f"{agent.root}/availability") if m.text == "online"], "the agent got online"
+    return refusals
 
 
 def wait_log(agent: AgentProcess, pattern: str, count: int = 1, timeout: float = 20) -> list[str]:

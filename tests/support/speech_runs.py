@@ -108,7 +108,10 @@ def agent_burst(workdir: Path, broker_port: int, transcriber: dict[str, Any], re
         probe.request(agent.root, "pause")
         for rec in recordings:
             _drop(agent.inbox, rec.name, rec.path.read_bytes())
-        time.sleep(agent.config["inbox"].get("settle_ms", 1000) / 1000 + 1.0)   # all settled, waiting
+        # all settled and waiting: the inbox announces each complete file as `queued`
+        names = {rec.name for rec in recordings}
+        probe.wait_for(f"{agent.root}/event/job", lambda m: m.json["state"] == "queued" and
+                       m.json["source"]["name"] in names, count=len(names), timeout=60, what="every file queued")
         processed = agent.inbox / "processed"
         assert agent.proc is not None
         cpu_before = process_cpu_s(agent.proc.pid)

@@ -25,7 +25,7 @@ def test_ring_read_times_out_with_none() -> None:
     ring.write(b"\x00" * 10)
     start = time.monotonic()
     assert ring.read(100, timeout=0.2) is None
-    assert 0.15 <= time.monotonic() - start < 2.0
+    assert 0.15 <= time.monotonic() - start < 10   # waited, then gave up; wide for a loaded machine
     assert ring.available == 10  # a timed-out read takes nothing
 
 
@@ -34,12 +34,12 @@ def test_ring_wakes_the_reader_on_write_and_on_close() -> None:
     results: list[object] = []
     reader = threading.Thread(target=lambda: results.append((ring.read(4, timeout=10), time.monotonic())))
     reader.start()
-    time.sleep(0.05)
+    time.sleep(0.05)   # setup, not a proof: most likely the reader waits already (if not, it still passes)
     written = time.monotonic()
     ring.write(b"abcd")
     reader.join(timeout=5)
     data, woke = results.pop()
-    assert bytes(data) == b"abcd" and woke - written < 0.5
+    assert bytes(data) == b"abcd" and woke - written < 5   # not the 10 s timeout; wide for a loaded machine
 
     reader = threading.Thread(target=lambda: results.append((ring.read(4, timeout=10), time.monotonic())))
     reader.start()
@@ -48,7 +48,7 @@ def test_ring_wakes_the_reader_on_write_and_on_close() -> None:
     ring.close()
     reader.join(timeout=5)
     data, woke = results.pop()
-    assert data is None and woke - closed < 0.5
+    assert data is None and woke - closed < 5
     assert not ring.write(b"late")
 
 

@@ -117,7 +117,7 @@ def test_cloud_429_with_retry_after_is_waited_for(wire, stub: HTTPStub) -> None:
     summarizer = _summarizer(wire, stub, max_retries=3)
     began = time.monotonic()
     assert summarizer.summarize(TRANSCRIPT).text == "The garden project is planned."
-    assert 0.9 <= time.monotonic() - began < 5
+    assert 0.9 <= time.monotonic() - began < 15   # waited for Retry-After; the upper bound is wide for load
     assert len(stub.requests_to(wire.path)) == 2
 
 
@@ -142,14 +142,14 @@ def test_cloud_500_forever_is_engine_error_after_max_retries(wire, stub: HTTPStu
 
 def test_cloud_server_slower_than_timeout_is_engine_timeout(wire, stub: HTTPStub) -> None:
     reply = wire.ok()
-    reply.delay_s = 4.0
+    reply.delay_s = 30.0
     stub.route("POST", wire.path, lambda request: reply)
     summarizer = _summarizer(wire, stub, timeout_s=1.0, max_retries=3)
     began = time.monotonic()
     with pytest.raises(EngineError) as caught:
         summarizer.summarize(TRANSCRIPT)
     assert caught.value.code == "engine_timeout"
-    assert time.monotonic() - began < 3
+    assert time.monotonic() - began < 10   # not the server's 30 s; wide for a loaded machine
     assert len(stub.requests_to(wire.path)) == 1  # a timeout is not retried: the budget is spent
 
 

@@ -132,14 +132,14 @@ def test_client_error_is_not_retried(http_engine: tuple[object, str], stub: HTTP
 
 def test_slow_server_is_engine_timeout(stub: HTTPStub) -> None:
     for build, path in ENGINES.values():
-        stub.route("POST", path, lambda req: Reply(200, b'{"text": "late"}', delay_s=3))
+        stub.route("POST", path, lambda req: Reply(200, b'{"text": "late"}', delay_s=30))
         engine = build(stub, timeout_s=0.5)
         engine.load()
         started = time.monotonic()
         with pytest.raises(EngineError) as info:
             engine.transcribe(short_audio())
         assert info.value.code == "engine_timeout"
-        assert time.monotonic() - started < 2.5
+        assert time.monotonic() - started < 10   # not the server's 30 s; wide for a loaded machine
         engine.close()
 
 

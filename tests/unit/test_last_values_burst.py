@@ -42,10 +42,14 @@ def test_a_burst_of_transcripts_sends_the_latest_and_never_an_older_one_after_it
         last.observe("summary", {"job_id": f"j{i:02d}", "text": f"summary {i}"})
     assert _wait(lambda: any(n == "transcript" and b["job_id"] == "j49" for n, b, _ in link.sent)
                  and any(n == "summary" and b["job_id"] == "j49" for n, b, _ in link.sent))
-    time.sleep(0.3)
+    # A later value as the marker (not a sleep): once it is out, an older copy sent after j49
+    # would sit between the two.
+    last.observe("transcript", {"job_id": "j50", "text": "text 50"})
+    last.observe("summary", {"job_id": "j50", "text": "summary 50"})
+    assert _wait(lambda: {("transcript", "j50"), ("summary", "j50")} <= {(n, b["job_id"]) for n, b, _ in link.sent})
     for name in ("transcript", "summary"):
         ids = [b["job_id"] for n, b, _ in link.sent if n == name]
-        assert ids == sorted(ids) and ids[-1] == "j49", ids
+        assert ids == sorted(ids) and ids[-1] == "j50", ids
         assert len(ids) < 50, f"every {name} copy was sent: nothing coalesced"
     assert {t for _, _, t in link.sent} == {"last-values"}   # never on the job's thread
 

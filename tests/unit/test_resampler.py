@@ -87,7 +87,8 @@ def test_resampler_speed_60s_48k() -> None:
     x = np.random.default_rng(0).standard_normal(48000 * 60).astype(np.float32) * 0.1
     resample(x[:48000], 48000)  # warm up
     best = min(_timed(resample, x, 48000) for _ in range(3))
-    assert best < 1.0, f"60 s of 48 kHz took {best:.2f} s"
+    # CPU time, not wall time: other processes on a busy machine do not count against it.
+    assert best < 1.0, f"60 s of 48 kHz took {best:.2f} s of CPU"
 
 
 def test_resampler_memory_is_bounded_for_30_min_48k() -> None:
@@ -108,6 +109,6 @@ def test_resampler_memory_is_bounded_for_30_min_48k() -> None:
 
 
 def _timed(fn, *args: object) -> float:
-    start = time.perf_counter()
+    start = time.process_time()
     fn(*args)
-    return time.perf_counter() - start
+    return time.process_time() - start
