@@ -1,0 +1,105 @@
+"""The Wyoming wake service: `voice-agent run` as a subprocess with Wyoming on loopback and a wake
+word configured (the real microWakeWord engine), a Wyoming client that sends what Home
+Assistant's wake word entity sends (detect, audio-start, chunks, audio-stop) and espeak-ng speech.
+Observed through the Wyoming socket and the agent's log only.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("wyoming")
+pytest.importorskip("pymicro_wakeword", reason="the wake word extra is not installed (pip install '.[wake]')")
+
+from wyoming.audio import AudioChunk, AudioStart, AudioStop  # noqa: E402
+from wyoming.info import Describe  # noqa: E402
+from wyoming.ping import Ping  # noqa: E402
+from wyoming.wake import Detect  # noqa: E402
+
+from tests.support.agent import AgentProcess  # noqa: E402
+from tests.support.broker import Broker, free_port  # noqa: E402
+from tests.support.probe import Probe  # noqa: E402
+from tests.support.speech import silence, utterance  # noqa: E402
+from tests.support.wyoming_client import WyomingClient  # noqa: E402
+
+RATE = 16000
+
+
+@pytest.fixture
+def agent(tmp_path):
+    broker = Broker(tmp_path / "broker").start()
+    probe = Probe(broker.host, broker.port)
+    port = free_port()
+    agent = AgentProcess(tmp_path / "agent", broker.port, {
+        "summarizer": {"engine": "none"},
+        "listen": {"wake_word": {"engine": "micro", "models": ["okay_nabu", "alexa"]}},
+        "wyoming": {"enabled": True, "stt_port": port, "allow": ["127.0.0.1"]},
+    })
+    agent.start(probe)
+    deadline = time.monotonic() + 20
+    while "wyoming: serving" not in agent.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "wyoming: serving" in agent.log(), agent.log()[-2000:]
+    agent.port = port
+    yield agent
+    agent.stop()
+    probe.close()
+    broker.stop()
+
+
+def stream(client: WyomingClient, samples: np.ndarray, names: list[str] | None, chunk: int = 1024) -> None:
+    """What Home Assistant's wyoming wake word entity sends, in 64 ms chunks."""
+    client.send(Detect(names=names))
+    client.send(AudioStart(rate=RATE, width=2, channels=1))
+    pcm = samples.astype("<i2").tobytes()
+    for i in range(0, len(pcm), chunk * 2):
+        client.send(AudioChunk(rate=RATE, width=2, channels=1, audio=pcm[i:i + chunk * 2]))
+    client.send(AudioStop())
+
+
+def test_describe_advertises_the_wake_models_beside_the_transcriber(agent):
+    client = WyomingClient(agent.port)
+    client.send(Describe())
+    info = client.read_until("info").data
+    assert info["asr"], info
+    [program] = info["wake"]
+    assert [m["name"] for m in program["models"]] == ["okay_nabu", "alexa"], program
+    assert program["models"][0]["phrase"] == "okay nabu" and program["installed"]
+    client.close()
+
+
+def test_okay_nabu_is_detected_and_a_stream_without_it_is_not(agent):
+    phrase = utterance("okay nabu", "en-us")
+    client = WyomingClient(agent.port)
+    stream(client, np.concatenate([silence(1.0), phrase, silence(1.5)]), ["okay_nabu"])
+    detection = client.read_until("detection", "not-detected", "error").data
+    assert detection["name"] == "okay_nabu", detection
+    # the phrase ends 1 s + its length into the stream; the model fires on its last syllable
+    end_ms = 1000 + len(phrase) * 1000 // RATE
+    assert end_ms - 800 <= detection["timestamp"] <= end_ms + 1000, (detection, end_ms)
+    client.close()
+
+    # the same connection flow without the phrase: Home Assistant is told the stream ended without it
+    other = WyomingClient(agent.port)
+    stream(other, np.concatenate([silence(0.5), utterance("turn on the kitchen light", "en-us"), silence(0.5)]),
+           None)
+    answer = other.read_until("detection", "not-detected", "error")
+    assert answer.type == "not-detected", answer
+    # the loop kept answering pings and the connection is still served
+    other.send(Ping(text="still there"))
+    assert other.read_until("pong").data.get("text") == "still there"
+    other.close()
+
+
+def test_a_model_that_is_not_configured_is_answered_with_an_error(agent):
+    client = WyomingClient(agent.port)
+    client.send(Detect(names=["hey_jarvis"]))
+    error = client.read_until("error", "detection", "not-detected").data
+    assert error["code"] == "wake_word_error" and "hey_jarvis" in error["text"], error
+    # audio after the refused detect is not taken for a wake stream: the STT session sees it
+    client.send(Describe())
+    assert client.read_until("info").data["wake"]
+    client.close()
