@@ -41,9 +41,9 @@ def wake_program(settings: WakeWordSettings, attribution: Any, name: str, versio
         parsed = parse_wake_model(entry)
         if parsed is None:
             continue
-        models.append(WakeModel(name=parsed[0], attribution=attribution, installed=True,
-                                description=f"{parsed[0]} ({settings.engine})", version=None,
-                                languages=["en"], phrase=parsed[0].replace("_", " ")))
+        phrase = parsed[0].replace("_", " ")   # Home Assistant lists the model by its description
+        models.append(WakeModel(name=parsed[0], attribution=attribution, installed=True, description=phrase,
+                                version=None, languages=["en"], phrase=phrase))
     return WakeProgram(name=name, attribution=attribution, installed=True,
                        description=f"voice-agent wake word ({settings.engine})", version=version, models=models)
 
