@@ -80,6 +80,11 @@ def test_okay_nabu_is_detected_and_a_stream_without_it_is_not(agent):
     # the phrase ends 1 s + its length into the stream; the model fires on its last syllable
     end_ms = 1000 + len(phrase) * 1000 // RATE
     assert end_ms - 800 <= detection["timestamp"] <= end_ms + 1000, (detection, end_ms)
+    # after its detection the stream no longer holds the port: the speech-to-text that follows is served
+    stt = WyomingClient(agent.port)
+    stt.send(Describe())
+    assert stt.read_until("info", "error").type == "info"
+    stt.close()
     client.close()
 
     # the same connection flow without the phrase: Home Assistant is told the stream ended without it
@@ -94,12 +99,27 @@ def test_okay_nabu_is_detected_and_a_stream_without_it_is_not(agent):
     other.close()
 
 
+def test_a_running_wake_stream_holds_the_port(agent):
+    client = WyomingClient(agent.port)
+    client.send(Detect(names=None))
+    client.send(AudioStart(rate=RATE, width=2, channels=1))
+    client.send(AudioChunk(rate=RATE, width=2, channels=1, audio=silence(0.5).tobytes()))
+    client.send(Ping())
+    client.read_until("pong")   # the chunk was handled before the second connection comes
+    second = WyomingClient(agent.port)
+    second.send(Describe())
+    assert second.read_until("error", "info").data.get("code") == "busy"
+    second.close()
+    client.send(AudioStop())
+    assert client.read_until("detection", "not-detected").type == "not-detected"
+    client.close()
+
+
 def test_a_model_that_is_not_configured_is_answered_with_an_error(agent):
     client = WyomingClient(agent.port)
     client.send(Detect(names=["hey_jarvis"]))
     error = client.read_until("error", "detection", "not-detected").data
     assert error["code"] == "wake_word_error" and "hey_jarvis" in error["text"], error
-    # audio after the refused detect is not taken for a wake stream: the STT session sees it
     client.send(Describe())
     assert client.read_until("info").data["wake"]
     client.close()
