@@ -6,6 +6,7 @@ Observed through the Wyoming socket and the agent's log only.
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import numpy as np
@@ -19,6 +20,7 @@ from wyoming.info import Describe  # noqa: E402
 from wyoming.ping import Ping  # noqa: E402
 from wyoming.wake import Detect  # noqa: E402
 
+from tests.e2e.test_homeassistant_real import HASS  # noqa: E402
 from tests.support.agent import AgentProcess  # noqa: E402
 from tests.support.broker import Broker, free_port  # noqa: E402
 from tests.support.probe import Probe  # noqa: E402
@@ -123,3 +125,45 @@ def test_a_model_that_is_not_configured_is_answered_with_an_error(agent):
     client.send(Describe())
     assert client.read_until("info").data["wake"]
     client.close()
+
+
+HA_WAKE = """
+import asyncio, sys
+from homeassistant.components.wyoming.data import WyomingService, load_wyoming_info
+from homeassistant.components.wyoming.wake_word import WyomingWakeWordProvider
+
+port = int(sys.argv[1])
+service = WyomingService("127.0.0.1", port, asyncio.run(load_wyoming_info("127.0.0.1", port)))
+print("platforms", sorted(p.value for p in service.platforms))
+provider = object.__new__(WyomingWakeWordProvider)   # its client code only: no running Home Assistant
+provider.service, provider._supported_wake_words = service, []
+
+async def chunks(path):   # what an Assist pipeline feeds it: 64 ms chunks in real time
+    data = open(path, "rb").read()
+    for i in range(0, len(data), 2048):
+        yield data[i:i + 2048], i // 32
+        await asyncio.sleep(0.064)
+
+for path in sys.argv[2:]:
+    result = asyncio.run(provider._async_process_audio_stream(chunks(path), "okay_nabu"))
+    print("result", result and (result.wake_word_id, result.timestamp))
+"""
+
+
+@pytest.mark.homeassistant
+@pytest.mark.skipif(not HASS.exists(), reason=f"no Home Assistant at {HASS}: run `make homeassistant-test`")
+def test_home_assistants_own_wake_word_client_detects_okay_nabu(agent, tmp_path):
+    """Home Assistant 2025.4's wyoming integration: one entry on this port gives both platforms, and
+    its wake word provider's stream code gets the detection (and nothing without the phrase)."""
+    wake, other = tmp_path / "wake.raw", tmp_path / "other.raw"
+    wake.write_bytes(np.concatenate([silence(1.0), utterance("okay nabu", "en-us"), silence(1.0)])
+                     .astype("<i2").tobytes())
+    other.write_bytes(np.concatenate([silence(0.3), utterance("turn on the light", "en-us"), silence(0.3)])
+                      .astype("<i2").tobytes())
+    run = subprocess.run([str(HASS.parent / "python"), "-c", HA_WAKE, str(agent.port), str(wake), str(other)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    assert lines[0] == "platforms ['stt', 'wake_word']", lines
+    assert lines[1].startswith("result ('okay_nabu', "), lines
+    assert lines[2] == "result None", lines
