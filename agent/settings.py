@@ -553,7 +553,9 @@ class WyomingSettings:
     bind: str = opt("127.0.0.1", doc="Address the listeners bind to; loopback unless set here (e.g. 0.0.0.0).")
     port: int = opt(10700, doc="Satellite endpoint (Home Assistant connects to it and runs Assist pipelines).",
                     min=1, max=65535)
-    stt_port: int | None = opt(10300, doc="Speech-to-text endpoint; null = not offered.", min=1, max=65535)
+    stt_port: int | None = opt(10300, doc="Speech-to-text endpoint, also the wake word service when "
+                                          "listen.wake_word.models is set; null = neither is offered.",
+                               min=1, max=65535)
     allow: list[str] = opt(doc="Client addresses or networks allowed to connect (Home Assistant's); others "
                                "are closed at once.", factory=lambda: ["127.0.0.1", "::1"])
     output_device: str | None = opt(None, doc="PyAudio output device (name or index) for Assist's spoken answers; "

@@ -39,15 +39,21 @@ class WyomingService:
         return Attribution(name=ATTRIBUTION[0], url=ATTRIBUTION[1])
 
     def asr_info(self) -> Any:
+        """The speech-to-text port's `info`: asr, and wake when a wake word is configured (the
+        same port serves both; agent/sources/wyoming_wake.py)."""
         from wyoming.info import AsrModel, AsrProgram, Info
 
-        t = self._settings.transcriber
+        from agent.sources.wyoming_wake import wake_program
+
+        t, wake = self._settings.transcriber, self._settings.listen.wake_word
         model = AsrModel(name=t.engine, attribution=self._attribution(), installed=True,
                          description=f"{t.engine} on {self._settings.device_id}", version=None,
                          languages=[t.language])
         return Info(asr=[AsrProgram(name=self._name(), attribution=self._attribution(), installed=True,
                                     description="voice-agent speech-to-text", version=self._version,
-                                    models=[model])]).event()
+                                    models=[model])],
+                    wake=[wake_program(wake, self._attribution(), self._name(), self._version)]
+                    if wake.models else []).event()
 
     def satellite_info(self) -> Any:
         from wyoming.info import Info, Satellite
@@ -69,12 +75,15 @@ class WyomingService:
             return
         from agent.sources.wyoming_asr import AsrSession
         from agent.sources.wyoming_satellite import SatelliteSession
+        from agent.sources.wyoming_wake import WakeOrAsrSession
         from agent.sources.wyoming_zeroconf import advertise
 
         sessions: dict[str, tuple[int, Callable[[Any], Any]]] = {}
         if w.stt_port is not None:
-            sessions["stt"] = (w.stt_port, partial(AsrSession, admission=self._admission, runner=self._runner,
-                                                   inbox=lambda: self._settings.inbox, info=self.asr_info))
+            asr = partial(AsrSession, admission=self._admission, runner=self._runner,
+                          inbox=lambda: self._settings.inbox, info=self.asr_info)
+            sessions["stt"] = (w.stt_port, lambda conn: WakeOrAsrSession(
+                conn, asr=asr(conn), wake=lambda: self._settings.listen.wake_word, info=self.asr_info))
         if self._microphone:
             sessions["satellite"] = (w.port, partial(SatelliteSession, emit=self._emit, info=self.satellite_info,
                                                      output_device=w.output_device))
