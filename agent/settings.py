@@ -275,9 +275,18 @@ class PocketsphinxSettings:
 
 
 @dataclass(frozen=True)
+class MoonshineSettings:
+    model: str | None = opt(None, doc="Folder of a Moonshine Tiny model (encoder_model.ort, "
+                                      "decoder_model_merged.ort, tokenizer.bin); null = the English Tiny "
+                                      "model inside the moonshine-voice 0.1.0 wheel (nothing is downloaded).",
+                            path=True)
+
+
+@dataclass(frozen=True)
 class TranscriberSettings:
     engine: str = opt("pocketsphinx", remote=DEVICE, doc="Transcription engine.",
-                      choices=("pocketsphinx", "whisper_cpp", "whisper_server", "faster_whisper", "openai"),
+                      choices=("pocketsphinx", "whisper_cpp", "whisper_server", "faster_whisper", "openai",
+                               "moonshine"),
                       test_choices=("bench_metadata",))
     language: str = opt("en", remote=FLEET, doc="Spoken language (ISO 639-1).")
     timeout_s: float = opt(300.0, remote=DEVICE, doc="Longest one transcription may take.", min=1, max=86_400)
@@ -288,6 +297,7 @@ class TranscriberSettings:
     whisper_server: WhisperServerSettings = section(WhisperServerSettings, "whisper.cpp HTTP server.")
     openai: OpenAITranscriberSettings = section(OpenAITranscriberSettings, "OpenAI-compatible API.")
     pocketsphinx: PocketsphinxSettings = section(PocketsphinxSettings, "PocketSphinx (extra).")
+    moonshine: MoonshineSettings = section(MoonshineSettings, "Moonshine Tiny (extra).")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ TRANSCRIBERS: dict[str, str] = {
     "faster_whisper": "agent.engines.faster_whisper:FasterWhisperTranscriber",
     "openai": "agent.engines.openai_stt:OpenAITranscriber",
     "pocketsphinx": "agent.engines.pocketsphinx:PocketsphinxTranscriber",
+    "moonshine": "agent.engines.moonshine:MoonshineTranscriber",
 }
 
 #: Model-free stand-ins for tests and benchmarks, reachable only with the test switch on
