@@ -50,6 +50,7 @@ out in small slices as the Pi's cores would run, not as 10 ms bursts and 90 ms s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import base64
 import json
 import resource
@@ -110,6 +111,8 @@ class Outcome:
     cpu: float
     period_ms: float = 100.0
     wer: float | None = None        # of the inbox burst's real recordings against their transcripts
+    non_speech_words: int | None = None   # words in the transcripts of the non-speech recordings
+    non_speech_files: int = 0
     kind: str = ""
     rtf: dict[str, float] = field(default_factory=dict)  # per source kind + "all": engine s / audio s
     rtf_median: float = float("nan")
@@ -296,7 +299,7 @@ def run_variant(engine: str, work: Path, broker: Broker, load: Workload, memory_
     real = burst_recordings(load.files)
     box = Box.create(memory_mb * MB, cpu, name=f"va-envelope-{engine}", cpu_period_us=period_us)
     out.kind = box.limit_source
-    agent = AgentProcess(work / f"{engine}-{cpu:g}", broker.port, config, device_id=f"env-{engine.replace('_', '-').replace('+', '-')}",
+    agent = AgentProcess(work / f"{engine}-{cpu:g}", broker.port, config, device_id=f"env-{engine.replace('_', '-').replace('+', '-')}-{cpu:g}",
                          args=["--listen-stdin"])
     watcher = Watcher(broker.port, subscribe=(f"{agent.root}/#",),
                       keep=lambda t: "/event/" in t or "/response/" in t)
@@ -328,6 +331,14 @@ def run_variant(engine: str, work: Path, broker: Broker, load: Workload, memory_
             part.rename(agent.inbox / name)
             names.append(name)
             references[name] = rec.text
+        noises = []
+        for i, sound in enumerate(non_speech_sounds()):   # screams, laughter, music, noise: no words
+            name = f"nonspeech-{i:02d}-{sound.name}"
+            part = agent.inbox / f".{name}.part"
+            part.write_bytes(sound.path.read_bytes())
+            part.rename(agent.inbox / name)
+            names.append(name)
+            noises.append(name)
         sender, sent = send_requests(watcher, agent.root, files, load)
 
         deadline = t0 + load.timeout_s * max(1.0, PI_CPU / cpu)   # a smaller quota is given longer
@@ -341,6 +352,8 @@ def run_variant(engine: str, work: Path, broker: Broker, load: Workload, memory_
         out.wall_s = round(time.monotonic() - t0, 1)
         collect(out, watcher, agent, box, names, sent)
         out.wer = burst_wer(watcher, agent.root, references)
+        out.non_speech_files = len(noises)
+        out.non_speech_words = non_speech_words(watcher, agent.root, noises)
     finally:
         poller.stopping.set()
         out.peak_ws_mb = round(poller.peak / MB, 1)
@@ -374,6 +387,19 @@ def burst_wer(watcher: Watcher, root: str, references: dict[str, str]) -> float 
     said = {(body.get("source") or {}).get("name"): body.get("text", "")
             for _, body in watcher.find(f"{root}/event/transcript")}
     return round(wer([(text, said.get(name) or "") for name, text in references.items()]), 3) if references else None
+
+
+def non_speech_sounds() -> list[Any]:
+    from tests.support.non_speech import sounds
+    return list(sounds())
+
+
+def non_speech_words(watcher: Watcher, root: str, names: list[str]) -> int:
+    """Words (as the WER counts them) in the transcripts of the non-speech files."""
+    from tests.support.real_speech import normalize
+    said = {(body.get("source") or {}).get("name"): body.get("text", "")
+            for _, body in watcher.find(f"{root}/event/transcript")}
+    return sum(len(normalize(said.get(name) or "")) for name in names)
 
 
 def send_requests(watcher: Watcher, root: str, files: list[bytes], load: Workload) -> tuple[threading.Thread, list[str]]:
@@ -422,17 +448,20 @@ def collect(out: Outcome, watcher: Watcher, agent: AgentProcess, box: Box, names
     audio_s: dict[str, float] = {}
     per_job: list[float] = []
     for _, body in watcher.find(f"{root}/event/transcript"):
-        kind = (body.get("source") or {}).get("kind", "?")
+        source = body.get("source") or {}
+        kind = "non-speech" if str(source.get("name", "")).startswith("nonspeech-") else source.get("kind", "?")
         t = (body.get("timings_ms") or {}).get("transcribe")
         a = body.get("audio_s") or 0
         if t is None or a <= 0:
             continue
         engine_s[kind] = engine_s.get(kind, 0.0) + t / 1000
         audio_s[kind] = audio_s.get(kind, 0.0) + a
-        per_job.append(t / 1000 / a)
+        if kind != "non-speech":
+            per_job.append(t / 1000 / a)
     out.rtf = {k: round(engine_s[k] / audio_s[k], 3) for k in engine_s}
-    if audio_s:
-        out.rtf["all"] = round(sum(engine_s.values()) / sum(audio_s.values()), 3)
+    speech = [k for k in audio_s if k != "non-speech"]   # "all": speech only, as the RTF targets mean
+    if speech:
+        out.rtf["all"] = round(sum(engine_s[k] for k in speech) / sum(audio_s[k] for k in speech), 3)
     out.rtf_median = round(statistics.median(per_job), 3) if per_job else float("nan")
     for _, body in watcher.find(f"{root}/event/job"):
         kind = (body.get("source") or {}).get("kind", "?")
@@ -492,16 +521,17 @@ def _rtf(rtf: dict[str, float], kind: str) -> str:
 
 
 def table(outcomes: list[Outcome]) -> str:
-    head = ("| engine | CPU quota (period) | WER (real inbox files) | RTF all (inbox / stream / request) | "
+    head = ("| engine | CPU quota (period) | WER (real inbox files) | words from non-speech (files) | RTF all (inbox / stream / request) | "
             "median RTF per job | peak MB (working set / "
             "kernel incl. cache) | jobs done (inbox / stream / request) | refusals busy / memory_pressure | "
             "failed / lost | OOM kills | memory alerts (warning / critical) | CPU throttled s | wall s | verdict |")
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 15]
     for o in outcomes:
         r = o.rtf
         kernel = f"{o.kernel_peak_mb:.0f}" if o.kernel_peak_mb is not None else "-"
         lines.append(
             f"| {o.engine} | {o.cpu:g} ({o.period_ms:g} ms) | {'-' if o.wer is None else f'{o.wer:.3f}'} | "
+            f"{'-' if o.non_speech_words is None else o.non_speech_words} ({o.non_speech_files}) | "
             f"{_rtf(r, 'all')} ({_rtf(r, 'inbox')} / {_rtf(r, 'mic')} / {_rtf(r, 'request')}) | "
             f"{o.rtf_median:.2f} | {o.peak_ws_mb:.0f} / {kernel} | "
             f"{o.done.get('inbox', 0)} / {o.done.get('mic', 0)} (of {o.utterances} utterances) / "
@@ -514,12 +544,12 @@ def table(outcomes: list[Outcome]) -> str:
 BEGIN, END = "<!-- envelope:begin -->", "<!-- envelope:end -->"
 
 
-def write_doc(path: Path, outcomes: list[Outcome], quick: bool, info: dict[str, str]) -> None:
+def write_doc(path: Path, outcomes: list[Outcome], quick: bool, info: dict[str, str], files: int | None = None) -> None:
     o = outcomes[0]
     block = "\n".join([
         BEGIN,
         f"Last run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"`python -m bench envelope{' --quick' if quick else ''}`; cgroup {o.kind.split()[1]} with "
+        f"`python -m bench envelope{' --quick' if quick else ''}{f' --files {files}' if files else ''}`; cgroup {o.kind.split()[1]} with "
         f"{o.memory_mb} MB (no swap) at each CPU quota of the table; machine: {info['nproc']} cores, {info['cpu']}, "
         f"load average {info['load_avg']} at the start.",
         "",
@@ -534,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="the Pi profile's engine only, small workload")
     ap.add_argument("--engines", default="", help=f"comma-separated subset of: {','.join(ENGINES + EXTRA_VARIANTS)}")
     ap.add_argument("--memory-mb", type=int, default=PI_MEMORY_MB)
+    ap.add_argument("--files", type=int, help="real recordings in the inbox burst (quick 4, full 20)")
     ap.add_argument("--cpu", default=",".join(f"{c:g}" for c, _ in QUOTAS),
                     help="CPU quotas in cores, comma-separated (0.4 = 40 ms per 100 ms; below 0.2 the CFS "
                          "period is 20 ms)")
@@ -551,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print(f"machine: {info['nproc']} cores, {info['cpu']}, load average {info['load_avg']}", flush=True)
     load = workloads()["quick" if args.quick else "full"]
+    if args.files:
+        load = dataclasses.replace(load, files=args.files)
     work = Path(tempfile.mkdtemp(prefix="voice-agent-envelope-"))
     broker = Broker(work / "broker").start()
     outcomes: list[Outcome] = []
@@ -572,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"machine": info, "quick": args.quick,
                                          "outcomes": [o.row() for o in outcomes]}, indent=1, default=str))
     if args.doc:
-        write_doc(args.doc, outcomes, args.quick, info)
+        write_doc(args.doc, outcomes, args.quick, info, args.files)
         print(f"wrote the table to {args.doc}")
     return 0 if all(o.passed for o in outcomes) else 1
 

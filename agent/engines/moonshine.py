@@ -15,7 +15,10 @@ How it is driven:
   (`vad_threshold` 0: every window is speech) and the clip goes in whole. Long inbox files are
   cut here instead, at their quietest moments, into pieces the model handles well.
 - The agent's own VAD runs first: a clip in which it finds (almost) no speech gives no words,
-  without the model guessing words into noise.
+  without the model guessing words into noise. Then tags and spelled sounds go
+  (agent/engines/non_speech.py), and a lone word from a long stretch of sound goes too: on a
+  foghorn, house music and an evil laugh (1.6-2.4 s of what the VAD calls voiced) Tiny wrote
+  "You", "You", "What?", while a person's one-word command is well under LONE_WORD_MAX_S voiced.
 - Audio goes to the C library as a pointer into the numpy buffer: the wheel's Python wrapper
   would first build a Python list of every sample (hundreds of MB for a long file).
 """
@@ -33,6 +36,7 @@ import numpy as np
 
 from agent.audio.clip import SAMPLE_RATE, Audio
 from agent.engines.base import Transcript, transcribe_each
+from agent.engines.non_speech import spoken
 from agent.errors import EngineError
 from agent.settings import TranscriberSettings
 
@@ -48,6 +52,8 @@ MAX_PIECE_S = 20.0
 FRAME_S = 0.03
 #: The agent's VAD must find at least this much speech, else the clip gives no words.
 MIN_SPEECH_S = 0.15
+#: A transcript of one word from more voiced sound than this is the model guessing (see above).
+LONE_WORD_MAX_S = 1.2
 #: Options of the C library: its VAD off (every window counts as speech, one line per piece, never
 #: cut inside a piece), and a cap on tokens per second that stops a runaway decoder.
 LIBRARY_OPTIONS = {"vad_threshold": "0", "vad_max_segment_duration": str(MAX_PIECE_S + 10),
@@ -80,13 +86,12 @@ def pieces(samples: np.ndarray, max_s: float = MAX_PIECE_S) -> list[np.ndarray]:
     return out
 
 
-def has_speech(samples: np.ndarray) -> bool:
-    """Whether the agent's VAD (webrtcvad gated by level above the noise floor) finds enough
-    speech in the clip to be worth the model's time."""
+def speech_seconds(samples: np.ndarray) -> float:
+    """Seconds the agent's VAD (webrtcvad gated by level above the noise floor) calls speech."""
     from agent.audio.vad import FrameClassifier
 
     classifier = FrameClassifier(frame_ms=int(FRAME_S * 1000))
-    return sum(classifier.classify_buffer(samples)) * FRAME_S >= MIN_SPEECH_S
+    return sum(classifier.classify_buffer(samples)) * FRAME_S
 
 
 class MoonshineTranscriber:
@@ -144,7 +149,8 @@ class MoonshineTranscriber:
         if self._model is None:
             raise EngineError("Moonshine model is not loaded", code="engine_unavailable")
         samples = np.asarray(audio.samples)
-        if not has_speech(samples):
+        voiced_s = speech_seconds(samples)
+        if voiced_s < MIN_SPEECH_S:
             return Transcript(text="", engine=self.name, language="en")
         deadline = time.monotonic() + self._settings.timeout_s
         texts: list[str] = []
@@ -156,7 +162,10 @@ class MoonshineTranscriber:
                     texts.append(self._decode(piece.astype(np.float32) / 32768.0))
                 except Exception as exc:  # noqa: BLE001 - MoonshineError and ctypes errors alike
                     raise EngineError(f"Moonshine failed: {exc}", code="engine_error") from exc
-        return Transcript(text=" ".join(t for t in texts if t), engine=self.name, language="en")
+        text = spoken(" ".join(t for t in texts if t))
+        if len(text.split()) == 1 and voiced_s > LONE_WORD_MAX_S:
+            text = ""
+        return Transcript(text=text, engine=self.name, language="en")
 
     def transcribe_batch(self, audios: list[Audio]) -> list[Transcript | Exception]:
         """Sequential: the model stays resident, so batching saves nothing."""
