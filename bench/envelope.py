@@ -299,7 +299,7 @@ def run_variant(engine: str, work: Path, broker: Broker, load: Workload, memory_
     real = burst_recordings(load.files)
     box = Box.create(memory_mb * MB, cpu, name=f"va-envelope-{engine}", cpu_period_us=period_us)
     out.kind = box.limit_source
-    agent = AgentProcess(work / f"{engine}-{cpu:g}", broker.port, config, device_id=f"env-{engine.replace('_', '-').replace('+', '-')}-{cpu:g}",
+    agent = AgentProcess(work / f"{engine}-{cpu:g}", broker.port, config, device_id=f"env-{engine.replace('_', '-').replace('+', '-')}-{round(cpu * 100)}",
                          args=["--listen-stdin"])
     watcher = Watcher(broker.port, subscribe=(f"{agent.root}/#",),
                       keep=lambda t: "/event/" in t or "/response/" in t)
