@@ -6,7 +6,8 @@ workload inside a 448 MB cgroup at both CPU quotas of the bench (0.1 of one core
 CFS period, the realistic Pi for neural engines, and 0.4): a burst of real recordings in the
 inbox, a live stream on standard input and requests at once. It must end with no OOM kill, no
 lost or failed job, the agent still running, the cgroup's peak below the MemoryHigh of the
-shipped systemd unit, and the burst's words right (its word error rate is measured). Skipped, saying
+shipped systemd unit, the burst's words right (its word error rate is measured) and no words from
+its real non-speech recordings (a scream, laughter, music, noise). Skipped, saying
 why, only where cgroups cannot be written or the profile's engine is not installed.
 """
 
@@ -67,11 +68,12 @@ def test_pi_profile_inside_the_envelope(broker: Broker, tmp_path: Path, quota: i
     assert out.oom_kills == 0, out.row()
     assert out.alive and out.exit_code == 0, out.row()
     assert out.lost == [] and out.failed == 0, out.row()
-    assert out.done.get("inbox", 0) == load.files, out.row()
+    assert out.done.get("inbox", 0) == load.files + out.non_speech_files, out.row()
     assert out.done.get("mic", 0) >= 1, out.row()
     answered_transcribe = out.done.get("request", 0) + out.busy + out.memory_pressure
     assert answered_transcribe == (load.requests + 1) // 2, out.row()
     assert 0 < out.peak_ws_mb < unit_limit_mb("MemoryHigh"), out.row()
     assert out.rtf["all"] > 0, "real-time factors are measured (their budget is the bench's, not a test's)"
     assert out.wer is not None and out.wer <= 0.12, out.row()
+    assert out.non_speech_files >= 5 and out.non_speech_words == 0, out.row()
     assert out.kind in ("cgroup v2 memory.max", "cgroup v1 memory.limit_in_bytes")
