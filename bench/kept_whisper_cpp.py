@@ -71,8 +71,11 @@ def kept(wavs: dict[str, Path]) -> tuple[dict[str, str], float, float, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench kept-whisper-cpp", description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--files", type=int, help="a subset spread over the set (default: all)")
     args = ap.parse_args(argv)
     found = recordings()
+    if args.files:
+        found = found[::max(1, len(found) // args.files)][:args.files]
     refs = {r.name: r.text for r in found}
     with tempfile.TemporaryDirectory(prefix="kept-whisper-") as tmp:
         wavs = {r.name: to_16k_wav(r.path, Path(tmp) / r.name) for r in found}

@@ -50,7 +50,7 @@ PROGRAM_OVERHEAD_MB = {"whisper_cpp": 80,    # whisper.cpp child peak 227 MB wit
                        "llama_server": 320,    # llama-cpp-python server 575-632 MB with a 253 MB Gemma GGUF
                        "llama_server_native": 90}  # llama.cpp's own llama-server: 336 MB with it
 FLAT_MB = {"pocketsphinx": 120,              # +116 MB in the loading process (model in the wheel)
-           "moonshine": 190,                 # +155 MB loaded, +185 MB at peak decoding (Tiny int8 in the wheel)
+           "moonshine": 190,                 # +150 MB loaded (Tiny int8 in the wheel); whole cgroup 145-198 MB in the envelope
            "faster_whisper": 330,            # a model *name* (downloaded): base int8
            "bench_metadata": 15}             # the test engine (VOICE_AGENT_TEST_ENGINES=1 only)
 PYTHON_PACKAGES = {"pocketsphinx": ("pocketsphinx", "voice-agent[pocketsphinx]"),
