@@ -61,7 +61,7 @@ def test_no_words_from_non_speech(engine: str, broker: Broker, probe: Probe, tmp
             part = agent.inbox / f".{path.name}.part"
             shutil.copyfile(path, part)
             part.rename(agent.inbox / path.name)
-        messages = probe.wait_for(f"{agent.root}/event/transcript", count=len(sounds) + 1, timeout=240,
+        messages = probe.wait_for(f"{agent.root}/event/transcript", count=len(sounds) + 1, timeout=600,
                                   what=f"{len(sounds) + 1} transcripts")
     finally:
         agent.stop()
