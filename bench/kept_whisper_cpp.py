@@ -52,7 +52,10 @@ def cli(wavs: dict[str, Path]) -> tuple[dict[str, str], float, float]:
 
 def kept(wavs: dict[str, Path]) -> tuple[dict[str, str], float, float, float]:
     """pywhispercpp: the model loaded once (load timed apart), then one call per file."""
-    from pywhispercpp.model import Model
+    try:
+        from pywhispercpp.model import Model
+    except ImportError:
+        raise SystemExit("the kept engine needs pip install pywhispercpp==1.5.1") from None
 
     cpu, t0 = _cpu(resource.RUSAGE_SELF), time.monotonic()
     model = Model(str(whisper_cpp_model()), params_sampling_strategy=1, redirect_whispercpp_logs_to=None,
