@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-from agent.engines.non_speech import spoken
 from agent.engines.whisper_concat import _MARKERS
 
 # Without -nt each stdout line starts with "[00:00:00.000 --> 00:00:02.000]".
@@ -15,11 +14,10 @@ def text_of(output: str) -> str:
     """whisper.cpp prints one line per segment; a transcript is their joined text.
 
     The timestamp prefix is cut and the "[BLANK_AUDIO]" marker for silence is dropped: silence
-    is an empty transcript. So are tags and spelled sounds for what is not speech ("[Music]",
-    "(screaming)", "AHHH": agent/engines/non_speech.py).
+    is an empty transcript.
     """
     lines = (_TIMESTAMP.sub("", line.strip()).strip() for line in output.splitlines())
-    return spoken(" ".join(line for line in lines if line and line not in _MARKERS))
+    return " ".join(line for line in lines if line and line not in _MARKERS)
 
 
 def error_lines(stderr: str) -> list[str]:
