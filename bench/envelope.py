@@ -71,6 +71,7 @@ from bench.common import (REPO, Watcher, machine, speech_files, unique_copy, wai
 from tests.support.agent import AgentProcess
 from tests.support.broker import Broker
 from tests.support.cgroup import Box, CgroupUnavailable
+from tests.support.real_speech import normalize, wer
 
 MB = 1024 * 1024
 PI_MEMORY_MB = 448
@@ -323,22 +324,15 @@ def run_variant(engine: str, work: Path, broker: Broker, load: Workload, memory_
         threading.Thread(target=stream, args=(agent, speech.raw_bytes(), streamed), daemon=True).start()
         agent.inbox.mkdir(parents=True, exist_ok=True)
         names = []
-        references = {}
-        for i, rec in enumerate(real):  # the burst: all at once, each written aside and renamed in
-            name = f"burst-{i:02d}-{rec.path.stem}.wav"
+        # The burst: all at once, each written aside and renamed in. Real speech, then screams,
+        # laughter, music and noise, which must give no words.
+        references = {f"burst-{i:02d}-{rec.path.stem}.wav": rec for i, rec in enumerate(real)}
+        noises = {f"nonspeech-{i:02d}-{sound.name}": sound for i, sound in enumerate(non_speech_sounds())}
+        for name, item in [*references.items(), *noises.items()]:
             part = agent.inbox / f".{name}.part"
-            part.write_bytes(rec.path.read_bytes())
+            part.write_bytes(item.path.read_bytes())
             part.rename(agent.inbox / name)
             names.append(name)
-            references[name] = rec.text
-        noises = []
-        for i, sound in enumerate(non_speech_sounds()):   # screams, laughter, music, noise: no words
-            name = f"nonspeech-{i:02d}-{sound.name}"
-            part = agent.inbox / f".{name}.part"
-            part.write_bytes(sound.path.read_bytes())
-            part.rename(agent.inbox / name)
-            names.append(name)
-            noises.append(name)
         sender, sent = send_requests(watcher, agent.root, files, load)
 
         deadline = t0 + load.timeout_s * max(1.0, PI_CPU / cpu)   # a smaller quota is given longer
@@ -351,9 +345,10 @@ def run_variant(engine: str, work: Path, broker: Broker, load: Workload, memory_
             time.sleep(0.5)
         out.wall_s = round(time.monotonic() - t0, 1)
         collect(out, watcher, agent, box, names, sent)
-        out.wer = burst_wer(watcher, agent.root, references)
+        said = transcripts_by_name(watcher, agent.root)
+        out.wer = round(wer([(rec.text, said.get(name, "")) for name, rec in references.items()]), 3)
         out.non_speech_files = len(noises)
-        out.non_speech_words = non_speech_words(watcher, agent.root, noises)
+        out.non_speech_words = sum(len(normalize(said.get(name, ""))) for name in noises)
     finally:
         poller.stopping.set()
         out.peak_ws_mb = round(poller.peak / MB, 1)
@@ -380,26 +375,16 @@ def run_variant(engine: str, work: Path, broker: Broker, load: Workload, memory_
     return out
 
 
-def burst_wer(watcher: Watcher, root: str, references: dict[str, str]) -> float | None:
-    """Word error rate of the burst's transcripts against the recordings' own transcripts (a file
-    without a transcript counts as all its words missed)."""
-    from tests.support.real_speech import wer
-    said = {(body.get("source") or {}).get("name"): body.get("text", "")
+def transcripts_by_name(watcher: Watcher, root: str) -> dict[str, str]:
+    """Each source's transcript text by its name (a file without one is missing: for the WER,
+    all its words missed)."""
+    return {(body.get("source") or {}).get("name"): body.get("text") or ""
             for _, body in watcher.find(f"{root}/event/transcript")}
-    return round(wer([(text, said.get(name) or "") for name, text in references.items()]), 3) if references else None
 
 
 def non_speech_sounds() -> list[Any]:
     from tests.support.non_speech import sounds
     return list(sounds())
-
-
-def non_speech_words(watcher: Watcher, root: str, names: list[str]) -> int:
-    """Words (as the WER counts them) in the transcripts of the non-speech files."""
-    from tests.support.real_speech import normalize
-    said = {(body.get("source") or {}).get("name"): body.get("text", "")
-            for _, body in watcher.find(f"{root}/event/transcript")}
-    return sum(len(normalize(said.get(name) or "")) for name in names)
 
 
 def send_requests(watcher: Watcher, root: str, files: list[bytes], load: Workload) -> tuple[threading.Thread, list[str]]:
