@@ -351,6 +351,9 @@ class FasterWhisperSettings:
     beam_size: int = opt(1, remote=FLEET, doc="Beam size (faster-whisper's own default is 5). On 20 real "
                                               "recordings 1 made the same 9 word errors in 117 as 5.",
                          min=1, max=16)
+    vad_filter: bool = opt(True, remote=FLEET, doc="faster-whisper's own VAD (Silero, shipped in the package) "
+                                                   "drops what is not speech before decoding: no words from "
+                                                   "music or noise.")
 
 
 @dataclass(frozen=True)
@@ -385,14 +388,23 @@ class FleetOffloadSettings:
                            min=1, max=3600)
     fallback: str | None = opt(None, doc="Local engine used when no worker answers in time (null: the job fails "
                                          "engine_unavailable and an inbox file stays queued until a worker answers).",
-                               choices=(None, "pocketsphinx", "whisper_cpp", "whisper_server", "faster_whisper"),
+                               choices=(None, "pocketsphinx", "whisper_cpp", "whisper_server", "faster_whisper", "moonshine"),
                                test_choices=("bench_metadata",))
+
+
+@dataclass(frozen=True)
+class MoonshineSettings:
+    model: str | None = opt(None, doc="Folder of a Moonshine Tiny model (encoder_model.ort, "
+                                      "decoder_model_merged.ort, tokenizer.bin); null = the English Tiny "
+                                      "model inside the moonshine-voice 0.1.0 wheel (nothing is downloaded).",
+                            path=True)
 
 
 @dataclass(frozen=True)
 class TranscriberSettings:
     engine: str = opt("pocketsphinx", remote=DEVICE, doc="Transcription engine.",
-                      choices=("pocketsphinx", "whisper_cpp", "whisper_server", "faster_whisper", "openai", "fleet"),
+                      choices=("pocketsphinx", "whisper_cpp", "whisper_server", "faster_whisper", "openai", "fleet",
+                               "moonshine"),
                       test_choices=("bench_metadata",))
     language: str = opt("en", remote=FLEET, doc="Spoken language (ISO 639-1, one Whisper knows), or auto.",
                         choices=LANGUAGES)
@@ -406,6 +418,7 @@ class TranscriberSettings:
     openai: OpenAITranscriberSettings = section(OpenAITranscriberSettings, "OpenAI-compatible API.")
     pocketsphinx: PocketsphinxSettings = section(PocketsphinxSettings, "PocketSphinx (extra).")
     fleet: FleetOffloadSettings = section(FleetOffloadSettings, "Hand each job to the fleet's workers (engine fleet).")
+    moonshine: MoonshineSettings = section(MoonshineSettings, "Moonshine Tiny (extra).")
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,9 @@ ORDER = ("roundtrip", "footprint", "inbox", "outbox", "pipeline", "listen", "ser
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["kept-whisper-cpp"]:   # issue #27: pywhispercpp against the CLI, equal words required
+        from bench import kept_whisper_cpp
+        return kept_whisper_cpp.main(argv[1:])
     if argv[:1] == ["envelope"]:   # the Pi envelope (issue #17): its own runner and options
         from bench import envelope
         return envelope.main(argv[1:])

@@ -211,6 +211,11 @@ def engine_problems(settings: Settings) -> list[Problem]:
     elif t.engine == "fleet" and settings.fleet.worker:
         add("fleet.worker", "must be false when transcriber.engine is fleet (the device would take its own jobs)",
             True)
+    elif t.engine == "moonshine":
+        if t.language not in ("en", "en-us", "en-US"):
+            add("transcriber.language", "moonshine's Tiny model is English only (use en)", t.language)
+        if t.moonshine.model and not _is_dir(t.moonshine.model):
+            add("transcriber.moonshine.model", "model folder not found", t.moonshine.model)
     elif t.engine == "openai" and not t.openai.api_key:
         add("transcriber.openai.api_key", "is required when transcriber.engine is openai "
                                           "(or set OPENAI_API_KEY)")

@@ -18,6 +18,7 @@ TRANSCRIBERS: dict[str, str] = {
     "openai": "agent.engines.openai_stt:OpenAITranscriber",
     "pocketsphinx": "agent.engines.pocketsphinx:PocketsphinxTranscriber",
     "fleet": "agent.engines.fleet:FleetTranscriber",
+    "moonshine": "agent.engines.moonshine:MoonshineTranscriber",
 }
 
 #: Model-free stand-ins for tests and benchmarks, reachable only with the test switch on

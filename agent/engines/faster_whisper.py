@@ -33,6 +33,7 @@ from agent.audio.clip import Audio, SAMPLE_RATE
 
 from agent.engines.base import Progress, Transcript, transcribe_each
 from agent.engines.deadline import bounded, expired
+from agent.engines.non_speech import spoken
 from agent.errors import EngineError
 from agent.settings import TranscriberSettings
 
@@ -93,6 +94,20 @@ def wheel_model_files(model: str) -> dict[str, Any] | None:
 
 def _joined(texts: list[str]) -> str:
     return " ".join(t for t in texts if t)
+
+
+# A segment the model itself doubts is a sound, not speech. Whisper's own rule (no-speech
+# probability above 0.6 with average log-probability below -1) let through, on real non-speech
+# recordings (tests/support/non_speech.py), a laugh, a sad trombone and a foghorn as "WAAAA!",
+# "Yeah", "TURN" at probabilities 0.38-0.50 and log-probabilities -1.33 to -1.42; the real-speech
+# recordings of the tests stay below 0.25 with any log-probability, or above -1.0 at 0.16 and more.
+NO_SPEECH_PROB = 0.3
+AVG_LOGPROB = -1.0
+
+
+def is_sound(segment: Any) -> bool:
+    """Whether faster-whisper's own confidences say this segment heard no speech."""
+    return segment.no_speech_prob > NO_SPEECH_PROB and segment.avg_logprob < AVG_LOGPROB
 
 
 # CTranslate2's OpenMP runtime (libgomp) makes a thread that waits for its partner spin for up to
@@ -170,13 +185,16 @@ class FasterWhisperTranscriber:
         deadline = time.monotonic() + timeout_s
         with self._lock:
             try:
+                # vad_filter: faster-whisper's Silero VAD (its model ships in the package) drops the
+                # stretches without speech before decoding, so music and noise never reach it.
                 segments, info = self._model.transcribe(
                     to_float32(audio.samples), language=language, beam_size=self._cfg.beam_size,
+                    vad_filter=self._cfg.vad_filter,
                 )
                 texts: list[str] = []
                 duration = getattr(info, "duration", None) or audio.duration_s
                 for segment in segments:  # a generator: decoding happens while iterating
-                    texts.append(segment.text.strip())
+                    texts.append("" if is_sound(segment) else spoken(segment.text.strip()))
                     if progress is not None and duration > 0:
                         progress(segment.end / duration, _joined(texts))
                     if time.monotonic() > deadline:

@@ -48,6 +48,7 @@ from agent.engines.process import find_program, sweep_group
 from agent.engines.whisper_concat import (
     assign_segments, join_with_gaps, packs_of, parse_segments, voiced_frames)
 from agent.engines.whisper_ctx import FULL_CTX, audio_ctx_for, packed_audio_ctx
+from agent.engines.non_speech import spoken
 from agent.engines.whisper_output import error_lines, last_problem, text_of
 from agent.engines.whisper_stream import OutputWatch, ProgressReader, communicate
 from agent.errors import EngineError
@@ -249,8 +250,10 @@ class WhisperCppTranscriber:
     # -- single ------------------------------------------------------------------------------
 
     def _transcript(self, text: str) -> Transcript:
+        """Every path's final text, without tags and spelled sounds for what is not speech
+        ("[Music]", "(screaming)": agent/engines/non_speech.py)."""
         language = self._settings.language if self._settings.language != "auto" else None
-        return Transcript(text=text, engine=self.name, language=language)
+        return Transcript(text=spoken(text), engine=self.name, language=language)
 
     @staticmethod
     def _single_text(run: _Run) -> str:

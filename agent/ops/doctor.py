@@ -54,14 +54,16 @@ MB = 1024 * 1024
 # and in ../shared/models/README.md. Engines whose model is a file: fixed part + model file size.
 AGENT_MB = 40                                # idle agent RSS, engines in their own processes: 38-50
 PROGRAM_OVERHEAD_MB = {"whisper_cpp": 80,    # whisper.cpp child peak 227 MB with the 148 MB base model
-                       "faster_whisper": 185,  # +185 MB in-process (base int8), about 330 MB resident
+                       "faster_whisper": 285,  # +185 MB in-process (base int8), +100 MB its vad_filter (ONNX Runtime)
                        "llama_server": 320,    # llama-cpp-python server 575-632 MB with a 253 MB Gemma GGUF
                        "llama_server_native": 90}  # llama.cpp's own llama-server: 336 MB with it
 FLAT_MB = {"pocketsphinx": 120,              # +116 MB in the loading process (model in the wheel)
-           "faster_whisper": 330,            # a model *name* (downloaded): base int8
+           "moonshine": 190,                 # +150 MB loaded (Tiny int8 in the wheel); whole cgroup 145-198 MB in the envelope
+           "faster_whisper": 430,            # a model *name* (downloaded): base int8, with vad_filter
            "bench_metadata": 15}             # the test engine (VOICE_AGENT_TEST_ENGINES=1 only)
 WAKE_MB = 7   # noise suppression + one microWakeWord model in the agent: +6.4 MB (python -m bench wake)
 PYTHON_PACKAGES = {"pocketsphinx": ("pocketsphinx", "voice-agent[pocketsphinx]"),
+                   "moonshine": ("moonshine_voice", "voice-agent[moonshine]"),
                    "faster_whisper": ("faster_whisper", "voice-agent[faster-whisper]")}
 
 

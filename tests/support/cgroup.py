@@ -57,8 +57,10 @@ class Box:
     # --- creation -------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, memory_max: int, cpu_quota: float | None = None, name: str = "va") -> "Box":
-        """A fresh cgroup limited to `memory_max` bytes (no swap) and `cpu_quota` cores (None = no quota)."""
+    def create(cls, memory_max: int, cpu_quota: float | None = None, name: str = "va",
+               cpu_period_us: int = 100_000) -> "Box":
+        """A fresh cgroup limited to `memory_max` bytes (no swap) and `cpu_quota` cores (None = no quota),
+        granted per CFS period of `cpu_period_us` (shorter: finer-grained bursts at a small quota)."""
         if os.geteuid() != 0:
             raise CgroupUnavailable("not root: creating cgroups needs root")
         if not ROOT.is_dir():
@@ -67,13 +69,13 @@ class Box:
         reasons: list[str] = []
         for make in (cls._v2, cls._v1):
             try:
-                return make(unique, memory_max, cpu_quota)
+                return make(unique, memory_max, cpu_quota, cpu_period_us)
             except (CgroupUnavailable, OSError) as exc:
                 reasons.append(str(exc))
         raise CgroupUnavailable("; ".join(reasons))
 
     @classmethod
-    def _v2(cls, unique: str, memory_max: int, cpu_quota: float | None) -> "Box":
+    def _v2(cls, unique: str, memory_max: int, cpu_quota: float | None, period: int) -> "Box":
         mount = next((m for m in (ROOT, ROOT / "unified") if (m / "cgroup.controllers").is_file()), None)
         if mount is None:
             raise CgroupUnavailable("cgroup v2: not mounted")
@@ -103,7 +105,7 @@ class Box:
                 if (box_dir / "memory.swap.max").exists():
                     (box_dir / "memory.swap.max").write_text("0")
                 if cpu_quota is not None:
-                    (box_dir / "cpu.max").write_text(f"{int(cpu_quota * 100_000)} 100000")
+                    (box_dir / "cpu.max").write_text(f"{int(cpu_quota * period)} {period}")
             except OSError as exc:
                 box.close()
                 raise CgroupUnavailable(f"cgroup v2: cannot set limits: {exc}") from exc
@@ -111,7 +113,7 @@ class Box:
         raise CgroupUnavailable("cgroup v2: no cgroup with the memory controller delegated")
 
     @classmethod
-    def _v1(cls, unique: str, memory_max: int, cpu_quota: float | None) -> "Box":
+    def _v1(cls, unique: str, memory_max: int, cpu_quota: float | None, period: int) -> "Box":
         own = _own_paths()
         memory_mount = ROOT / "memory"
         if "memory" not in own or not (memory_mount / "memory.limit_in_bytes").is_file():
@@ -134,8 +136,10 @@ class Box:
                 cpu_dir = cpu_mount / own["cpu"].strip("/") / unique
                 cpu_dir.mkdir()
                 created.append(cpu_dir)
-                (cpu_dir / "cpu.cfs_period_us").write_text("100000")
-                (cpu_dir / "cpu.cfs_quota_us").write_text(str(int(cpu_quota * 100_000)))
+                # Quota before period: each write is checked against the other value (a new cgroup
+                # has no quota yet, so any period is accepted after it).
+                (cpu_dir / "cpu.cfs_quota_us").write_text(str(int(cpu_quota * period)))
+                (cpu_dir / "cpu.cfs_period_us").write_text(str(period))
         except OSError as exc:
             for folder in reversed(created):
                 _rmdir(folder)

@@ -12,7 +12,6 @@ same worker against a real Mosquitto.
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import io
 import json
@@ -34,7 +33,7 @@ from agent.mqtt.topics import Topics
 from agent.settings import TEST_ENGINES_ENV, FleetSettings, Settings, SummarizerSettings, TranscriberSettings
 from agent.sources.fleet import FleetWorker
 
-REPLY_TO = "ctl/results"
+REPLY_TO = "voice/results/ctl"   # the reply namespace: below <prefix>/results/
 
 
 class LinkStandIn:
@@ -122,7 +121,7 @@ class Rig:
 
     def make_worker(self) -> FleetWorker:
         worker = FleetWorker(settings=self.settings, topics=self.topics, admission=self.admission,
-                             runner=Runner(self.pipeline, lambda job_id, n: contextlib.nullcontext()))
+                             runner=Runner(self.pipeline, 600.0))   # jobs.timeout_s
         worker.attach(self.link)
         return worker
 
