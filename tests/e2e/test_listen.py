@@ -345,7 +345,10 @@ def test_a_segment_that_fails_stays_in_the_spool_failed_folder_with_its_reason(m
     broken.chmod(0o755)
     one = build_speech(UTTERANCES[:1], lead_s=0.5, trail_s=1.0)
     agent, raw = stdin_agent(make_agent, tmp_path, one.samples, {
-        "transcriber": {"engine": "whisper_cpp", "whisper_cpp": {"binary": str(broken), "model": str(broken)}}})
+        "transcriber": {"engine": "whisper_cpp", "whisper_cpp": {"binary": str(broken), "model": str(broken)}},
+        # a broken engine is not the segment's fault: with one try it goes to failed/ at once
+        # instead of being kept queued for jobs.retry_tries (tests/e2e/test_memory_never_enforced.py)
+        "jobs": {"retry_tries": 1}})
     with open(raw, "rb") as f:
         agent.start(probe, stdin=f)
     (end,) = wait_vad(probe, agent.root, "speech_end", 1)
