@@ -115,14 +115,14 @@ def test_url_job_from_a_trickling_server_ends_at_the_fetch_deadline(make_agent, 
             agent = make_agent(config).start(probe)
             subscribed(probe, agent)
             sent = time.monotonic()
-            probe.publish(JOBS_TOPIC, {"job_id": "slow", "url": f"{trickle.url}/a.wav", "reply_to": "ctl/url"})
-            answer = probe.wait_for("ctl/url", lambda m: m.json["job_id"] == "slow" and m.json["status"] != "accepted", timeout=20,
+            probe.publish(JOBS_TOPIC, {"job_id": "slow", "url": f"{trickle.url}/a.wav", "reply_to": "voice/results/url"})
+            answer = probe.wait_for("voice/results/url", lambda m: m.json["job_id"] == "slow" and m.json["status"] != "accepted", timeout=20,
                                     what="the trickled job's answer")[0].json
             took = time.monotonic() - sent
             assert answer["status"] == "error" and answer["error"]["code"] == "fetch_failed", answer
             assert "longer than 2 s" in answer["error"]["message"] and 1.5 < took < 8, (answer, took)
-            probe.publish(JOBS_TOPIC, {"job_id": "next", "url": f"{stub.url}/a.wav", "reply_to": "ctl/url"})
-            answer = probe.wait_for("ctl/url", lambda m: m.json["job_id"] == "next" and m.json["status"] != "accepted", timeout=20,
+            probe.publish(JOBS_TOPIC, {"job_id": "next", "url": f"{stub.url}/a.wav", "reply_to": "voice/results/url"})
+            answer = probe.wait_for("voice/results/url", lambda m: m.json["job_id"] == "next" and m.json["status"] != "accepted", timeout=20,
                                     what="next job")[0].json
             assert answer["status"] == "ok" and answer["text"] == pcm_digest(WAV), answer
     finally:

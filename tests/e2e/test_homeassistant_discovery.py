@@ -55,7 +55,7 @@ def test_discovery_retained_republished_on_ha_online_and_removed_when_disabled(m
                    count=resumed + 1, what="Paused off after the resume button")
 
     # telemetry switched on live: the document changes (health sensors) and is published again at once
-    answer = probe.request(agent.root, "config/set", {"config": {"telemetry": {"interval_s": 0.5}}})
+    answer = probe.request(agent.root, "config/set", {"config": {"telemetry": {"interval_s": 1}}})
     assert answer["status"] == "ok", answer
     changed = probe.wait_for(DISCOVERY, lambda m: bool(m.payload) and "state_topic" in m.json["cmps"]["jobs_failed"],
                              what="discovery with the health sensors")[0].json
@@ -63,7 +63,7 @@ def test_discovery_retained_republished_on_ha_online_and_removed_when_disabled(m
     before = len([m for m in probe.on(DISCOVERY) if m.payload])
 
     # the state is checked for changes on every main-loop tick (an outbox alert does not pass
-    # through events), but an idle agent publishes none. Telemetry (every 0.5 s) is sent by the same
+    # through events), but an idle agent publishes none. Telemetry (every 1 s) is sent by the same
     # loop right after that check: two more telemetry messages show two checks have happened.
     # One tick first: a change the agent had not yet published (e.g. right after its start) goes
     # out then, legitimately.
