@@ -36,3 +36,12 @@ def test_tags_and_spelled_sounds_are_no_words_but_words_stay() -> None:
     for said in ("Go forward 10 meters.", "Yes", "Oh, front center", "Five, five."):
         assert spoken(said) == said
     assert spoken("[Music] turn on the light") == "turn on the light"
+
+
+def test_subtitle_credits_are_no_words_but_the_same_words_in_speech_stay() -> None:
+    """Moonshine turned a foghorn into "© transcript Emily Beynon" (tests/e2e/test_non_speech.py)."""
+    for credit in ("© transcript Emily Beynon", "Subtitles by the Amara.org community", "© BBC 2020"):
+        assert spoken(credit) == "", credit
+    assert spoken("Go forward 10 meters. © BBC 2020") == "Go forward 10 meters."
+    for said in ("The transcript by the clerk was long.", "Captions are on."):
+        assert spoken(said) == said
