@@ -158,8 +158,17 @@ def test_memory_level_does_not_flap_at_a_threshold(make_agent, probe, memory_roo
         config = {"memory": {"warn_percent": round(middle, 2), "hysteresis_percent": round(high - low + 2, 1)}}
         assert probe.request(root, "config/set", {"config": config})["status"] == "ok"
         probe.wait_for(f"{root}/event/alert", lambda m: m.json["kind"] == "memory", what="warning")
-        low, high = measure_swing(4.0)   # 5 swings, 20 samples by the agent
-        assert low < round(middle, 2) <= high, "the use did cross the threshold both ways meanwhile"
+        for _ in range(3):
+            low, high = measure_swing(4.0)   # 5 swings, 20 samples by the agent
+            if low < round(middle, 2) <= high:
+                break
+            # the machine's baseline moved (other processes came or went): aim at the swing again;
+            # the hysteresis still spans it, so a move alone cannot clear or raise the alert
+            middle = (low + high) / 2
+            config = {"memory": {"warn_percent": round(middle, 2)}}
+            assert probe.request(root, "config/set", {"config": config})["status"] == "ok"
+        else:
+            raise AssertionError(f"the use never crossed the threshold both ways: {low} - {high} %")
         assert [a["level"] for a in alerts_of(probe, root, "memory")] == ["warning"]
     finally:
         child.kill()
