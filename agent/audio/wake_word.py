@@ -114,20 +114,19 @@ class WakeWordDetector:
 
     # --- loading ------------------------------------------------------------------------
 
-    def _custom(self, name: str, suffix: str) -> Path | None:
-        folder = self.settings.model_dir
-        if folder is None:
-            return None
-        path = Path(folder) / f"{name}{suffix}"
-        return path if path.is_file() else None
+    def _find(self, package: Any, name: str, suffix: str, builtin: Any, shipped_by: str) -> Path:
+        """A model of that name in the local `model_dir` wins; else the one the package ships."""
+        if self.settings.model_dir is not None:
+            path = Path(self.settings.model_dir) / f"{name}{suffix}"
+            if path.is_file():
+                return path
+        if name not in builtin:
+            raise WakeWordError(f"wake word model {name!r} is neither shipped with {shipped_by} "
+                                f"({', '.join(builtin)}) nor in listen.wake_word.model_dir")
+        return Path(package.__file__).parent / "models" / f"{name}{suffix}"
 
     def _micro(self, package: Any, name: str, cutoff: float | None, window: int | None) -> _Model:
-        config_path = self._custom(name, ".json")
-        if config_path is None:
-            if name not in MICRO_BUILTIN:
-                raise WakeWordError(f"wake word model {name!r} is neither shipped with pymicro-wakeword "
-                                    f"({', '.join(MICRO_BUILTIN)}) nor in listen.wake_word.model_dir")
-            config_path = Path(package.__file__).parent / "models" / f"{name}.json"
+        config_path = self._find(package, name, ".json", MICRO_BUILTIN, "pymicro-wakeword")
         try:
             config = json.loads(config_path.read_text(encoding="utf-8"))
             micro, tflite = config["micro"], str(config["model"])
@@ -149,12 +148,7 @@ class WakeWordDetector:
                       window if window is not None else shipped_window)
 
     def _openwakeword(self, package: Any, name: str, cutoff: float | None, window: int | None) -> _Model:
-        path = self._custom(name, ".tflite")
-        if path is None:
-            if name not in OPENWAKEWORD_BUILTIN:
-                raise WakeWordError(f"wake word model {name!r} is neither shipped with pyopen-wakeword "
-                                    f"({', '.join(OPENWAKEWORD_BUILTIN)}) nor in listen.wake_word.model_dir")
-            path = Path(package.__file__).parent / "models" / f"{name}.tflite"
+        path = self._find(package, name, ".tflite", OPENWAKEWORD_BUILTIN, "pyopen-wakeword")
         try:
             net = package.OpenWakeWord.from_model(path, libtensorflowlite_c_path=_lib(package))
         except (OSError, ValueError) as exc:
