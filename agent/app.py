@@ -49,8 +49,7 @@ from agent.ops.readiness import Readiness, Watchdog
 from agent.ops.restart import RESTART_EXIT, RestartGate
 from agent.ops.systemd import Notifier
 from agent.ops.telemetry import TelemetryCollector, TelemetryTimer
-from agent.settings import Settings, parse_wake_model
-from agent.sources.inbox import is_candidate_name
+from agent.settings import Settings
 from agent.sources.inbox_feed import InboxFeed, WorkerFactory
 from agent.sources.listening import Listening
 from agent.sources.run_control import RunControl
@@ -180,9 +179,8 @@ class App:
     def _features(self, s: Settings) -> Any:
         """What the device has for Home Assistant (the thermometer is asked on each sync)."""
         from agent.ops.homeassistant import Features
-        wake_models = tuple(m[0] for m in map(parse_wake_model, s.listen.wake_word.models) if m)
         return Features(microphone=self._has_microphone(s), telemetry=s.telemetry.interval_s > 0,
-                        wake_models=wake_models)
+                        wake_models=s.listen.wake_word.names)
 
     def _watched_paths(self) -> list[Path]:
         return [Path(self.settings.state_dir), Path(self.settings.inbox.path)]

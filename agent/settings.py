@@ -261,6 +261,11 @@ class WakeWordSettings:
                                 path=True)
     refractory_s: float = opt(2.0, remote=DEVICE, doc="Detections this soon after a wake are ignored.", min=0, max=60)
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The configured models' names, without their overrides (malformed entries left out)."""
+        return tuple(parsed[0] for parsed in map(parse_wake_model, self.models) if parsed)
+
 
 @dataclass(frozen=True)
 class ListenSettings:

@@ -164,7 +164,6 @@ def noise_and_vad(res: Results, raw: dict, seconds: float) -> None:
     cases += [(k, v, None) for k, v in changing.items()]
     for label, samples, margin in cases:
         figures = [_speech_starts(samples, ns, margin) for ns in (0, 2, 4)]
-        starts = [f[0] for f in figures]
         vad = "default VAD" if margin is None else f"vad.energy_margin_db {margin:g} (webrtcvad alone)"
         res.add(SECTION, f"{seconds:.0f} s of {label}, {vad}: speech_start / webrtcvad voiced frames, "
                          "suppression 0 | 2 | 4", " | ".join(f"{n} / {pct:.0f} %" for n, pct in figures),

@@ -13,7 +13,7 @@ from typing import Any
 
 from agent.errors import RequestError
 from agent.settings import Settings
-from handlers.base import Command, Request, Services
+from handlers.base import Command, Request
 from handlers.config import applied, remote_config_allowed, restart_allowed, stored_overlay
 
 LEVELS: tuple[str, ...] = Settings.__dataclass_fields__["log_level"].metadata["choices"]

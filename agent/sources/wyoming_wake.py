@@ -37,12 +37,9 @@ def wake_program(settings: WakeWordSettings, attribution: Any, name: str, versio
     from wyoming.info import WakeModel, WakeProgram
 
     models = []
-    for entry in settings.models:
-        parsed = parse_wake_model(entry)
-        if parsed is None:
-            continue
-        phrase = parsed[0].replace("_", " ")   # Home Assistant lists the model by its description
-        models.append(WakeModel(name=parsed[0], attribution=attribution, installed=True, description=phrase,
+    for name in settings.names:
+        phrase = name.replace("_", " ")   # Home Assistant lists the model by its description
+        models.append(WakeModel(name=name, attribution=attribution, installed=True, description=phrase,
                                 version=None, languages=["en"], phrase=phrase))
     return WakeProgram(name=name, attribution=attribution, installed=True,
                        description=f"voice-agent wake word ({settings.engine})", version=version, models=models)

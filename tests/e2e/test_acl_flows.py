@@ -18,7 +18,6 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
 
 from tests.support.agent import AgentProcess
 from tests.support.broker import free_port, mosquitto_binary
